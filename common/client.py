@@ -1,0 +1,232 @@
+"""Synchronous msgpack-RPC client used by netmonctl (and tests, and bench).
+
+    with Client.connect("/run/user/1000/netmond.sock", timeout=5) as c:
+        c.hello()
+        rows = c.call("connections", {"filter": {"proc": "chrome"}})
+        for note in c.subscribe(["connection_update"]):
+            ...
+
+Connection failures are turned into two exceptions a CLI can act on:
+DaemonUnavailable (nothing listens: start the daemon) and AccessDenied (the
+socket exists but its mode refuses us).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import socket
+import time
+import warnings
+from typing import Any, Iterator
+
+from . import protocol
+from .protocol import Notification, ProtocolError, RPCError, Response
+
+from . import __version__ as CLIENT_VERSION
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answers at the socket path (absent, refused, or gone)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot reach netmond at {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class AccessDenied(Exception):
+    """The daemon's socket refused us (file mode or group)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"access to {path} denied: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class VersionMismatchWarning(UserWarning):
+    """The daemon speaks another protocol or release than this client."""
+
+
+class Client:
+    """One connection to netmond. Not thread-safe; one request at a time.
+
+    Notifications that arrive while waiting for a response are queued and
+    handed out by subscribe()/next_notification().
+    """
+
+    def __init__(self, sock: socket.socket, path: str = "", timeout: float | None = 5.0) -> None:
+        self._sock = sock
+        self._sock.settimeout(timeout)
+        self.path = path
+        self.timeout = timeout
+        self._unpacker = protocol.new_unpacker(limited=False)
+        self._ids = itertools.count(1)
+        self._pending_notes: list[Notification] = []
+        self.server_info: dict[str, Any] | None = None
+
+    @classmethod
+    def connect(cls, path: str, timeout: float | None = 5.0) -> "Client":
+        """Connect to the daemon's Unix socket, mapping failures to our exceptions."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonUnavailable(path, "no socket file (daemon not running)") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise DaemonUnavailable(path, "connection refused (stale socket, daemon not running)") from None
+        except PermissionError as exc:
+            sock.close()
+            raise AccessDenied(path, exc.strerror or "permission denied") from None
+        except socket.timeout:
+            sock.close()
+            raise DaemonUnavailable(path, "timed out connecting") from None
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EACCES:
+                raise AccessDenied(path, exc.strerror) from None
+            raise DaemonUnavailable(path, exc.strerror or str(exc)) from None
+        return cls(sock, path, timeout)
+
+    # -- context manager -------------------------------------------------
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for select()."""
+        return self._sock.fileno()
+
+    # -- calls -------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        """Handshake; warns (VersionMismatchWarning) if the daemon differs."""
+        info = self.call("hello", {"client_version": CLIENT_VERSION})
+        self.server_info = info
+        if info.get("protocol") != protocol.PROTOCOL_VERSION:
+            warnings.warn(
+                f"netmond speaks protocol {info.get('protocol')}, this netmonctl "
+                f"speaks {protocol.PROTOCOL_VERSION}; results may be incomplete",
+                VersionMismatchWarning,
+                stacklevel=2,
+            )
+        elif info.get("version") != CLIENT_VERSION:
+            warnings.warn(
+                f"netmond is version {info.get('version')}, netmonctl is {CLIENT_VERSION}",
+                VersionMismatchWarning,
+                stacklevel=2,
+            )
+        return info
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send a request and wait for its response; RPCError on error."""
+        msgid = next(self._ids)
+        self._send(protocol.pack_request(msgid, method, params))
+        while True:
+            msg = self._read_message()
+            if isinstance(msg, Notification):
+                self._pending_notes.append(msg)
+                continue
+            if isinstance(msg, Response) and msg.msgid == msgid:
+                if msg.error is not None:
+                    raise msg.error
+                return msg.result
+            if isinstance(msg, Response) and msg.msgid == 0 and msg.error is not None:
+                # The daemon refused the connection itself (too_many_clients,
+                # protocol_error): it answers with msgid 0 and then closes.
+                raise msg.error
+            # A response to another id cannot happen with one call at a time;
+            # ignore it rather than mis-deliver.
+
+    def subscribe(
+        self,
+        topics: list[str],
+        filter: dict[str, Any] | None = None,
+        idle_timeout: float | None = None,
+    ) -> Iterator[Notification]:
+        """Subscribe and yield notifications until the connection ends.
+
+        `idle_timeout`: stop iterating when nothing arrives for that long
+        (None waits forever). The daemon ending the stream raises
+        DaemonUnavailable so callers can reconnect.
+        """
+        params: dict[str, Any] = {"topics": list(topics)}
+        if filter:
+            params["filter"] = filter
+        self.call("subscribe", params)
+        self._sock.settimeout(idle_timeout)
+        try:
+            while True:
+                if self._pending_notes:
+                    yield self._pending_notes.pop(0)
+                    continue
+                try:
+                    msg = self._read_message()
+                except socket.timeout:
+                    return
+                if isinstance(msg, Notification):
+                    yield msg
+        finally:
+            self._sock.settimeout(self.timeout)
+
+    def next_notification(self, timeout: float | None) -> Notification | None:
+        """One pending or incoming notification, or None after `timeout`."""
+        if self._pending_notes:
+            return self._pending_notes.pop(0)
+        self._sock.settimeout(timeout)
+        try:
+            while True:
+                msg = self._read_message()
+                if isinstance(msg, Notification):
+                    return msg
+        except socket.timeout:
+            return None
+        finally:
+            self._sock.settimeout(self.timeout)
+
+    # -- plumbing ----------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})") from None
+
+    def _read_message(self) -> Any:
+        while True:
+            for obj in self._unpacker:
+                return protocol.decode_message(obj)
+            try:
+                chunk = self._sock.recv(256 * 1024)
+            except socket.timeout:
+                raise
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})") from None
+            if not chunk:
+                raise DaemonUnavailable(self.path, "daemon closed the connection")
+            self._unpacker.feed(chunk)
+
+
+def wait_for_daemon(path: str, timeout: float = 10.0) -> None:
+    """Block until a daemon answers `hello` at path (for tests and scripts)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with Client.connect(path, timeout=1.0) as c:
+                c.call("hello", {"client_version": CLIENT_VERSION})
+                return
+        except (DaemonUnavailable, AccessDenied, RPCError, ProtocolError, OSError) as exc:
+            last = exc
+            time.sleep(0.05)
+    raise TimeoutError(f"netmond did not answer at {path} within {timeout}s: {last}")

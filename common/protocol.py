@@ -1,0 +1,203 @@
+"""msgpack-RPC framing for netmon (DESIGN §2).
+
+Standard msgpack-RPC over a stream socket: a sequence of msgpack arrays with no
+extra framing.
+
+    request       [0, msgid, method, [params]]
+    response      [1, msgid, error, result]     error = {"code", "message"} or nil
+    notification  [2, method, [payload]]
+
+The daemon reads with hard Unpacker limits so that no client can make it
+allocate more than about a megabyte, whatever header it sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+REQUEST = 0
+RESPONSE = 1
+NOTIFICATION = 2
+
+#: Largest buffered frame the daemon accepts from a client.
+MAX_BUFFER_SIZE = 1024 * 1024
+#: Largest array / map a client may send (and so the largest filter or params).
+MAX_ARRAY_LEN = 4096
+MAX_MAP_LEN = 1024
+#: Strings and binaries are bounded by the buffer; no extra limit needed.
+
+# Error codes travelling as {"code": ..., "message": ...}.
+UNKNOWN_METHOD = "unknown_method"
+INVALID_PARAMS = "invalid_params"
+ACCESS_DENIED = "access_denied"
+NOT_MONITORING = "not_monitoring"
+TOO_LARGE = "too_large"
+PROTOCOL_ERROR = "protocol_error"
+INTERNAL = "internal"
+TOO_MANY_CLIENTS = "too_many_clients"
+
+ERROR_CODES = (
+    UNKNOWN_METHOD,
+    INVALID_PARAMS,
+    ACCESS_DENIED,
+    NOT_MONITORING,
+    TOO_LARGE,
+    PROTOCOL_ERROR,
+    INTERNAL,
+    TOO_MANY_CLIENTS,
+)
+
+#: Notification topics a client may subscribe to.
+TOPICS = ("connection_update", "connection_closed", "stats_update", "bandwidth_data")
+#: Sent unasked to a subscriber that fell behind and missed notifications.
+LAGGED = "lagged"
+
+
+class RPCError(Exception):
+    """An error with a wire code; raised by handlers, carried to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        """The {code, message} map sent in a response."""
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> "RPCError":
+        """Build from a response's error field, tolerating odd shapes."""
+        if isinstance(raw, dict):
+            return cls(str(raw.get("code", INTERNAL)), str(raw.get("message", "")))
+        return cls(INTERNAL, str(raw))
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ProtocolError(Exception):
+    """The byte stream is not valid msgpack-RPC; the connection must be dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded request."""
+
+    msgid: int
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A decoded response."""
+
+    msgid: int
+    error: RPCError | None
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A decoded notification."""
+
+    method: str
+    payload: dict[str, Any]
+
+
+def new_unpacker(limited: bool = True) -> msgpack.Unpacker:
+    """An Unpacker for a stream; `limited` applies the daemon's memory limits.
+
+    Clients read the daemon's (trusted, possibly large) replies with a bigger
+    buffer: a 10,000-connection reply is several megabytes.
+    """
+    if limited:
+        return msgpack.Unpacker(
+            raw=False,
+            max_buffer_size=MAX_BUFFER_SIZE,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_str_len=MAX_BUFFER_SIZE,
+            max_bin_len=MAX_BUFFER_SIZE,
+            max_ext_len=MAX_BUFFER_SIZE,
+            strict_map_key=False,
+        )
+    return msgpack.Unpacker(raw=False, max_buffer_size=512 * 1024 * 1024, strict_map_key=False)
+
+
+def pack(obj: Any) -> bytes:
+    """Serialise one message."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def pack_request(msgid: int, method: str, params: dict[str, Any] | None = None) -> bytes:
+    """Encode a request; params travel as the single element of the params array."""
+    return pack([REQUEST, msgid, method, [params or {}]])
+
+
+def pack_response(msgid: int, error: RPCError | None, result: Any) -> bytes:
+    """Encode a response."""
+    return pack([RESPONSE, msgid, error.to_wire() if error else None, result])
+
+
+def pack_notification(method: str, payload: dict[str, Any]) -> bytes:
+    """Encode a notification."""
+    return pack([NOTIFICATION, method, [payload]])
+
+
+def decode_message(obj: Any) -> Request | Response | Notification:
+    """Classify one unpacked msgpack value as a message, or raise.
+
+    Raises ProtocolError when the value is not a msgpack-RPC message at all
+    (the peer speaks something else: disconnect), and RPCError(invalid_params)
+    for a well-formed request whose params are not one map (answerable).
+    """
+    if not isinstance(obj, (list, tuple)) or not obj:
+        raise ProtocolError("message is not a msgpack-RPC array")
+    kind = obj[0]
+    if kind == REQUEST:
+        if len(obj) != 4 or not isinstance(obj[1], int) or isinstance(obj[1], bool):
+            raise ProtocolError("malformed request")
+        msgid, method, params = obj[1], obj[2], obj[3]
+        if not isinstance(method, str):
+            raise ProtocolError("method name is not a string")
+        return Request(msgid, method, _params_map(params, msgid))
+    if kind == RESPONSE:
+        if len(obj) != 4:
+            raise ProtocolError("malformed response")
+        err = RPCError.from_wire(obj[2]) if obj[2] is not None else None
+        return Response(obj[1], err, obj[3])
+    if kind == NOTIFICATION:
+        if len(obj) != 3 or not isinstance(obj[1], str):
+            raise ProtocolError("malformed notification")
+        payload = obj[2][0] if isinstance(obj[2], (list, tuple)) and obj[2] else {}
+        return Notification(obj[1], payload if isinstance(payload, dict) else {})
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+class BadParams(RPCError):
+    """invalid_params for a request whose msgid is known (so it can be answered)."""
+
+    def __init__(self, msgid: int, message: str) -> None:
+        super().__init__(INVALID_PARAMS, message)
+        self.msgid = msgid
+
+
+def _params_map(params: Any, msgid: int) -> dict[str, Any]:
+    # msgpack-RPC params are an array; netmon passes one map (or nothing).
+    if params is None:
+        return {}
+    if isinstance(params, dict):
+        return params
+    if isinstance(params, (list, tuple)):
+        if not params:
+            return {}
+        if len(params) == 1 and isinstance(params[0], dict):
+            return params[0]
+    raise BadParams(msgid, "params must be an array holding one map")

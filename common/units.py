@@ -1,0 +1,64 @@
+"""Human renderings of bytes, rates and durations (DESIGN §6).
+
+Decimal units (kB = 1000 B), as nettop, bandwhich and network gear use.
+Unknown values (None) render as "-": never as 0.
+"""
+
+from __future__ import annotations
+
+_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def human_bytes(n: float | None) -> str:
+    """12345678 -> '12.3 MB'; None -> '-'."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1000 or unit == _UNITS[-1]:
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"  # pragma: no cover - loop always returns
+
+
+def human_rate(bps: float | None) -> str:
+    """1500000 -> '1.5 MB/s'; None -> '-'."""
+    if bps is None:
+        return "-"
+    return human_bytes(bps) + "/s"
+
+
+def human_duration(seconds: float | None) -> str:
+    """192 -> '3m 12s'; 7322 -> '2h 2m'; 90061 -> '1d 1h'; None -> '-'."""
+    if seconds is None:
+        return "-"
+    s = int(max(0, seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{s}s"
+
+
+def parse_duration(text: str) -> float:
+    """'1.5', '500ms', '2s', '1m' -> seconds; ValueError with a clear message."""
+    t = text.strip().lower()
+    scale = 1.0
+    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if t.endswith(suffix):
+            t, scale = t[: -len(suffix)], mult
+            break
+    try:
+        value = float(t) * scale
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 1, 0.5, 500ms, 2s, 1m)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite duration: {text!r}")
+    return value

@@ -1,0 +1,280 @@
+"""Wires backend, state and server together; `run(config)` is the daemon.
+
+Importable and runnable from tests: `run()` blocks until `Daemon.request_stop()`
+(thread-safe) or, in the main thread, SIGTERM/SIGINT. SIGHUP reloads the
+config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+
+from . import listener
+from .backends.base import Backend
+from .config import Config, ConfigError, load_config
+from .peercred import resolve_group
+from .server import Server
+from .state import MonitorState, TickChanges
+
+log = logging.getLogger("netmond")
+
+
+def make_backend(config: Config) -> tuple[Backend, list[str]]:
+    """The backend the config asks for; 'auto' picks the best that works here.
+
+    Returns (backend, warnings): falling back to the portable backend is
+    never silent, `status` shows why.
+    """
+    choice = config.backend
+    warnings: list[str] = []
+    if choice in ("auto", "linux") and sys.platform.startswith("linux"):
+        try:
+            from .backends import linux
+
+            if linux.netlink_available():
+                return linux.LinuxBackend(), warnings
+            reason = "netlink sock_diag unavailable"
+        except Exception as exc:  # noqa: BLE001 - any failure means fall back
+            reason = f"{type(exc).__name__}: {exc}"
+        if choice == "linux":
+            raise ConfigError(f"backend linux unavailable here: {reason}")
+        warnings.append(f"kernel counters unavailable ({reason}); using the portable backend")
+    elif choice == "linux":
+        raise ConfigError("backend linux only runs on Linux")
+    if choice == "darwin" or (choice == "auto" and sys.platform == "darwin"):
+        from .backends.darwin import DarwinBackend
+
+        return DarwinBackend(interval=config.interval), warnings
+    from .backends.portable import PortableBackend
+
+    return PortableBackend(), warnings
+
+
+class Daemon:
+    """The running daemon: one backend, one state, one server, one sampler."""
+
+    def __init__(self, config: Config, backend: Backend | None = None) -> None:
+        self.config = config
+        self.warnings: list[str] = []
+        if backend is None:
+            backend, self.warnings = make_backend(config)
+        self.backend = backend
+        self.state = MonitorState(
+            interval=config.interval,
+            history_seconds=config.history_seconds,
+            closed_retention=config.closed_retention,
+            include_loopback=config.include_loopback,
+        )
+        self.control_gid = resolve_group(config.socket_group)
+        self.monitoring = True
+        self.started_mono = time.monotonic()
+        self.last_tick_seconds: float | None = None
+        self.socket_path = config.socket_path()
+        self.server: Server | None = None
+        self.self_process = psutil.Process()
+        self.self_process.cpu_percent(None)  # prime: the first call always says 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
+        self._sample_errors = 0
+        self.ready = threading.Event()
+
+    # -- control (called by handlers, on the loop) --------------------------
+    def set_monitoring(self, on: bool) -> None:
+        if on and not self.monitoring:
+            self.state.rebaseline()  # bytes moved while stopped are not counted
+            self._wake_sampler()
+        self.monitoring = on
+        log.info("monitoring %s", "started" if on else "stopped")
+
+    def set_interval(self, interval: float) -> None:
+        old = self.state.interval
+        self.state.set_interval(interval)
+        set_backend_interval = getattr(self.backend, "set_interval", None)
+        if set_backend_interval is not None:
+            set_backend_interval(interval)
+        self._wake_sampler()
+        log.info("interval changed from %gs to %gs", old, interval)
+
+    def _wake_sampler(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask the daemon to shut down; safe from any thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply what can change live."""
+        try:
+            new = load_config(self.config_path_for_reload, **self.cli_overrides)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        changed = []
+        if new.interval != self.state.interval:
+            self.set_interval(new.interval)
+            changed.append(f"interval={new.interval:g}")
+        if new.history_seconds != self.state.history_seconds:
+            self.state.set_history_seconds(new.history_seconds)
+            changed.append(f"history_seconds={new.history_seconds}")
+        if new.closed_retention != self.state.closed_retention:
+            self.state.closed_retention = new.closed_retention
+            changed.append(f"closed_retention={new.closed_retention:g}")
+        if new.include_loopback != self.state.include_loopback:
+            self.state.include_loopback = new.include_loopback
+            changed.append(f"include_loopback={new.include_loopback}")
+        if new.socket_group != self.config.socket_group:
+            try:
+                self.control_gid = resolve_group(new.socket_group)
+                listener.apply_socket_mode(self.socket_path, new.socket_group)
+                changed.append(f"socket_group={new.socket_group}")
+            except (KeyError, OSError) as exc:
+                log.error("reload: socket_group %r not applied: %s", new.socket_group, exc)
+        self.config = new
+        log.info("config reloaded: %s", ", ".join(changed) or "nothing changed")
+
+    config_path_for_reload: str | None = None
+    cli_overrides: dict[str, Any] = {}
+
+    # -- sampling ------------------------------------------------------------
+    async def _sampler(self) -> None:
+        assert self._stop is not None and self._wake is not None
+        loop = asyncio.get_running_loop()
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if self.monitoring:
+                t0 = time.monotonic()
+                try:
+                    snap = await loop.run_in_executor(self._executor, self.backend.sample)
+                except Exception:  # noqa: BLE001 - a bad tick must not end sampling
+                    self._sample_errors += 1
+                    if self._sample_errors <= 5 or self._sample_errors % 100 == 0:
+                        log.exception("sample failed (%d so far)", self._sample_errors)
+                    snap = None
+                if snap is not None and self.monitoring:
+                    self._publish(self.state.apply(snap))
+                self.last_tick_seconds = time.monotonic() - t0
+            now = time.monotonic()
+            next_at += self.state.interval
+            if next_at < now or self._wake.is_set():
+                next_at = now + (0 if self._wake.is_set() else self.state.interval)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - now))
+                next_at = time.monotonic()  # woken: sample now on the new settings
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _publish(self, changes: TickChanges) -> None:
+        server = self.server
+        if server is None or not server.has_subscribers:
+            return  # nobody listens: do not serialise rows for nobody
+        now = time.time()
+        if changes.updated:
+            server.publish(
+                "connection_update",
+                {"connections": [r.to_wire(now) for r in changes.updated]},
+                rows_key="connections",
+            )
+        if changes.closed:
+            server.publish(
+                "connection_closed",
+                {"connections": [r.to_wire(now) for r in changes.closed]},
+                rows_key="connections",
+            )
+        server.publish(
+            "stats_update",
+            self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring),
+        )
+        if changes.history_point is not None:
+            server.publish("bandwidth_data", dict(changes.history_point))
+
+    # -- life cycle ----------------------------------------------------------
+    async def serve(self, sock: socket.socket | None = None, install_signals: bool = False) -> None:
+        """Run until stopped. `sock`: an inherited listening socket, if any."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        if install_signals:
+            self.install_signal_handlers()
+        file_id = None
+        if sock is None:
+            sock = listener.bind_unix_socket(self.socket_path, self.config.socket_group)
+            file_id = listener.socket_file_id(self.socket_path)
+        self.backend.start()
+        self.server = Server(self)
+        try:
+            await self.server.start(sock)
+            sampler = asyncio.create_task(self._sampler())
+            log.info(
+                "netmond listening on %s (backend %s, interval %gs)",
+                self.socket_path, self.backend.name, self.state.interval,
+            )
+            self.ready.set()
+            await self._stop.wait()
+            log.info("stopping")
+            # Let a tick in progress finish, then stop the sampler.
+            self._wake.set()
+            try:
+                await asyncio.wait_for(sampler, timeout=max(5.0, 2 * self.state.interval))
+            except asyncio.TimeoutError:
+                sampler.cancel()
+        finally:
+            await self.server.close()
+            self.backend.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            sock.close()
+            listener.remove_socket(self.socket_path, file_id)
+
+    def install_signal_handlers(self) -> None:
+        assert self._loop is not None and self._stop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+
+def run(
+    config: Config,
+    *,
+    backend: Backend | None = None,
+    install_signals: bool | None = None,
+    on_start: Callable[[Daemon], None] | None = None,
+) -> int:
+    """Run the daemon until stopped; returns the process exit status.
+
+    `on_start` receives the Daemon before serving (tests keep it to stop it).
+    Signal handlers are installed when running in the main thread.
+    """
+    daemon = Daemon(config, backend)
+    if on_start is not None:
+        on_start(daemon)
+    if install_signals is None:
+        install_signals = threading.current_thread() is threading.main_thread()
+    inherited = listener.inherited_socket()
+
+    async def main() -> None:
+        await daemon.serve(inherited, install_signals=install_signals)
+
+    try:
+        asyncio.run(main())
+    except listener.SocketInUse as exc:
+        log.error("%s", exc)
+        return 1
+    except (ConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

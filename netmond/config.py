@@ -1,0 +1,144 @@
+"""netmond configuration: a dataclass, TOML loading and validation.
+
+Precedence: built-in defaults < TOML file < command-line flags. Every value is
+validated with a message that names the key and says what is allowed, so a
+typo in a config file stops the daemon with a clear line instead of a
+traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from common import paths
+
+BACKENDS = ("auto", "linux", "darwin", "portable")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is meant for the user."""
+
+
+@dataclass
+class Config:
+    """Everything netmond needs to run. Field names are the TOML keys."""
+
+    socket: str = ""  # empty: paths.default_daemon_socket()
+    interval: float = 1.0
+    history_seconds: int = 3600
+    closed_retention: float = 60.0
+    include_loopback: bool = False
+    backend: str = "auto"
+    log_level: str = "info"
+    # Group allowed to connect and control a root daemon (socket 0660 root:group).
+    socket_group: str | None = None
+    max_clients: int = 64
+    # A client that sends nothing for this long and has no subscription is dropped.
+    client_idle_timeout: float = 300.0
+    # Notifications queued per subscriber before it is marked lagged.
+    subscriber_queue: int = 256
+    metrics_listen: str | None = None
+    metrics_textfile: str | None = None
+
+    def socket_path(self) -> str:
+        """The socket path to bind."""
+        return self.socket or paths.default_daemon_socket()
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a TOML file into a dict of config keys (validated later)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"config file not readable: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    # Accept both a flat file and one with a [netmond] table.
+    if isinstance(data.get("netmond"), dict):
+        data = {**{k: v for k, v in data.items() if k != "netmond"}, **data["netmond"]}
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """Merge defaults, file values and overrides (None = not given); validate."""
+    merged: dict[str, Any] = {}
+    for source in (file_values or {}, {k: v for k, v in overrides.items() if v is not None}):
+        for key, value in source.items():
+            if key not in _FIELDS:
+                raise ConfigError(
+                    f"unknown setting {key!r} (known: {', '.join(sorted(_FIELDS))})"
+                )
+            merged[key] = value
+    cfg = Config(**merged)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | None = None, **overrides: Any) -> Config:
+    """The daemon's config: `path` if given, else the default file if it exists."""
+    file_values: dict[str, Any] = {}
+    if path:
+        file_values = load_file(path)
+    else:
+        default = paths.default_config_path()
+        if os.path.exists(default):
+            file_values = load_file(default)
+    return build_config(file_values, **overrides)
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for the first invalid value."""
+    cfg.interval = float(_number("interval", cfg.interval, 0.1, 3600))
+    hs = _number("history_seconds", cfg.history_seconds, 0, 7 * 86400)
+    if int(hs) != hs:
+        raise ConfigError(f"history_seconds must be a whole number, got {hs!r}")
+    cfg.history_seconds = int(hs)
+    cfg.closed_retention = float(_number("closed_retention", cfg.closed_retention, 0, 86400))
+    cfg.max_clients = int(_number("max_clients", cfg.max_clients, 1, 10000))
+    cfg.client_idle_timeout = float(
+        _number("client_idle_timeout", cfg.client_idle_timeout, 1, 86400)
+    )
+    cfg.subscriber_queue = int(_number("subscriber_queue", cfg.subscriber_queue, 1, 100000))
+    if not isinstance(cfg.include_loopback, bool):
+        raise ConfigError(f"include_loopback must be true or false, got {cfg.include_loopback!r}")
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if not isinstance(cfg.log_level, str) or cfg.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+    cfg.log_level = cfg.log_level.lower()
+    if not isinstance(cfg.socket, str):
+        raise ConfigError(f"socket must be a path, got {cfg.socket!r}")
+    if cfg.socket and len(os.fsencode(cfg.socket)) > 100:
+        # sun_path is 104 bytes on macOS, 108 on Linux
+        raise ConfigError(f"socket path too long for a Unix socket (max 100 bytes): {cfg.socket}")
+    if cfg.socket_group is not None and not isinstance(cfg.socket_group, (str, int)):
+        raise ConfigError(f"socket_group must be a group name or id, got {cfg.socket_group!r}")
+    for key in ("metrics_listen", "metrics_textfile"):
+        value = getattr(cfg, key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+    if cfg.metrics_listen is not None:
+        host, sep, port = cfg.metrics_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"metrics_listen must be HOST:PORT (e.g. 127.0.0.1:9100), got {cfg.metrics_listen!r}"
+            )

@@ -1,0 +1,256 @@
+"""One plain function per RPC method (DESIGN §2): (daemon, params, session) -> result.
+
+Handlers validate their params and raise RPCError with a wire code; they
+never let another exception escape (the server turns any that does into
+`internal` without a traceback on the wire). `HANDLERS` is the one dispatch
+table; a test checks every method of the protocol has an entry.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import psutil
+
+from common import protocol
+from common.models import CONNECTION_FIELDS, Filter, FilterError
+from common.protocol import RPCError
+
+from . import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import Daemon
+    from .server import ClientSession
+
+Handler = Callable[["Daemon", dict[str, Any], "ClientSession"], Any]
+
+
+def _invalid(field: str, message: str) -> RPCError:
+    return RPCError(protocol.INVALID_PARAMS, f"{field}: {message}")
+
+
+def _check_keys(params: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise _invalid(str(key), f"unknown parameter (allowed: {', '.join(allowed) or 'none'})")
+
+
+def _filter(params: dict[str, Any]) -> Filter:
+    try:
+        return Filter.from_wire(params.get("filter"))
+    except FilterError as exc:
+        raise _invalid(f"filter.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+
+
+def _bool(params: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise _invalid(key, "must be true or false")
+    return value
+
+
+def _positive_number(params: dict[str, Any], key: str, lo: float, hi: float) -> float:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _invalid(key, "must be a number")
+    if not lo <= value <= hi:
+        raise _invalid(key, f"must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def _require_control(session: "ClientSession") -> None:
+    if not session.may_control:
+        raise RPCError(
+            protocol.ACCESS_DENIED,
+            "control needs root, the daemon's own user, or membership of its socket group",
+        )
+
+
+# -- methods ---------------------------------------------------------------
+
+
+def hello(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Handshake: protocol and daemon versions, platform, backend."""
+    _check_keys(params, ("client_version",))
+    cv = params.get("client_version")
+    if cv is not None and not isinstance(cv, str):
+        raise _invalid("client_version", "must be a string")
+    return {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "version": __version__,
+        "platform": sys.platform,
+        "backend": daemon.backend.name,
+        "capabilities": daemon.backend.capabilities(),
+        "pid": os.getpid(),
+    }
+
+
+def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Daemon health: monitoring, interval, backend, warnings, own cost."""
+    _check_keys(params, ())
+    bst = daemon.backend.status()
+    warnings = list(daemon.warnings) + list(bst.warnings)
+    if not bst.attribution_complete and not any("attribut" in w for w in warnings):
+        warnings.append("process attribution is partial: some sockets are shown without pid")
+    if bst.events_lost:
+        warnings.append(
+            f"{bst.events_lost} connection-close events were lost (kernel buffer overflow): "
+            "bytes of those short-lived connections are not counted"
+        )
+    proc = daemon.self_process
+    try:
+        with proc.oneshot():
+            cpu = proc.cpu_percent(None)
+            rss = proc.memory_info().rss
+    except psutil.Error:
+        cpu, rss = None, None
+    state = daemon.state
+    mono = time.monotonic()
+    return {
+        "monitoring": daemon.monitoring,
+        "interval": state.interval,
+        "uptime": mono - daemon.started_mono,
+        "backend": daemon.backend.name,
+        "per_socket_bytes": daemon.backend.per_socket_bytes,
+        "privileged": bst.privileged,
+        "attribution_complete": bst.attribution_complete,
+        "events_lost": bst.events_lost,
+        "warnings": warnings,
+        "cpu_percent": cpu,
+        "rss_bytes": rss,
+        "sample_age": None if state.last_mono is None else mono - state.last_mono,
+        "last_tick_seconds": daemon.last_tick_seconds,
+        "ticks": state.ticks,
+        "connections": len(state.open),
+        "closed_retained": len(state.closed),
+        "clients": daemon.server.client_count if daemon.server else 0,
+        "socket": daemon.socket_path,
+        "version": __version__,
+        "pid": os.getpid(),
+        "history_seconds": state.history_seconds,
+        "include_loopback": state.include_loopback,
+    }
+
+
+def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Connection rows matching the filter; closed ones last."""
+    _check_keys(params, ("filter", "include_closed", "fields"))
+    flt = _filter(params)
+    include_closed = _bool(params, "include_closed")
+    now = time.time()
+    rows = flt.apply(row.to_wire(now) for row in daemon.state.connections(include_closed))
+    wanted = params.get("fields")
+    if wanted is not None:
+        # Let callers that need a few columns skip serialising the rest.
+        if not isinstance(wanted, (list, tuple)) or not all(f in CONNECTION_FIELDS for f in wanted):
+            raise _invalid("fields", f"must be a list of: {', '.join(CONNECTION_FIELDS)}")
+        rows = [{f: r[f] for f in wanted} for r in rows]
+    return {"connections": rows}
+
+
+def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Per-application usage; with a filter, computed over the matching rows only."""
+    _check_keys(params, ("filter",))
+    flt = _filter(params)
+    usage = daemon.state.app_usage()
+    if flt.is_empty():
+        return {"apps": usage}
+    now = time.time()
+    matching = flt.apply(row.to_wire(now) for row in daemon.state.connections(False))
+    names = {r["process_name"] or "unknown" for r in matching}
+    # An app-level filter (--proc) also keeps apps with no open connection.
+    if flt.proc is not None and not (set(flt.to_wire()) - {"proc"}):
+        names |= {a["process_name"] for a in usage if flt.proc.lower() in a["process_name"].lower()}
+    return {"apps": [a for a in usage if a["process_name"] in names]}
+
+
+def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Totals, rates, interfaces, attribution."""
+    _check_keys(params, ())
+    return daemon.state.stats(
+        uptime=time.monotonic() - daemon.started_mono, monitoring=daemon.monitoring
+    )
+
+
+def bandwidth_history(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """History points of the last `seconds` (default 60)."""
+    _check_keys(params, ("seconds",))
+    seconds = 60.0
+    if "seconds" in params:
+        seconds = _positive_number(params, "seconds", 0, 7 * 86400)
+    return {"history": daemon.state.bandwidth_history(seconds, time.time())}
+
+
+def control(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """start | stop | clear monitoring."""
+    _check_keys(params, ("action",))
+    action = params.get("action")
+    if action not in ("start", "stop", "clear"):
+        raise _invalid("action", "must be start, stop or clear")
+    _require_control(session)
+    if action == "start":
+        daemon.set_monitoring(True)
+    elif action == "stop":
+        daemon.set_monitoring(False)
+    else:
+        daemon.state.clear()
+    return {"monitoring": daemon.monitoring}
+
+
+def configure(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Change the sampling interval."""
+    _check_keys(params, ("interval",))
+    if "interval" not in params:
+        raise _invalid("interval", "required")
+    interval = _positive_number(params, "interval", 0.1, 3600)
+    _require_control(session)
+    daemon.set_interval(interval)
+    return {"interval": daemon.state.interval}
+
+
+def _topics(params: dict[str, Any]) -> list[str]:
+    topics = params.get("topics")
+    if topics is None:
+        return list(protocol.TOPICS)
+    if not isinstance(topics, (list, tuple)) or not all(isinstance(t, str) for t in topics):
+        raise _invalid("topics", "must be a list of topic names")
+    bad = [t for t in topics if t not in protocol.TOPICS]
+    if bad:
+        raise _invalid("topics", f"unknown topic {bad[0]!r} (one of {', '.join(protocol.TOPICS)})")
+    return list(dict.fromkeys(topics))
+
+
+def subscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Start notifications on topics, filtered by the daemon."""
+    _check_keys(params, ("topics", "filter"))
+    topics = _topics(params)
+    session.subscribe(topics, _filter(params))
+    return {"topics": sorted(session.topics)}
+
+
+def unsubscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+    """Stop notifications on topics (all when none given)."""
+    _check_keys(params, ("topics",))
+    session.unsubscribe(_topics(params))
+    return {"topics": sorted(session.topics)}
+
+
+HANDLERS: dict[str, Handler] = {
+    "hello": hello,
+    "status": status,
+    "connections": connections,
+    "apps": apps,
+    "stats": stats,
+    "bandwidth_history": bandwidth_history,
+    "control": control,
+    "configure": configure,
+    "subscribe": subscribe,
+    "unsubscribe": unsubscribe,
+}
+
+#: The methods of DESIGN §2, for the test that checks HANDLERS covers them.
+METHODS = tuple(HANDLERS)

@@ -1,0 +1,68 @@
+"""netmond command line: argv -> config -> logging -> app.run(). Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from common import __version__
+
+from .config import BACKENDS, LOG_LEVELS, ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="netmond",
+        description="netmon daemon: samples every connection, its process and its bytes, "
+        "and serves them on a Unix socket to netmonctl.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: "
+                   "/etc/netmon/netmond.toml for root, ~/.config/netmon/netmond.toml otherwise)")
+    p.add_argument("--socket", metavar="PATH", help="Unix socket path to listen on")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="sampling interval (default 1)")
+    p.add_argument("--history-seconds", type=int, metavar="N", help="bandwidth history kept (default 3600)")
+    p.add_argument("--closed-retention", type=float, metavar="SECONDS",
+                   help="how long closed connections stay listed (default 60)")
+    p.add_argument("--include-loopback", action="store_true", default=None,
+                   help="count loopback traffic in totals")
+    p.add_argument("--backend", choices=BACKENDS, help="where the numbers come from (default auto)")
+    p.add_argument("--socket-group", metavar="GROUP", help="group allowed to use a root daemon's socket")
+    p.add_argument("--max-clients", type=int, metavar="N", help="concurrent clients (default 64)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument("--version", action="version", version=f"netmond {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        "socket": args.socket,
+        "interval": args.interval,
+        "history_seconds": args.history_seconds,
+        "closed_retention": args.closed_retention,
+        "include_loopback": args.include_loopback,
+        "backend": args.backend,
+        "socket_group": args.socket_group,
+        "max_clients": args.max_clients,
+        "log_level": args.log_level,
+    }
+    try:
+        config = load_config(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"netmond: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s netmond[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from . import app  # after logging is set up; keeps --help/--version fast
+
+    app.Daemon.config_path_for_reload = args.config
+    app.Daemon.cli_overrides = {k: v for k, v in overrides.items() if v is not None}
+    return app.run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
