@@ -1,0 +1,44 @@
+"""Helpers for tests: polling with a deadline, loopback connections."""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll predicate until it returns a truthy value; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@contextmanager
+def tcp_pair(host: str = "127.0.0.1") -> Iterator[tuple[socket.socket, socket.socket, socket.socket]]:
+    """(listener, client, server) connected over loopback; all closed on exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lst = socket.socket(family, socket.SOCK_STREAM)
+    cli = socket.socket(family, socket.SOCK_STREAM)
+    srv = None
+    try:
+        lst.bind((host, 0))
+        lst.listen(8)
+        cli.settimeout(5)
+        cli.connect(lst.getsockname()[:2])
+        lst.settimeout(5)
+        srv, _ = lst.accept()
+        yield lst, cli, srv
+    finally:
+        for s in (cli, srv, lst):
+            if s is not None:
+                s.close()

@@ -1,0 +1,212 @@
+"""MonitorState on hand-made snapshots: ids, rates, lifecycle, totals, history."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.models import CONNECTION_FIELDS, STATS_FIELDS, UNKNOWN_APP
+from netmond.backends.base import InterfaceSample, Snapshot, SocketSample
+from netmond.state import MAX_CLOSED_ROWS, MonitorState
+
+
+def sock(port: int = 5000, sent: int | None = 0, recv: int | None = 0, *, state: str = "ESTABLISHED",
+         pid: int | None = 42, name: str | None = "curl", remote: str = "93.184.216.34") -> SocketSample:
+    key = ("TCP", "192.168.1.5", port, remote, 443)
+    return SocketSample(key, "TCP", "IPv4", "192.168.1.5", port, remote, 443, state, pid, name,
+                        "alice", sent, recv)
+
+
+def snap(t: float, sockets=(), closed=(), ifaces=None) -> Snapshot:
+    return Snapshot(monotonic=t, wall=1_000_000 + t, sockets=list(sockets), closed=list(closed),
+                    interfaces=ifaces or [])
+
+
+def row_of(state: MonitorState, port: int):
+    return next(r for r in state.connections(True) if r.local_port == port)
+
+
+def test_id_is_stable_and_rates_are_deltas_over_time():
+    st = MonitorState(interval=1.0)
+    st.apply(snap(0, [sock(sent=1000, recv=500)]))
+    first = row_of(st, 5000)
+    assert first.upload_speed is None  # baseline: no rate yet, never invented
+    st.apply(snap(2, [sock(sent=5000, recv=2500)]))
+    row = row_of(st, 5000)
+    assert row.id == first.id
+    assert row.upload_speed == pytest.approx(2000)
+    assert row.download_speed == pytest.approx(1000)
+
+
+def test_pre_existing_bytes_are_not_counted_but_new_connections_count_fully():
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, 10_000, 10_000)]))
+    st.apply(snap(1, [sock(5000, 10_100, 10_000), sock(5001, 700, 300)]))
+    usage = {a["process_name"]: a for a in st.app_usage()}
+    assert usage["curl"]["bytes_sent"] == 100 + 700
+    assert usage["curl"]["bytes_received"] == 300
+    new = row_of(st, 5001)
+    assert new.upload_speed == pytest.approx(700)
+
+
+def test_counter_going_backwards_is_a_new_socket_not_a_negative_rate():
+    st = MonitorState()
+    st.apply(snap(0, [sock(sent=1000)]))
+    old_id = row_of(st, 5000).id
+    ch = st.apply(snap(1, [sock(sent=10)]))
+    ids = {r.id for r in st.connections(True)}
+    assert len(ids) == 2 and old_id in ids
+    assert [r.id for r in ch.closed] == [old_id]
+    new = st.open[sock().key]
+    assert new.id != old_id and new.upload_speed == pytest.approx(10)
+
+
+def test_vanished_connection_is_closed_retained_then_expired():
+    st = MonitorState(closed_retention=5)
+    st.apply(snap(0, [sock(sent=0)]))
+    st.apply(snap(1, [sock(sent=300)]))
+    ch = st.apply(snap(2, []))
+    (row,) = ch.closed
+    assert row.state == "CLOSED" and row.closed_at == 1_000_002 and row.bytes_sent == 300
+    wire = row.to_wire(1_000_003)
+    assert set(wire) == set(CONNECTION_FIELDS)
+    assert wire["duration"] == pytest.approx(2)
+    assert list(st.connections(False)) == []
+    assert [r.id for r in st.connections(True)] == [row.id]
+    st.apply(snap(8, []))
+    assert list(st.connections(True)) == []
+    # its bytes stay in the app's totals after the row is gone
+    assert {a["process_name"]: a["bytes_sent"] for a in st.app_usage()} == {"curl": 300}
+
+
+def test_destroy_event_of_a_connection_never_seen_counts_every_byte_as_unknown():
+    st = MonitorState()
+    st.apply(snap(0, []))
+    ghost = sock(6000, 100_000, 20, pid=None, name=None)
+    ch = st.apply(snap(1, [], closed=[ghost]))
+    (row,) = ch.closed
+    assert row.state == "CLOSED" and row.pid is None and row.bytes_sent == 100_000
+    usage = {a["process_name"]: a for a in st.app_usage()}
+    assert usage[UNKNOWN_APP]["bytes_sent"] == 100_000
+    assert usage[UNKNOWN_APP]["connections"] == 0
+
+
+def test_destroy_event_closes_open_row_with_final_counters():
+    st = MonitorState()
+    st.apply(snap(0, [sock(sent=0)]))
+    st.apply(snap(1, [sock(sent=1000)]))
+    rid = row_of(st, 5000).id
+    # socket sent 500 more and closed between ticks; the dump (taken just
+    # before the event was read) still lists it with older counters
+    ch = st.apply(snap(2, [sock(sent=1200)], closed=[sock(sent=1500, state="CLOSE")]))
+    assert [r.id for r in ch.closed] == [rid]
+    assert not st.open  # the stale dump row did not resurrect it
+    assert row_of(st, 5000).bytes_sent == 1500
+    assert st.app_usage()[0]["bytes_sent"] == 1500
+
+
+def test_late_destroy_event_tops_up_a_row_the_dump_already_saw_vanish():
+    st = MonitorState()
+    st.apply(snap(0, [sock(sent=0)]))
+    st.apply(snap(1, [sock(sent=1000)]))
+    st.apply(snap(2, []))  # vanished; last known 1000
+    st.apply(snap(3, [], closed=[sock(sent=1800)]))
+    rows = list(st.connections(True))
+    assert len(rows) == 1 and rows[0].bytes_sent == 1800
+    assert st.app_usage()[0]["bytes_sent"] == 1800
+
+
+def test_unknown_counters_stay_none_and_are_never_zero():
+    st = MonitorState()
+    st.apply(snap(0, [sock(sent=None, recv=None)]))
+    st.apply(snap(1, [sock(sent=None, recv=None)]))
+    wire = row_of(st, 5000).to_wire(1_000_001)
+    assert wire["bytes_sent"] is None and wire["upload_speed"] is None and wire["counters"] is None
+
+
+def test_known_counters_are_kept_when_a_sample_lacks_them():
+    st = MonitorState()
+    st.apply(snap(0, [sock(sent=10)]))
+    st.apply(snap(1, [sock(sent=None, recv=None, state="TIME_WAIT")]))
+    row = row_of(st, 5000)
+    assert row.bytes_sent == 10 and row.state == "TIME_WAIT"
+    assert row.to_wire(0)["counters"] == "kernel"
+
+
+def test_late_pid_attribution_is_adopted():
+    st = MonitorState()
+    st.apply(snap(0, [sock(pid=None, name=None)]))
+    st.apply(snap(1, [sock(pid=7, name="ssh")]))
+    row = row_of(st, 5000)
+    assert (row.pid, row.process_name) == (7, "ssh")
+
+
+def iface(name: str, sent: int, recv: int, lo: bool = False) -> InterfaceSample:
+    return InterfaceSample(name, sent, recv, lo)
+
+
+def test_interface_rates_totals_and_attribution_exclude_loopback():
+    st = MonitorState(include_loopback=False)
+    st.apply(snap(0, [sock(sent=0, recv=0)], ifaces=[iface("en0", 0, 0), iface("lo", 0, 0, True)]))
+    st.apply(snap(2, [sock(sent=1000, recv=4000)],
+                  ifaces=[iface("en0", 3000, 8000), iface("lo", 10**6, 10**6, True)]))
+    s = st.stats(uptime=2, monitoring=True)
+    assert set(s) == set(STATS_FIELDS)
+    assert s["total_upload_speed"] == pytest.approx(1500)
+    assert s["total_download_speed"] == pytest.approx(4000)
+    assert s["attributed_upload_speed"] == pytest.approx(500)
+    assert s["unattributed_download_speed"] == pytest.approx(2000)
+    assert s["total_bytes_sent"] == 3000 and s["total_bytes_received"] == 8000
+    assert s["top_app"] == "curl"
+    assert s["active_connections"] == 1
+    by_name = {i["name"]: i for i in s["interfaces"]}
+    assert by_name["lo"]["upload_speed"] == pytest.approx(500_000)
+
+
+def test_loopback_connections_are_not_attributed_unless_loopback_is_counted():
+    lo_sock = sock(remote="127.0.0.1", sent=0)
+    for include, expected in ((False, 0), (True, 100)):
+        st = MonitorState(include_loopback=include)
+        st.apply(snap(0, [lo_sock]))
+        st.apply(snap(1, [sock(remote="127.0.0.1", sent=100)]))
+        assert st.attributed_upload_speed == pytest.approx(expected)
+
+
+def test_history_ring_is_bounded_and_clear_zeroes_everything():
+    st = MonitorState(interval=1.0, history_seconds=5)
+    for t in range(20):
+        st.apply(snap(t, [sock(sent=100 * t)], ifaces=[iface("en0", 100 * t, 0)]))
+    assert len(st.history) == 5
+    assert st.bandwidth_history(3, now=1_000_019)[-1]["upload"] == pytest.approx(100)
+    assert len(st.bandwidth_history(3, now=1_000_019)) == 4  # points at t=16..19
+    st.clear()
+    assert not st.history
+    assert all(a["bytes_sent"] == 0 for a in st.app_usage())
+    assert st.stats(uptime=0, monitoring=True)["total_bytes_sent"] == 0
+    # after a clear the current counters are the new baseline
+    st.apply(snap(20, [sock(sent=2000)], ifaces=[iface("en0", 2000, 0)]))
+    st.apply(snap(21, [sock(sent=2050)], ifaces=[iface("en0", 2050, 0)]))
+    assert st.app_usage()[0]["bytes_sent"] == 50
+
+
+def test_interval_change_keeps_history_seconds():
+    st = MonitorState(interval=1.0, history_seconds=10)
+    st.set_interval(0.5)
+    assert st.history.maxlen == 20
+
+
+def test_closed_rows_are_bounded_under_churn():
+    st = MonitorState(closed_retention=3600)
+    st.apply(snap(0, []))
+    ghosts = [sock(p, 1, 1) for p in range(MAX_CLOSED_ROWS + 10)]
+    st.apply(snap(1, [], closed=ghosts))
+    assert len(st.closed) == MAX_CLOSED_ROWS
+
+
+def test_rebaseline_after_resume_does_not_count_the_pause():
+    st = MonitorState()
+    st.apply(snap(0, [sock(sent=0)]))
+    st.apply(snap(1, [sock(sent=100)]))
+    st.rebaseline()
+    st.apply(snap(50, [sock(sent=90_000)]))
+    st.apply(snap(51, [sock(sent=90_010)]))
+    assert st.app_usage()[0]["bytes_sent"] == 110
