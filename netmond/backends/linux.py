@@ -1,0 +1,477 @@
+"""The Linux backend: kernel byte counters for every TCP socket, without root.
+
+Per tick (`sample()`):
+  1. one NETLINK_SOCK_DIAG dump per family (IPv4, IPv6) for TCP, asking for
+     tcp_info, and one per family for UDP (sockets only: the kernel keeps no
+     UDP byte counters, so their bytes are None);
+  2. socket inode -> pid from /proc/PID/fd (`procfd.SocketOwners`), process
+     name and user per pid (`procinfo.ProcessCache`);
+  3. the TCP destroy events received since the previous tick (`sockdiag.
+     DestroyListener`, drained continuously by its own thread) become
+     `Snapshot.closed`, with the final counters of each socket;
+  4. interface totals (`interfaces.sample_interfaces`).
+
+What the counters mean (payload acknowledged by the peer / received, SYN and
+FIN not counted) and how tcp_info is corrected for it: see `tcpbytes.py`.
+
+Keys (`SocketSample.key`):
+    ("TCP"|"UDP", local_ip, local_port, remote_ip, remote_port)
+for a socket with a remote end; a socket without one (listener, unconnected
+UDP, a TCP socket that is bound but not connected) has remote_ip/remote_port
+None and its inode appended, since several such sockets may share the tuple
+(SO_REUSEPORT). A destroy event carries no inode, which is fine: only
+connected sockets are reported from destroy events, and their key is the
+5-tuple, the same in the dump and in the event.
+
+Closed connections (decisions):
+  * A connection's row ends at its destroy event, with its final counters.
+    The kernel frees the full socket when it enters TIME_WAIT and keeps a
+    small "timewait" socket (inode 0, no tcp_info) on the same 5-tuple for
+    60 s; later dumps list it. Such a remnant is NOT reported again when its
+    key was reported destroyed in the last 65 to 130 seconds (`RecentKeys`).
+    TIME_WAIT sockets with no destroy event seen (closed before the daemon
+    started, or the event was lost) are reported as TIME_WAIT, counters None.
+  * Destroy events are ignored for sockets without a remote end (listeners;
+    a socket aborted with SO_LINGER 0 also arrives so, with its counters
+    zeroed by the kernel) and for sockets that never reached ESTABLISHED and
+    moved nothing (bytes_acked and bytes_received both 0: failed connects).
+  * A closed socket's pid/process come from the last dumps that listed it;
+    one that lived shorter than a tick has pid None (its owner's uid is still
+    known: `user` is filled from it).
+  * A key reported in `closed` is never also in `sockets` of the same
+    snapshot (a dump may list a socket that is destroyed a moment later).
+
+Without root, other users' /proc/PID/fd cannot be read: their sockets keep
+their counters with pid None, and `status()` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import socket
+from collections import deque
+from itertools import chain
+
+from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
+from .interfaces import sample_interfaces
+from .netlink import (
+    ALL_STATES_MASK,
+    INET_DIAG_EXT_INFO,
+    TCP_FIN_WAIT2,
+    TCP_LISTEN,
+    TCP_STATES,
+    TCP_SYN_RECV,
+    TCP_SYN_SENT,
+    TCP_TIME_WAIT,
+    UNSPECIFIED_ADDR,
+    AddressFormatter,
+    DiagSocket,
+)
+from .procfd import SocketOwners
+from .procinfo import ProcessCache
+from .sockdiag import DestroyListener, SockDiagDumper
+from .tcpbytes import payload
+
+log = logging.getLogger(__name__)
+
+#: A key reported destroyed hides its TIME_WAIT remnant for at least this
+#: long: Linux keeps a timewait socket 60 s (TCP_TIMEWAIT_LEN) from the moment
+#: the full socket is freed, which is when the destroy event is sent.
+TIMEWAIT_HIDE_SECONDS = 65.0
+#: Bound on the keys remembered per generation (2 generations): ~170 bytes a
+#: key, so at most ~35 MB, reached only at > 1,500 closes/s sustained. Beyond
+#: it some remnants show up again as TIME_WAIT rows without counters.
+MAX_DESTROYED_KEYS_PER_GENERATION = 100_000
+#: Dumps whose owner table is kept to attribute destroy events that arrive
+#: after the socket already vanished from the dump (the event is delivered
+#: asynchronously, by a kernel work queue then our reader thread).
+OWNER_GENERATIONS = 3
+
+_FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+_TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
+_NO_OWNER = (None, None, None, None)
+_NO_BYTES = (None, None)
+#: (family, protocol, idiag_ext) of the four dumps of a tick.
+_TCP_DUMPS = ((socket.AF_INET, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO), (socket.AF_INET6, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO))
+_UDP_DUMPS = ((socket.AF_INET, socket.IPPROTO_UDP, 0), (socket.AF_INET6, socket.IPPROTO_UDP, 0))
+
+#: Owner tables map each connected TCP key to (pid, process_name, user,
+#: active_open). active_open is remembered so that the SYN correction of a
+#: socket never changes during its life (see tcpbytes.py): a counter that
+#: went down by one byte would read as a new socket.
+OwnerTable = dict[tuple, tuple]
+
+
+def netlink_available() -> bool:
+    """True when this kernel answers NETLINK_SOCK_DIAG dumps (tiny test dump).
+
+    The daemon's `--backend auto` uses it to pick this backend, or to fall
+    back to the portable one (containers without netlink, non-Linux).
+    """
+    dumper = SockDiagDumper(timeout=2.0)
+    try:
+        dumper.dump(socket.AF_INET, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN)
+        return True
+    except OSError:
+        return False
+    finally:
+        dumper.close()
+
+
+class LinuxBackend(Backend):
+    """inet_diag netlink + /proc inode index + TCP destroy events."""
+
+    name = "linux"
+    per_socket_bytes = True
+
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        destroy_listener: DestroyListener | None = None,
+        max_pending_events: int = 100_000,
+    ) -> None:
+        """`destroy_listener`: an unstarted listener to use (tests inject one)."""
+        self._dumper = SockDiagDumper()
+        self._destroy = destroy_listener or DestroyListener(max_pending=max_pending_events)
+        self._destroy_error: str | None = None
+        self._owners = SocketOwners(proc_root)
+        self._procs = ProcessCache()
+        self._addresses = AddressFormatter()
+        self._user_names = _UserNames()
+        # Owner tables of the latest dumps, newest first.
+        self._owner_history: deque[OwnerTable] = deque(maxlen=OWNER_GENERATIONS)
+        self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
+        self._dumps: list[tuple[int, int, int]] = list(_TCP_DUMPS + _UDP_DUMPS)
+        self._dump_warnings: list[str] = []
+        self._attribution_complete = True
+        self._started = False
+
+    # -- life cycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Check which dumps this kernel supports and start the destroy-event reader."""
+        self._started = True
+        self._probe_dumps()
+        try:
+            self._destroy.start()
+        except OSError as exc:
+            self._destroy_error = (
+                f"TCP destroy events unavailable ({exc.strerror or exc}): connections that open and "
+                "close between two samples are not counted"
+            )
+            log.warning("%s", self._destroy_error)
+
+    def _probe_dumps(self) -> None:
+        """Drop the dumps this kernel refuses (no IPv6, no udp_diag), with a warning.
+
+        Once started, a failing dump makes sample() raise instead: returning
+        fewer sockets would make every row of that kind look closed.
+        """
+        kept = []
+        for family, protocol, ext in self._dumps:
+            try:
+                self._dumper.dump(family, protocol, ext, 1 << TCP_LISTEN)
+                kept.append((family, protocol, ext))
+            except OSError as exc:
+                what = f"{'TCP' if protocol == socket.IPPROTO_TCP else 'UDP'} {_FAMILY_NAMES[family]}"
+                self._dump_warnings.append(f"{what} sockets not listed: the kernel refused the dump ({exc})")
+                log.warning("%s", self._dump_warnings[-1])
+        self._dumps = kept
+
+    def close(self) -> None:
+        self._destroy.close()
+        self._dumper.close()
+
+    # -- the tick ----------------------------------------------------------------
+    def sample(self) -> Snapshot:
+        if not self._started:
+            self.start()
+        mono, wall = now()
+        tcp: list[DiagSocket] = []
+        udp: list[DiagSocket] = []
+        for family, protocol, ext in self._dumps:
+            (tcp if protocol == socket.IPPROTO_TCP else udp).extend(self._dump(family, protocol, ext))
+        # Taken after the dumps, so that a socket destroyed just after the
+        # dump listed it is reported closed, not open (its key is removed
+        # from `sockets` below).
+        events = self._destroy.take()
+
+        live_inodes = {rec[7] for rec in chain(tcp, udp)}
+        live_inodes.discard(0)
+        self._owners.refresh(live_inodes)
+        self._attribution_complete = is_privileged() or self._only_own_sockets(tcp, udp)
+
+        listening_ports = {rec[2] for rec in tcp if rec[1] == TCP_LISTEN}
+        owner_of = _OwnerLookup(self._procs, self._owners, self._user_names)
+        owner_table: OwnerTable = {}
+        sockets = self._tcp_samples(tcp, listening_ports, owner_of, owner_table)
+        sockets += self._udp_samples(udp, owner_of)
+        self._owner_history.appendleft(owner_table)
+
+        closed = self._closed_samples(events, listening_ports, owner_of, mono)
+        if closed:
+            closed_keys = {s.key for s in closed}
+            sockets = [s for s in sockets if s.key not in closed_keys]
+        self._destroyed.expire(mono)
+        self._procs.forget_missing(owner_of.live_pids())
+        return Snapshot(
+            monotonic=mono, wall=wall, sockets=sockets, interfaces=sample_interfaces(), closed=closed
+        )
+
+    def _dump(self, family: int, protocol: int, ext: int) -> list[DiagSocket]:
+        """One dump, retried once (the dumper reopens its socket after a failure)."""
+        try:
+            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK)
+        except OSError as exc:
+            log.info("sock_diag dump failed (%s), retrying once", exc)
+            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK)
+
+    def _tcp_samples(
+        self,
+        records: list[DiagSocket],
+        listening_ports: set[int],
+        owner_of: _OwnerLookup,
+        owner_table: OwnerTable,
+    ) -> list[SocketSample]:
+        """SocketSamples of a TCP dump; fills owner_table for destroy events."""
+        # The backend's hot loop (10,000 sockets a tick): attribute and
+        # method lookups are hoisted into locals, caches are read inline.
+        addresses = self._addresses.by_family
+        format_address = self._addresses.format
+        inode_owner = self._owners.owners.get
+        owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
+        previous = self._owner_history[0] if self._owner_history else {}
+        destroyed = self._destroyed
+        family_names = _FAMILY_NAMES
+        state_names = TCP_STATES
+        out: list[SocketSample] = []
+        append = out.append
+        for family, state, sport, dport, src, dst, uid, inode, counters in records:
+            state_name = state_names.get(state)
+            if state_name is None:
+                continue  # a pseudo-state (bound-only sockets) we did not ask for
+            texts = addresses[family]
+            local_ip = texts.get(src) or format_address(family, src)
+            if dport == 0 and dst == UNSPECIFIED_ADDR:
+                remote_ip = remote_port = None
+                key: tuple = ("TCP", local_ip, sport, None, None, inode)
+            else:
+                remote_ip, remote_port = texts.get(dst) or format_address(family, dst), dport
+                key = ("TCP", local_ip, sport, remote_ip, dport)
+            if inode == 0 and counters is None and state in _TIMEWAIT_STATES:
+                if key in destroyed:
+                    continue  # its row already ended at the destroy event
+                # The full socket is gone; the last dump may still know its owner.
+                pid, name, user, _ = previous.get(key) or _NO_OWNER
+                append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
+                                    remote_port, state_name, pid, name, user))
+                continue
+            if inode:
+                pid = inode_owner(inode)
+                info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
+                pid, name, user = info or owner_info(pid, uid)
+            else:  # a SYN_RECV request socket: no file yet
+                pid = name = user = None
+            if remote_ip is None:  # a listener: it moves no bytes itself
+                sent = received = 0 if counters is not None else None
+            else:
+                known = previous.get(key)
+                if known is not None:
+                    active_open = known[3]
+                elif state == TCP_SYN_SENT or state == TCP_SYN_RECV:
+                    active_open = state == TCP_SYN_SENT
+                else:
+                    # Accepted sockets share their listener's port; ours do not.
+                    active_open = sport not in listening_ports
+                sent, received = payload(counters, state, active_open) if counters is not None else _NO_BYTES
+                owner_table[key] = (pid, name, user, active_open)
+            append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
+                                remote_port, state_name, pid, name, user, sent, received))
+        return out
+
+    def _udp_samples(self, records: list[DiagSocket], owner_of: _OwnerLookup) -> list[SocketSample]:
+        """SocketSamples of a UDP dump: no byte counters exist for UDP."""
+        addresses = self._addresses.by_family
+        format_address = self._addresses.format
+        inode_owner = self._owners.owners.get
+        owner_info = owner_of.info
+        out: list[SocketSample] = []
+        for family, _state, sport, dport, src, dst, uid, inode, _counters in records:
+            texts = addresses[family]
+            local_ip = texts.get(src) or format_address(family, src)
+            if dport == 0 and dst == UNSPECIFIED_ADDR:
+                remote_ip = remote_port = None
+                key: tuple = ("UDP", local_ip, sport, None, None, inode)
+            else:
+                remote_ip, remote_port = texts.get(dst) or format_address(family, dst), dport
+                key = ("UDP", local_ip, sport, remote_ip, dport)
+            pid, name, user = owner_info(inode_owner(inode), uid)
+            out.append(SocketSample(key, "UDP", _FAMILY_NAMES[family], local_ip, sport, remote_ip,
+                                    remote_port, "NONE", pid, name, user))
+        return out
+
+    def _closed_samples(
+        self, events: list[DiagSocket], listening_ports: set[int], owner_of: _OwnerLookup, mono: float
+    ) -> list[SocketSample]:
+        """SocketSamples (final counters) of the destroy events worth reporting."""
+        fmt = self._addresses.format
+        remember_destroyed = self._destroyed.add
+        out: list[SocketSample] = []
+        for family, state, sport, dport, src, dst, uid, _inode, counters in events:
+            if counters is None or dport == 0:
+                continue  # a listener, an aborted socket (zeroed by the kernel), an old kernel
+            if counters.bytes_acked == 0 and counters.bytes_received == 0:
+                continue  # never established, nothing moved: a failed connect
+            local_ip, remote_ip = fmt(family, src), fmt(family, dst)
+            key = ("TCP", local_ip, sport, remote_ip, dport)
+            known = self._remembered_owner(key)
+            if known is not None:
+                pid, name, user, active_open = known
+            else:  # lived shorter than a tick: never in a dump
+                pid, name, user = owner_of.info(None, uid)
+                active_open = sport not in listening_ports
+            sent, received = payload(counters, state, active_open)
+            out.append(SocketSample(
+                key, "TCP", _FAMILY_NAMES[family], local_ip, sport, remote_ip, dport,
+                TCP_STATES.get(state, "CLOSE"), pid, name, user, sent, received,
+            ))
+            remember_destroyed(key, mono)
+        return out
+
+    # -- helpers -----------------------------------------------------------------
+    def _remembered_owner(self, key: tuple) -> tuple | None:
+        """(pid, name, user, active_open) from the latest dump that listed key."""
+        for table in self._owner_history:
+            known = table.get(key)
+            if known is not None:
+                return known
+        return None
+
+    @staticmethod
+    def _only_own_sockets(*dumps: list[DiagSocket]) -> bool:
+        """True when every full socket belongs to our uid (so we can read its owner)."""
+        euid = os.geteuid()
+        return all(rec[6] == euid for records in dumps for rec in records if rec[7])
+
+    # -- status ------------------------------------------------------------------
+    def status(self) -> BackendStatus:
+        warnings = list(self._dump_warnings)
+        if not self._attribution_complete:
+            warnings.append(
+                f"running as uid {os.geteuid()} without root: sockets of other users are shown "
+                "without process; run as root to attribute them"
+            )
+        if self._destroy_error:
+            warnings.append(self._destroy_error)
+        lost = self._destroy.events_lost
+        if lost:
+            warnings.append(
+                f"{lost} TCP destroy events lost (netlink buffer overflow): bytes of connections "
+                "that closed then are missing from per-connection totals"
+            )
+        return BackendStatus(
+            privileged=is_privileged(),
+            attribution_complete=self._attribution_complete,
+            warnings=warnings,
+            events_lost=lost,
+        )
+
+
+class RecentKeys:
+    """A set of keys, each remembered for between `ttl` and 2 * `ttl` seconds.
+
+    Two generations of plain sets, rotated every `ttl` seconds: cheaper than
+    an expiry time per key (no per-key float, no ordered dict), and a key is
+    kept at least `ttl` as long as a generation holds fewer than `max_keys`
+    (past that it rotates early: memory stays bounded under any churn).
+    """
+
+    def __init__(self, ttl: float, max_keys: int) -> None:
+        self._ttl = ttl
+        self._max_keys = max_keys
+        self._current: set = set()
+        self._previous: set = set()
+        self._rotated_at: float | None = None
+
+    def add(self, key, now: float) -> None:
+        if self._rotated_at is None:
+            self._rotated_at = now
+        self._current.add(key)
+        if len(self._current) >= self._max_keys:
+            self._rotate(now)
+
+    def __contains__(self, key) -> bool:
+        return key in self._current or key in self._previous
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def expire(self, now: float) -> None:
+        """Forget the generation older than ttl, if it is time."""
+        if self._rotated_at is not None and now - self._rotated_at >= self._ttl:
+            self._rotate(now)
+
+    def _rotate(self, now: float) -> None:
+        self._previous, self._current = self._current, set()
+        self._rotated_at = now
+
+
+class _UserNames:
+    """uid -> user name, cached (bounded); the uid as text if it has no name."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._names: dict[int, str] = {}
+        self._limit = limit
+
+    def __call__(self, uid: int) -> str:
+        name = self._names.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            if len(self._names) >= self._limit:
+                self._names.clear()
+            self._names[uid] = name
+        return name
+
+
+class _OwnerLookup:
+    """(pid, process_name, user) of sockets during one tick, each pid looked up once.
+
+    A pid whose process is gone is dropped from the inode index (its sockets
+    may have passed to another process) and reported as None. Without a pid,
+    the user is the socket's owner uid, which the kernel reports for every
+    full socket.
+    """
+
+    def __init__(self, processes: ProcessCache, owners: SocketOwners, user_names: _UserNames) -> None:
+        self._processes = processes
+        self._owners = owners
+        self._user_names = user_names
+        #: What info() answered so far, for hot loops to read inline first.
+        self.by_pid: dict[int, tuple] = {}
+        self.by_uid: dict[int, tuple] = {}
+
+    def info(self, pid: int | None, uid: int) -> tuple:
+        """(pid or None, process_name, user) of a socket held by pid, owned by uid."""
+        if pid is not None:
+            known = self.by_pid.get(pid)
+            if known is None:
+                known = self.by_pid[pid] = self._look_up(pid, uid)
+            return known
+        known = self.by_uid.get(uid)
+        if known is None:
+            known = self.by_uid[uid] = (None, None, self._user_names(uid))
+        return known
+
+    def _look_up(self, pid: int, uid: int) -> tuple:
+        name, user = self._processes.lookup(pid)
+        if name is None and user is None and not os.path.exists(f"/proc/{pid}"):
+            self._owners.forget_pid(pid)
+            return (None, None, self._user_names(uid))
+        return (pid, name, user)
+
+    def live_pids(self) -> set[int]:
+        return {info[0] for info in self.by_pid.values() if info[0] is not None}

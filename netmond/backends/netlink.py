@@ -1,0 +1,258 @@
+"""NETLINK_SOCK_DIAG wire format: build inet_diag requests, parse replies.
+
+Pure functions over bytes, no sockets, so that unit tests can feed them
+crafted buffers. The socket I/O lives in `sockdiag.py`.
+
+A reply buffer is a sequence of netlink messages, each 4-byte aligned:
+
+    nlmsghdr (16 B)   len u32, type u16, flags u16, seq u32, pid u32
+    inet_diag_msg (72 B)
+        0 family u8, 1 state u8, 2 timer u8, 3 retrans u8,
+        4 sport be16, 6 dport be16, 8 src[16], 24 dst[16], 40 ifindex u32,
+        44 cookie u64, 52 expires u32, 56 rqueue u32, 60 wqueue u32,
+        64 uid u32, 68 inode u32
+    rtattrs           len u16, type u16, payload; each 4-byte aligned
+
+The only attribute read is INET_DIAG_INFO (struct tcp_info). Its length
+depends on the kernel, so every counter is read only if the attribute is long
+enough to hold it: an old kernel gives None, never an invented number.
+
+Speed matters (10,000 sockets per tick), hence precompiled `struct.Struct`
+objects, `unpack_from` on the receive buffer instead of slicing, and plain
+tuples (see `DiagSocket`) rather than objects per socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+from typing import NamedTuple
+
+# --- constants from the kernel's uapi headers -----------------------------
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+
+INET_DIAG_INFO = 2  # attribute type, and idiag_ext bit (1 << (2 - 1))
+INET_DIAG_EXT_INFO = 1 << (INET_DIAG_INFO - 1)
+
+#: Multicast groups of NETLINK_SOCK_DIAG (enum sknetlink_groups).
+SKNLGRP_INET_TCP_DESTROY = 1
+SKNLGRP_INET6_TCP_DESTROY = 3
+#: bind() takes a bit mask of groups: bit (group - 1).
+DESTROY_GROUPS_MASK = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1))
+
+#: Kernel TCP states (include/net/tcp_states.h), psutil/ss spelling.
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+}
+TCP_ESTABLISHED = 1
+TCP_SYN_SENT = 2
+TCP_SYN_RECV = 3
+TCP_FIN_WAIT2 = 5
+TCP_TIME_WAIT = 6
+TCP_CLOSE = 7
+TCP_CLOSE_WAIT = 8
+TCP_LAST_ACK = 9
+TCP_LISTEN = 10
+TCP_CLOSING = 11
+#: Bits 1..11: every real TCP state. Bit 12 (NEW_SYN_RECV) is folded into
+#: SYN_RECV by the kernel; bit 13 (BOUND_INACTIVE, 6.5+) lists sockets that are
+#: merely bound, which are not connections.
+ALL_STATES_MASK = sum(1 << s for s in TCP_STATES)
+
+# --- layouts -----------------------------------------------------------------
+NLMSGHDR = struct.Struct("=IHHII")
+NLMSG_ERRNO = struct.Struct("=i")
+RTATTR = struct.Struct("=HH")
+#: inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
+#: (48 bytes of zeros: no filtering on ports/addresses/interface/cookie).
+INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
+DIAG_MSG_LEN = 72
+_HDR_LEN = NLMSGHDR.size
+#: nlmsghdr (len, type, seq; not flags, pid) + inet_diag_msg (family, state,
+#: sport, dport, src, dst, uid, inode; not timer, retrans, ifindex, cookie,
+#: expires, queues) in one call. The ports are big-endian in an otherwise
+#: native struct: they are read native and swapped on little-endian hosts.
+_NLMSGHDR_AND_DIAG_MSG = struct.Struct("=IH2xI4xBB2xHH16s16s24xII")
+_PORTS_NEED_SWAP = sys.byteorder == "little"
+
+#: tcp_info offsets (include/uapi/linux/tcp.h).
+TCPI_BYTES_ACKED = 120  # u64, 4.1+; then bytes_received u64 at 128
+TCPI_DATA_SEGS_IN = 152  # u32, 4.6+
+TCPI_BYTES_SENT = 200  # u64, 4.19+; then bytes_retrans u64 at 208
+#: Reading everything at once when the kernel is recent enough (one call):
+#: bytes_acked, bytes_received, [segs_out, segs_in, notsent, min_rtt],
+#: data_segs_in, [data_segs_out, 32 bytes, delivered, delivered_ce],
+#: bytes_sent, bytes_retrans.
+_TCPI_ALL = struct.Struct("=QQ16xI44xQQ")
+_TCPI_ALL_END = TCPI_BYTES_ACKED + _TCPI_ALL.size  # 216
+_TCPI_ACKED_RECEIVED = struct.Struct("=QQ")
+_TCPI_ACKED_RECEIVED_END = TCPI_BYTES_ACKED + _TCPI_ACKED_RECEIVED.size  # 136
+_U32 = struct.Struct("=I")
+_tuple_new = tuple.__new__
+
+
+class NetlinkError(OSError):
+    """The kernel answered a request with NLMSG_ERROR (errno), or garbage."""
+
+
+class TcpCounters(NamedTuple):
+    """The raw byte counters of one tcp_info; None where the kernel is too old.
+
+    Raw means as the kernel counts them: bytes_acked includes the SYN and FIN
+    sequence numbers, bytes_received the peer's FIN (see tcpbytes.py).
+    """
+
+    bytes_acked: int
+    bytes_received: int
+    data_segs_in: int | None  # segments that carried payload (4.6+)
+    bytes_sent: int | None  # payload transmitted, retransmissions included (4.19+)
+    bytes_retrans: int | None  # retransmitted payload (4.19+)
+
+
+class DiagSocket(NamedTuple):
+    """One inet_diag_msg, decoded only as far as cheap (addresses stay raw)."""
+
+    family: int  # socket.AF_INET | socket.AF_INET6
+    state: int  # kernel TCP state number (UDP: 7 unconnected, 1 connected)
+    local_port: int
+    remote_port: int
+    local_addr: bytes  # 16 raw bytes; IPv4 uses the first 4
+    remote_addr: bytes
+    uid: int
+    inode: int  # 0 for TIME_WAIT, SYN_RECV request sockets and destroy events
+    counters: TcpCounters | None  # None: no (long enough) INET_DIAG_INFO
+
+
+def build_dump_request(family: int, protocol: int, ext: int, states: int, seq: int) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for every socket of (family, protocol)."""
+    body = INET_DIAG_REQ_V2.pack(family, protocol, ext, states)
+    return NLMSGHDR.pack(_HDR_LEN + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def parse_tcp_info(buf, start: int, end: int) -> TcpCounters | None:
+    """Counters from the tcp_info occupying buf[start:end]; None if too short."""
+    length = end - start
+    if length >= _TCPI_ALL_END:
+        return _tuple_new(TcpCounters, _TCPI_ALL.unpack_from(buf, start + TCPI_BYTES_ACKED))
+    if length < _TCPI_ACKED_RECEIVED_END:
+        return None  # kernel < 4.1: no byte counters at all
+    acked, received = _TCPI_ACKED_RECEIVED.unpack_from(buf, start + TCPI_BYTES_ACKED)
+    segs_in = None
+    if length >= TCPI_DATA_SEGS_IN + 4:
+        (segs_in,) = _U32.unpack_from(buf, start + TCPI_DATA_SEGS_IN)
+    return TcpCounters(acked, received, segs_in, None, None)
+
+
+def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]:
+    """Decode one receive buffer of sock_diag messages.
+
+    Returns (sockets, done): `done` is True once NLMSG_DONE was seen (the end
+    of a dump; nothing after it is read). Messages whose sequence number is
+    not `seq` (leftovers of an earlier, interrupted dump) are skipped; with
+    seq=None (multicast destroy events, which carry seq 0) all are taken.
+    Raises NetlinkError for NLMSG_ERROR with a non-zero errno, or for a
+    message whose length runs past the buffer.
+    """
+    # The hot loop of the backend: one struct call reads the netlink header
+    # and the inet_diag_msg together, NamedTuples are built with tuple.__new__
+    # (their generated __new__ is a Python function), names are locals.
+    sockets: list[DiagSocket] = []
+    append = sockets.append
+    header_unpack = NLMSGHDR.unpack_from
+    header_and_msg_unpack = _NLMSGHDR_AND_DIAG_MSG.unpack_from
+    attr_unpack = RTATTR.unpack_from
+    info_unpack = _TCPI_ALL.unpack_from
+    new, diag_socket, tcp_counters = _tuple_new, DiagSocket, TcpCounters
+    swap = _PORTS_NEED_SWAP
+    full = _NLMSGHDR_AND_DIAG_MSG.size
+    end = len(buf)
+    off = 0
+    while off + _HDR_LEN <= end:
+        if off + full <= end:
+            (length, mtype, mseq, family, state, sport, dport, src, dst, uid, inode) = header_and_msg_unpack(buf, off)
+        else:  # too short for a socket: NLMSG_DONE, NLMSG_ERROR
+            length, mtype, _flags, mseq, _pid = header_unpack(buf, off)
+        if length < _HDR_LEN or off + length > end:
+            raise NetlinkError(f"malformed netlink message (length {length} at offset {off} of {end})")
+        if seq is not None and mseq != seq:
+            pass  # stale reply of an earlier request
+        elif mtype == SOCK_DIAG_BY_FAMILY:
+            if length >= full:
+                counters = None
+                attr = off + full
+                msg_end = off + length
+                while attr + 4 <= msg_end:
+                    alen, atype = attr_unpack(buf, attr)
+                    if alen < 4:
+                        break  # malformed attribute: stop, keep what we have
+                    if atype == INET_DIAG_INFO:
+                        info_end = attr + alen
+                        if info_end <= msg_end and alen - 4 >= _TCPI_ALL_END:
+                            counters = new(tcp_counters, info_unpack(buf, attr + 4 + TCPI_BYTES_ACKED))
+                        else:  # an older kernel's shorter tcp_info
+                            counters = parse_tcp_info(buf, attr + 4, min(info_end, msg_end))
+                        break
+                    attr += (alen + 3) & ~3
+                if swap:
+                    sport = ((sport & 0xFF) << 8) | (sport >> 8)
+                    dport = ((dport & 0xFF) << 8) | (dport >> 8)
+                append(new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters)))
+        elif mtype == NLMSG_DONE:
+            return sockets, True
+        elif mtype == NLMSG_ERROR:
+            if length < _HDR_LEN + NLMSG_ERRNO.size:
+                raise NetlinkError("truncated NLMSG_ERROR")
+            (neg_errno,) = NLMSG_ERRNO.unpack_from(buf, off + _HDR_LEN)
+            if neg_errno:  # 0 would be a plain acknowledgement
+                raise NetlinkError(-neg_errno, f"sock_diag request failed: {os.strerror(-neg_errno)}")
+        off += (length + 3) & ~3
+    return sockets, False
+
+
+class AddressFormatter:
+    """Raw inet_diag addresses -> text, with a cache.
+
+    A machine has few distinct local addresses, and typically few remote ones
+    compared with its sockets, so caching the text saves an inet_ntop per
+    socket. `by_family[family]` maps the raw 16 bytes (IPv4: 4 bytes then
+    zeros) to the text, for hot loops to read inline; `format` fills it.
+    Each cache is bounded: it is cleared when it grows past `limit`.
+    """
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.by_family: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+        self._limit = limit
+
+    def format(self, family: int, raw: bytes) -> str:
+        """Text form: dotted quad, compressed IPv6, '::ffff:a.b.c.d' if mapped."""
+        cache = self.by_family[family]
+        text = cache.get(raw)
+        if text is None:
+            text = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+            if len(cache) >= self._limit:
+                cache.clear()
+            cache[raw] = text
+        return text
+
+
+#: inet_diag's address of a socket with no remote end (listener, unconnected UDP).
+UNSPECIFIED_ADDR = bytes(16)

@@ -1,0 +1,186 @@
+"""Socket inode -> owning pid, from the links in /proc/PID/fd.
+
+A socket's fd link reads "socket:[INODE]", and inet_diag reports the same
+inode, so walking every process's fd directory maps each socket to a pid.
+Walking all of /proc is the expensive part of attribution, so `SocketOwners`
+does it as little as possible:
+
+* only when the dump shows inodes it does not know yet, and never again for
+  an inode that a full walk could not find (until `retry_unfound` seconds);
+* processes that already own sockets are searched first, and the search stops
+  as soon as every new inode is found: a new connection almost always belongs
+  to a process that has others;
+* for each process it remembers which fd held which live socket, so a
+  repeated search reads only the links of fds it has not seen (a socket fd is
+  re-read once its socket is gone, since the fd number may be reused);
+* a walk of all of /proc happens at most once per `min_full_scan_interval`.
+
+Processes that vanish mid-walk and fd directories we may not read (other
+users' processes when not root) are skipped silently; the latter is noted in
+`permission_denied` so the backend can say why those sockets have no pid.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterable
+
+_SOCKET_LINK_PREFIX = "socket:["
+
+
+class SocketOwners:
+    """An inode -> pid index over /proc/*/fd, refreshed on demand."""
+
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        min_full_scan_interval: float = 1.0,
+        retry_unfound: float = 30.0,
+        fd_cache_max_age: float = 60.0,
+        scan_time_budget: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._proc = proc_root
+        self._min_full_scan_interval = min_full_scan_interval
+        self._retry_unfound = retry_unfound
+        self._fd_cache_max_age = fd_cache_max_age
+        self._scan_time_budget = scan_time_budget
+        self._clock = clock
+        self._owner: dict[int, int] = {}  # socket inode -> pid
+        # pid -> (built at, {fd name: socket inode}) for that process's socket fds
+        self._fd_sockets: dict[int, tuple[float, dict[str, int]]] = {}
+        self._unfound: set[int] = set()  # inodes a full walk could not place
+        self._unfound_since = 0.0
+        self._last_full_scan = float("-inf")
+        #: True when the last full walk met fd directories it may not read.
+        self.permission_denied = False
+        #: Number of full walks of /proc so far (for tests and profiling).
+        self.full_scans = 0
+
+    def owner(self, inode: int) -> int | None:
+        """The pid holding socket `inode`, if known."""
+        return self._owner.get(inode)
+
+    @property
+    def owners(self) -> dict[int, int]:
+        """The whole inode -> pid map (read-only use: hot loops call .get)."""
+        return self._owner
+
+    def refresh(self, live: set[int]) -> None:
+        """Bring the index up to date with the socket inodes of the latest dump.
+
+        `live` is every non-zero inode the dump listed. Inodes no longer live
+        are forgotten (bounded memory); new ones are searched for.
+        """
+        owner = self._owner
+        if len(owner) > len(live):
+            for inode in owner.keys() - live:
+                del owner[inode]
+        now = self._clock()
+        if self._unfound:
+            self._unfound &= live
+            if now - self._unfound_since >= self._retry_unfound:
+                self._unfound.clear()  # maybe the fd was passed, or the walk raced: try again
+        missing = {i for i in live if i not in owner and i not in self._unfound}
+        if not missing:
+            return
+        deadline = now + self._scan_time_budget
+        known_pids = list(dict.fromkeys(owner.values()))
+        missing = self._search(known_pids, missing, live, deadline)
+        if missing and now - self._last_full_scan >= self._min_full_scan_interval:
+            self._last_full_scan = now
+            self.full_scans += 1
+            missing = self._full_scan(missing, live, deadline, skip=set(known_pids))
+            if missing:
+                if not self._unfound:
+                    self._unfound_since = now
+                self._unfound |= missing
+
+    def forget_pid(self, pid: int) -> None:
+        """The process is gone (or its pid was reused): drop what it owned."""
+        self._fd_sockets.pop(pid, None)
+        for inode in [i for i, p in self._owner.items() if p == pid]:
+            del self._owner[inode]
+
+    # -- walking /proc -------------------------------------------------------
+    def _full_scan(self, missing: set[int], live: set[int], deadline: float, skip: set[int]) -> set[int]:
+        """Search every process but those in `skip` (just searched)."""
+        try:
+            pids = [int(name) for name in os.listdir(self._proc) if name.isdigit()]
+        except OSError:
+            return missing
+        present = set(pids)
+        for pid in [p for p in self._fd_sockets if p not in present]:
+            del self._fd_sockets[pid]  # exited: bound the cache
+        self.permission_denied = False
+        return self._search([p for p in pids if p not in skip], missing, live, deadline, record_denied=True)
+
+    def _search(
+        self,
+        pids: Iterable[int],
+        missing: set[int],
+        live: set[int],
+        deadline: float,
+        record_denied: bool = False,
+    ) -> set[int]:
+        """Scan the fd dirs of `pids` until no inode of `missing` is left.
+
+        Returns the inodes still missing. Stops at `deadline` (what is left
+        is searched for again at a later refresh).
+        """
+        clock = self._clock
+        for pid in pids:
+            if not missing or clock() > deadline:
+                break
+            try:
+                found = self._socket_fds(pid, live)
+            except PermissionError:
+                if record_denied:
+                    self.permission_denied = True
+                continue
+            except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+                self._fd_sockets.pop(pid, None)
+                continue
+            except OSError:
+                continue
+            owner = self._owner
+            for inode in found:
+                if inode in live:
+                    owner[inode] = pid
+            missing.difference_update(found)
+        return missing
+
+    def _socket_fds(self, pid: int, live: set[int]) -> Iterable[int]:
+        """Socket inodes held by `pid` (raises OSError if it cannot be read).
+
+        Uses the per-process memory of fd -> live socket so that only fds not
+        seen before, or whose socket has gone, are read again.
+        """
+        now = self._clock()
+        cached = self._fd_sockets.get(pid)
+        # Rebuilt from scratch now and then: a fd number closed and reused
+        # while its old socket lives on elsewhere (dup, fork) would otherwise
+        # hide the new socket forever.
+        if cached is not None and now - cached[0] < self._fd_cache_max_age:
+            built_at, known = cached
+        else:
+            built_at, known = now, {}
+        sockets: dict[str, int] = {}
+        dir_fd = os.open(f"{self._proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in os.listdir(dir_fd):
+                inode = known.get(name)
+                if inode is not None and inode in live:
+                    sockets[name] = inode
+                    continue
+                try:
+                    link = os.readlink(name, dir_fd=dir_fd)
+                except OSError:
+                    continue  # fd closed since listdir
+                if link.startswith(_SOCKET_LINK_PREFIX):
+                    sockets[name] = int(link[8:-1])
+        finally:
+            os.close(dir_fd)
+        self._fd_sockets[pid] = (built_at, sockets)
+        return sockets.values()
