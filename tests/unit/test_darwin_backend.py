@@ -1,0 +1,321 @@
+"""DarwinBackend on Linux, with tests/data/fake_nettop standing in for nettop.
+
+The fake replays the recordings in tests/data/nettop/ through the same
+command line, pty and restart logic the backend uses with the real
+nettop; every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from netmond.backends.base import SocketSample
+from netmond.backends.darwin import (
+    RESTART_MIN,
+    DarwinBackend,
+    nettop_command,
+    nettop_seconds,
+    sockets_from_sample,
+)
+from netmond.backends.nettop_parser import parse_text
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+FAKE = DATA / "fake_nettop"
+MIXED = parse_text((DATA / "nettop" / "mixed.csv").read_text())
+APSD = ("TCP", "192.168.1.5", 50000, "17.57.146.10", 5223)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class StubProcesses:
+    """ProcessCache stand-in: the recordings' pids mean nothing on this host."""
+
+    def __init__(self, known: dict[int, tuple[str | None, str | None]] | None = None) -> None:
+        self.known = known or {}
+        self.forgotten_except: set[int] | None = None
+
+    def lookup(self, pid):
+        return self.known.get(pid, (None, None))
+
+    def forget_missing(self, alive):
+        self.forgotten_except = set(alive)
+
+
+def wait_until(predicate, timeout: float, step: float = 0.02):
+    """Poll `predicate` until it is truthy; its last value (falsy on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)
+
+
+@pytest.fixture
+def fake_path(tmp_path, monkeypatch):
+    """PATH with a `nettop` that is the fake, first; fast replay by default."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nettop").symlink_to(FAKE)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("NETTOP_FAKE_DELAY", "0.2")
+    for name in ("NETTOP_FAKE_LOOP", "NETTOP_FAKE_EXIT_CODE", "NETTOP_FAKE_RECORDING"):
+        monkeypatch.delenv(name, raising=False)
+    return bin_dir
+
+
+@pytest.fixture
+def make_backend():
+    made: list[DarwinBackend] = []
+
+    def make(interval: float = 1.0, **kwargs) -> DarwinBackend:
+        kwargs.setdefault("process_cache", StubProcesses())
+        backend = DarwinBackend(interval, **kwargs)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def socket_by_key(snapshot, key) -> SocketSample | None:
+    return next((s for s in snapshot.sockets if s.key == key), None)
+
+
+# -- pure parts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "interval, seconds",
+    [(0.1, 1), (0.5, 1), (1.0, 1), (1.0000000001, 1), (1.2, 2), (2.0, 2), (2.5, 3), (10, 10)],
+)
+def test_nettop_takes_whole_seconds_rounded_up(interval, seconds):
+    assert nettop_seconds(interval) == seconds
+
+
+def test_command_line():
+    # no -m: nettop watches TCP and UDP by default, and -m would pick one
+    assert nettop_command("/usr/bin/nettop", 2.5) == [
+        "/usr/bin/nettop", "-L", "0", "-s", "3", "-x", "-n",
+    ]
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "1"])
+def test_interval_is_validated(bad):
+    with pytest.raises(ValueError):
+        DarwinBackend(bad)
+
+
+def test_sockets_from_a_recorded_sample():
+    sockets = sockets_from_sample(MIXED[0])
+    assert len(sockets) == 24
+    assert len({s.key for s in sockets}) == 24
+    by_key = {s.key: s for s in sockets}
+
+    apsd = by_key[APSD]
+    assert (apsd.pid, apsd.process_name, apsd.user, apsd.state, apsd.family) == (
+        388, "apsd", None, "ESTABLISHED", "IPv4",
+    )
+    # bytes_sent is what went out, bytes_received what came in
+    assert (apsd.bytes_sent, apsd.bytes_received) == (7189392, 3177530)
+
+    # listeners: "*" is the unspecified address, the pid is part of the key,
+    # and there are no counters (unknown, not 0)
+    ssh4 = by_key[("TCP", "0.0.0.0", 22, None, None, 1)]
+    ssh6 = by_key[("TCP", "::", 22, None, None, 1)]
+    for listener in (ssh4, ssh6):
+        assert (listener.state, listener.pid, listener.process_name) == ("LISTEN", 1, "launchd")
+        assert listener.bytes_sent is None and listener.bytes_received is None
+    assert ssh6.family == "IPv6"
+
+    mdns = by_key[("UDP", "0.0.0.0", 5353, None, None, 412)]
+    assert (mdns.state, mdns.bytes_received, mdns.bytes_sent) == ("NONE", 52613305, 12620001)
+    quic = by_key[("UDP", "192.168.1.5", 61234, "142.250.74.110", 443)]
+    assert (quic.state, quic.pid) == ("NONE", 1272)
+
+    scoped = by_key[("TCP", "fe80::1c2b:3aff:fe4d:5e6f%en0", 49823, "fe80::8a2:1bff:fe33:44aa%en0", 7000)]
+    assert scoped.process_name == "rapportd"
+    mapped = by_key[("TCP", "::ffff:192.168.1.5", 50800, "::ffff:10.0.0.7", 22)]
+    assert (mapped.family, mapped.bytes_received) == ("IPv6", 5400)
+    assert by_key[("TCP", "192.168.1.5", 50600, "13.107.42.14", 443)].process_name == "Microsoft Edge"
+
+
+def test_the_same_tuple_twice_gets_distinct_keys():
+    header = (DATA / "nettop" / "mixed.csv").read_text().split("\n")[0]
+    row = "t,udp4 *:5353<->*:*,en0,,1,2,,,,,,,,,,,,,,so,"
+    (sample,) = parse_text(f"{header}\nt,a.7,,,0,0,0,0,0,,,,,,,,,,,,\n{row}\n{row}\n")
+    keys = [s.key for s in sockets_from_sample(sample)]
+    assert keys == [("UDP", "0.0.0.0", 5353, None, None, 7), ("UDP", "0.0.0.0", 5353, None, None, 7, 1)]
+
+
+def test_names_and_users_come_from_psutil_when_they_match():
+    procs = StubProcesses(
+        {
+            1272: ("Google Chrome Helper", "alice"),  # nettop truncated it
+            388: ("launchd", "root"),  # pid reused since nettop's sample
+            412: (None, None),  # vanished or access denied
+        }
+    )
+    backend = DarwinBackend(1.0, process_cache=procs)
+    found = {s.pid: (s.process_name, s.user) for s in backend._sockets(MIXED[0])}
+    assert found[1272] == ("Google Chrome Helper", "alice")
+    assert found[388] == ("apsd", None)
+    assert found[412] == ("mDNSResponder", None)
+    assert procs.forgotten_except == {1, 412, 388, 1272, 13476, 530, 772, 6001, 5120, 7001, 650}
+
+
+# -- end to end with the fake nettop ---------------------------------------
+
+
+def collect(backend: DarwinBackend, seconds: float):
+    snapshots = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        snapshots.append(backend.sample())
+    return snapshots
+
+
+@pytest.mark.parametrize("use_pty", [True, False], ids=["pty", "pipe"])
+def test_samples_carry_the_recorded_sockets(fake_path, make_backend, monkeypatch, use_pty):
+    monkeypatch.setenv("NETTOP_FAKE_LOOP", "1")
+    backend = make_backend(1.0, use_pty=use_pty)
+    backend.start()
+    assert backend.wait_for_sample(15)
+    snapshots = collect(backend, 2.0)
+
+    expected = [sockets_from_sample(s) for s in MIXED]
+    matched = set()
+    for snap in snapshots:
+        for i, sockets in enumerate(expected):
+            if snap.sockets == sockets:
+                matched.add(i)
+        assert snap.interfaces, "interface counters come with every snapshot"
+    # every recorded sample came through whole, with its counters
+    assert matched == {0, 1, 2}
+
+    # time moves on between distinct samples, so rates can be computed
+    apsd = [(s.monotonic, socket_by_key(s, APSD).bytes_received) for s in snapshots]
+    distinct = sorted(set(apsd))
+    assert len(distinct) >= 3
+    assert all(b[0] > a[0] for a, b in zip(distinct, distinct[1:]))
+    # the recording's garbage (3 lines per replay) is counted and reported
+    (warning,) = backend.status().warnings
+    assert re.fullmatch(r"\d+ line\(s\) of nettop output could not be parsed and were skipped", warning)
+    assert int(warning.split()[0]) >= 3
+    assert backend.status().attribution_complete
+
+
+def test_consecutive_samples_are_fresh(fake_path, make_backend, monkeypatch):
+    monkeypatch.setenv("NETTOP_FAKE_LOOP", "1")
+    backend = make_backend(1.0)
+    backend.start()
+    assert backend.wait_for_sample(15)
+    times = [backend.sample().monotonic for _ in range(5)]
+    # the fake prints every 0.2 s and sample() waits up to 0.5 s for news
+    assert all(b > a for a, b in zip(times, times[1:])), times
+
+
+def test_a_killed_nettop_is_restarted(fake_path, make_backend, monkeypatch):
+    monkeypatch.setenv("NETTOP_FAKE_LOOP", "1")
+    backend = make_backend(1.0)
+    backend.start()
+    assert backend.wait_for_sample(15)
+    first = backend.nettop_pid
+    assert first is not None
+
+    os.kill(first, signal.SIGKILL)
+    second = wait_until(lambda: backend.nettop_pid not in (None, first) and backend.nettop_pid, 15)
+    assert second, "nettop was not restarted"
+    assert backend.nettop_exits == 1
+    warnings = " ".join(backend.status().warnings)
+    assert "killed by SIGKILL" in warnings
+
+    # and the new one delivers samples
+    seen = wait_until(lambda: socket_by_key(backend.sample(), APSD), 10)
+    assert seen is not None and seen.bytes_received in (3177530, 3177600, 3177700)
+
+
+def test_a_nettop_that_exits_is_restarted_with_its_reason(fake_path, make_backend, monkeypatch):
+    monkeypatch.setenv("NETTOP_FAKE_EXIT_CODE", "3")  # replays once, then exits 3
+    backend = make_backend(1.0)
+    backend.start()
+    assert backend.wait_for_sample(15)
+    assert wait_until(lambda: backend.nettop_exits >= 1, 15)
+    warnings = " ".join(backend.status().warnings)
+    assert "exit status 3" in warnings
+    assert "exiting 3" in warnings  # nettop's last stderr line
+    # it had produced samples, so it is back after the shortest backoff
+    assert wait_until(lambda: backend.nettop_pid, RESTART_MIN + 10)
+
+
+def test_close_leaves_no_child(fake_path, make_backend, monkeypatch):
+    monkeypatch.setenv("NETTOP_FAKE_LOOP", "1")
+    backend = make_backend(1.0)
+    backend.start()
+    assert backend.wait_for_sample(15)
+    pid = backend.nettop_pid
+    assert psutil.pid_exists(pid)
+
+    started = time.monotonic()
+    backend.close()
+    assert time.monotonic() - started < 10
+    assert backend.nettop_pid is None
+    assert not psutil.pid_exists(pid)  # terminated and reaped: not even a zombie
+    leftovers = [
+        p for p in psutil.Process().children(recursive=True) if "nettop" in " ".join(p.cmdline())
+    ]
+    assert leftovers == []
+    backend.close()  # idempotent
+
+
+def test_set_interval_restarts_nettop_with_the_new_seconds(fake_path, make_backend, monkeypatch, tmp_path):
+    log = tmp_path / "argv.jsonl"
+    monkeypatch.setenv("NETTOP_FAKE_ARGV_LOG", str(log))
+    monkeypatch.setenv("NETTOP_FAKE_LOOP", "1")
+    backend = make_backend(1.0)
+    backend.start()
+    assert backend.wait_for_sample(15)
+
+    def runs():
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    backend.set_interval(2.5)
+    assert wait_until(lambda: len(runs()) == 2, 10)
+    assert runs()[1] == ["-L", "0", "-s", "3", "-x", "-n"]
+    assert wait_until(lambda: backend.nettop_pid, 10)
+    assert backend.nettop_exits == 0  # asked for: not reported as a failure
+    assert not any("exited" in w for w in backend.status().warnings)
+
+    backend.set_interval(2.9)  # still -s 3: nettop keeps running
+    time.sleep(0.5)
+    assert len(runs()) == 2
+    with pytest.raises(ValueError):
+        backend.set_interval(0)
+
+
+def test_without_nettop_the_backend_says_so(tmp_path, make_backend, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nettop anywhere
+    backend = make_backend(1.0)
+    backend.start()
+    assert wait_until(lambda: backend.status().warnings, 10)
+    assert "nettop not found" in backend.status().warnings[0]
+    snapshot = backend.sample()  # never raises, never invents
+    assert snapshot.sockets == [] and snapshot.closed == []
+    assert backend.nettop_pid is None
+
+
+def test_backend_identity():
+    backend = DarwinBackend(1.0)
+    assert backend.name == "darwin"
+    assert backend.per_socket_bytes
+    assert "per_socket_bytes" in backend.capabilities()
+    backend.close()  # closing a backend that never started is fine
