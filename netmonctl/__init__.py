@@ -1,0 +1,5 @@
+"""netmonctl: the command line client of netmon (DESIGN §6).
+
+Talks to netmond over its Unix socket through common.client only; it never
+imports netmond.
+"""

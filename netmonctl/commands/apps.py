@@ -1,0 +1,69 @@
+"""`netmonctl apps`: bandwidth and totals per application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from common.models import APP_FIELDS
+from common.units import human_bytes, human_rate
+
+from .. import render
+from ..options import filter_options, output_options, sort_options
+from ..render import Column, field
+from ..session import Settings, call, pass_settings
+from ..sorting import order_rows
+
+#: pids listed in a table cell before "+N more".
+SHOWN_PIDS = 3
+
+
+def _pids(pids: list[int] | None) -> str:
+    if not pids:
+        return "-"
+    text = ",".join(str(p) for p in pids[:SHOWN_PIDS])
+    return text + (f" +{len(pids) - SHOWN_PIDS}" if len(pids) > SHOWN_PIDS else "")
+
+
+COLUMNS = (
+    Column("PROCESS", field("process_name")),
+    Column("PIDS", field("pids"), fmt=_pids, drop=2),
+    Column("CONNS", field("connections"), align="right", drop=1),
+    Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
+    Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
+    Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right"),
+    Column("RECV", field("bytes_received"), fmt=human_bytes, align="right"),
+)
+
+
+@click.command()
+@filter_options
+@sort_options(APP_FIELDS)
+@output_options
+@pass_settings
+def apps(
+    settings: Settings,
+    flt: dict[str, Any],
+    sort_field: str,
+    reverse: bool,
+    limit: int | None,
+) -> None:
+    """List applications by bandwidth.
+
+    Current rates, and bytes since start or clear (closed connections included).
+
+    With filters, only applications that have a matching open connection are
+    listed (--proc alone also keeps idle ones).
+    """
+    params = {"filter": flt} if flt else {}
+    rows = order_rows(call(settings, "apps", params)["apps"], sort_field, reverse, limit)
+    render.emit(
+        settings.format,
+        {"apps": rows},
+        rows_key="apps",
+        fields=APP_FIELDS,
+        human=lambda: render.table(
+            rows, COLUMNS, color=settings.color, width=settings.width, empty="no applications match"
+        ),
+    )

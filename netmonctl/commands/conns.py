@@ -1,0 +1,80 @@
+"""`netmonctl conns`: the connection table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from common.models import CONNECTION_FIELDS
+from common.units import human_bytes, human_duration, human_rate
+
+from .. import render
+from ..options import filter_options, output_options, sort_options
+from ..render import Column, field
+from ..session import Settings, call, pass_settings
+from ..sorting import order_rows
+
+#: Longest process name shown in a table cell; the JSON has the full name.
+PROCESS_WIDTH = 24
+
+# Column drop order when the terminal is narrow: totals and age first, then
+# pid; addresses, state, process and rates always stay.
+COLUMNS = (
+    Column("PROTO", field("protocol")),
+    Column("LOCAL", field("local_addr")),
+    Column("REMOTE", field("remote_addr")),
+    Column("STATE", field("state"), color=render.state_color),
+    Column("PID", field("pid"), align="right", drop=3),
+    Column("PROCESS", field("process_name"),
+           fmt=lambda v: render.dash(v if v is None or len(v) <= PROCESS_WIDTH else v[: PROCESS_WIDTH - 1] + "…")),
+    Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
+    Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
+    Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=4),
+    Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=4),
+    Column("AGE", field("duration"), fmt=human_duration, align="right", drop=5),
+)
+
+
+@click.command()
+@filter_options
+@click.option("--closed", is_flag=True, help="Also list recently closed connections (after the open ones).")
+@sort_options(CONNECTION_FIELDS)
+@output_options
+@pass_settings
+def conns(
+    settings: Settings,
+    flt: dict[str, Any],
+    closed: bool,
+    sort_field: str,
+    reverse: bool,
+    limit: int | None,
+) -> None:
+    """List connections with their process and traffic.
+
+    The daemon applies the filters; all of them must hold.
+
+    \b
+    Examples:
+      netmonctl conns --proc firefox --state ESTABLISHED
+      netmonctl conns --port 443 --sort bytes --limit 10
+      netmonctl conns --ip 10.0.0.0/8 --remote-only
+      netmonctl conns --json | jq '.connections[] | .remote_addr'
+    """
+    params: dict[str, Any] = {"include_closed": closed}
+    if flt:
+        params["filter"] = flt
+    rows = order_rows(call(settings, "connections", params)["connections"], sort_field, reverse, None)
+    # Closed rows stay after open ones, as the daemon lists them (stable sort).
+    rows.sort(key=lambda row: row.get("closed_at") is not None)
+    if limit is not None:
+        rows = rows[:limit]
+    render.emit(
+        settings.format,
+        {"connections": rows},
+        rows_key="connections",
+        fields=CONNECTION_FIELDS,
+        human=lambda: render.table(
+            rows, COLUMNS, color=settings.color, width=settings.width, empty="no connections match"
+        ),
+    )

@@ -1,0 +1,70 @@
+"""`netmonctl history`: total bandwidth over the last seconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from common.models import HISTORY_FIELDS
+from common.units import human_rate
+
+from .. import render
+from ..options import output_options
+from ..render import Column, field
+from ..session import Settings, call, pass_settings
+
+#: Widest sparkline drawn under the table, in characters.
+SPARK_WIDTH = 60
+
+
+def _columns(tenths: bool) -> tuple[Column, ...]:
+    return (
+        Column("TIME", field("timestamp"), fmt=lambda ts: render.clock(ts, tenths)),
+        Column("UP", field("upload"), fmt=human_rate, align="right"),
+        Column("DOWN", field("download"), fmt=human_rate, align="right"),
+    )
+
+
+@click.command()
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True, max=7 * 86400),
+    default=60.0,
+    show_default=True,
+    metavar="N",
+    help="How far back to go.",
+)
+@output_options
+@pass_settings
+def history(settings: Settings, seconds: float) -> None:
+    """Show recent total bandwidth.
+
+    Upload and download rates, one point per sample, oldest first, with a
+    sparkline of each.
+    """
+    result = call(settings, "bandwidth_history", {"seconds": seconds})
+    render.emit(
+        settings.format,
+        result,
+        rows_key="history",
+        fields=HISTORY_FIELDS,
+        human=lambda: _describe(result["history"], settings),
+    )
+
+
+def _describe(points: list[dict[str, Any]], settings: Settings) -> str:
+    if not points:
+        return "no history yet (is monitoring on? see netmonctl status)"
+    # Sub-second sampling would print the same HH:MM:SS on several lines.
+    stamps = [p["timestamp"] for p in points]
+    tenths = any(b - a < 1 for a, b in zip(stamps, stamps[1:]))
+    text = render.table(points, _columns(tenths), color=settings.color, width=settings.width)
+    # Room for the "down " label and "  peak 123.4 MB/s" after the line.
+    width = SPARK_WIDTH if settings.width is None else max(10, min(SPARK_WIDTH, settings.width - 24))
+    lines = []
+    for label, key in (("up", "upload"), ("down", "download")):
+        values = [p.get(key) for p in points]
+        peak = max((v for v in values if v is not None), default=None)
+        lines.append(f"{label:<5}{render.sparkline(values, width)}  peak {human_rate(peak)}")
+    return text + "\n\n" + "\n".join(lines)

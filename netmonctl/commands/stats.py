@@ -1,0 +1,68 @@
+"""`netmonctl stats`: machine totals, interfaces, and what the sockets explain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from common.units import human_bytes, human_duration, human_rate
+
+from .. import render
+from ..options import output_options
+from ..render import Column, field
+from ..session import Settings, call, pass_settings
+
+INTERFACE_COLUMNS = (
+    Column("INTERFACE", field("name")),
+    Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
+    Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
+    Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right"),
+    Column("RECV", field("bytes_received"), fmt=human_bytes, align="right"),
+)
+
+
+@click.command()
+@output_options
+@pass_settings
+def stats(settings: Settings) -> None:
+    """Show totals, interfaces and attribution.
+
+    Total rates and bytes, per-interface figures, and how much of the traffic
+    per-socket counters attribute to processes (the rest is unattributed).
+
+    csv prints the Stats map as one row (interfaces as JSON); use --json
+    for the per-interface rows.
+    """
+    result = call(settings, "stats")
+    render.emit(settings.format, result, human=lambda: _describe(result, settings))
+
+
+def _share(part: float | None, total: float | None) -> str:
+    """part as a rate and its percentage of total ('-' when there is no total)."""
+    if part is None:
+        return "-"
+    pct = f" ({100 * part / total:.0f}%)" if total else ""
+    return human_rate(part) + pct
+
+
+def _describe(s: dict[str, Any], settings: Settings) -> str:
+    up, down = s.get("total_upload_speed"), s.get("total_download_speed")
+    summary = render.key_values(
+        [
+            ("upload", f"{human_rate(up)}  ({human_bytes(s.get('total_bytes_sent'))} since start)"),
+            ("download", f"{human_rate(down)}  ({human_bytes(s.get('total_bytes_received'))} since start)"),
+            ("attributed", f"up {_share(s.get('attributed_upload_speed'), up)}, "
+                           f"down {_share(s.get('attributed_download_speed'), down)}"),
+            ("unattributed", f"up {_share(s.get('unattributed_upload_speed'), up)}, "
+                             f"down {_share(s.get('unattributed_download_speed'), down)}"),
+            ("connections", f"{render.dash(s.get('active_connections'))} active"),
+            ("top app", s.get("top_app")),
+            ("monitoring", ("yes" if s.get("monitoring") else "no")
+             + f", every {render.seconds(s.get('interval'))}, up {human_duration(s.get('uptime'))}"),
+        ]
+    )
+    interfaces = render.table(
+        s.get("interfaces") or [], INTERFACE_COLUMNS, color=settings.color, width=settings.width
+    )
+    return summary + ("\n\n" + interfaces if interfaces else "")

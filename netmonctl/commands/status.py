@@ -1,0 +1,54 @@
+"""`netmonctl status`: is the daemon sampling, how, and at what cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from common.units import human_bytes, human_duration
+
+from .. import render
+from ..options import output_options
+from ..session import Settings, call, pass_settings
+
+
+@click.command()
+@output_options
+@pass_settings
+def status(settings: Settings) -> None:
+    """Show the daemon's state and warnings.
+
+    Also its backend, uptime, clients and own CPU and memory use.
+    """
+    result = call(settings, "status")
+    render.emit(settings.format, result, human=lambda: _describe(result))
+
+
+def _yes(value: Any) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
+def _describe(s: dict[str, Any]) -> str:
+    # The daemon may add fields over time: read them with .get().
+    monitoring = "yes" if s.get("monitoring") else "no (resume with: netmonctl start)"
+    if s.get("monitoring"):
+        monitoring += f", every {render.seconds(s.get('interval'))}"
+        if s.get("sample_age") is not None:
+            monitoring += f", last sample {render.seconds(s.get('sample_age'))} ago"
+    cpu = s.get("cpu_percent")
+    cost = f"{'-' if cpu is None else f'{cpu:.1f}%'} CPU, {human_bytes(s.get('rss_bytes'))} RSS"
+    return render.key_values(
+        [
+            ("monitoring", monitoring),
+            ("backend", f"{s.get('backend')} (per-socket bytes: {_yes(s.get('per_socket_bytes'))}, "
+                        f"privileged: {_yes(s.get('privileged'))})"),
+            ("uptime", human_duration(s.get("uptime"))),
+            ("connections", f"{render.dash(s.get('connections'))} open, "
+                            f"{render.dash(s.get('closed_retained'))} recently closed"),
+            ("clients", s.get("clients")),
+            ("daemon", f"netmond {render.dash(s.get('version'))}, pid {render.dash(s.get('pid'))}, {cost}"),
+            ("socket", s.get("socket")),
+            ("warnings", list(s.get("warnings") or [])),
+        ]
+    )

@@ -1,0 +1,163 @@
+"""Click options shared by several commands, so that none repeats them.
+
+- output_options: --json / --format / --no-color, on the root group AND on
+  every command (people type `netmonctl conns --json`); a command's own
+  choice wins over the global one.
+- filter_options: the connection filter of DESIGN §6, validated by
+  common.models.Filter (the daemon's own validator, so the CLI and the daemon
+  cannot disagree) and handed to the command as one wire map `flt`.
+- sort_options: --sort / --reverse / --limit.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import click
+
+from common.models import SCOPES, Filter, FilterError
+
+from .session import FORMATS, Settings
+from .sorting import sort_choices
+
+F = Callable[..., Any]
+
+
+# -- output ----------------------------------------------------------------
+
+
+def _set_format(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    # Called for the root group and again for the command: only an option
+    # that was actually given changes the format, so the last one given wins.
+    if not value:
+        return
+    ctx.ensure_object(Settings).format = "json" if param.name == "json" else value
+
+
+def _set_no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Settings).no_color = True
+
+
+def output_options(f: F) -> F:
+    """Add --json, --format and --no-color; they write to the context's Settings."""
+    f = click.option(
+        "--no-color",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_no_color,
+        help="Never colour output (also: NO_COLOR=1).",
+    )(f)
+    f = click.option(
+        "--format",
+        type=click.Choice(FORMATS, case_sensitive=False),
+        expose_value=False,
+        callback=_set_format,
+        help="Output format (default: table).",
+    )(f)
+    f = click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_format,
+        help="Print the daemon's JSON as is (same as --format json).",
+    )(f)
+    return f
+
+
+# -- filters -----------------------------------------------------------------
+
+#: Filter keys (wire names), in the order the options are declared.
+FILTER_KEYS = (
+    "proc",
+    "pid",
+    "proto",
+    "state",
+    "scope",
+    "remote_only",
+    "listening",
+    "port",
+    "ip",
+    "search",
+    "family",
+)
+
+
+def _validate(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Check one option with the daemon's Filter rules; return the wire value."""
+    # Unset: no value, no --state, or a flag left off (--no-listening is a
+    # criterion, so only remote_only's False means "any").
+    if value is None or value == () or (param.name == "remote_only" and not value):
+        return None
+    try:
+        checked = Filter.from_wire({param.name: list(value) if isinstance(value, tuple) else value})
+    except FilterError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return checked.to_wire()[param.name]
+
+
+_FILTER_OPTIONS: tuple[Callable[[F], F], ...] = (
+    click.option("--proc", metavar="NAME", callback=_validate,
+                 help="Process name contains NAME (case-insensitive)."),
+    click.option("--pid", type=click.IntRange(min=0), metavar="N", callback=_validate,
+                 help="Process id."),
+    click.option("--proto", type=click.Choice(["tcp", "udp"], case_sensitive=False),
+                 callback=_validate, help="Protocol."),
+    click.option("--state", multiple=True, metavar="STATE", callback=_validate,
+                 help="TCP state, e.g. ESTABLISHED, LISTEN, TIME_WAIT (UDP: NONE). Repeatable."),
+    click.option("--scope", type=click.Choice(SCOPES), callback=_validate,
+                 help="Where the peer is."),
+    click.option("--remote-only", is_flag=True, callback=_validate,
+                 help="Only connections with a non-loopback peer."),
+    click.option("--listening/--no-listening", default=None, callback=_validate,
+                 help="Only listeners (TCP LISTEN, unconnected UDP), or none of them."),
+    click.option("--port", type=click.IntRange(0, 65535), metavar="N", callback=_validate,
+                 help="Local or remote port."),
+    click.option("--ip", metavar="ADDR|CIDR", callback=_validate,
+                 help="Local or remote address, or a network such as 10.0.0.0/8."),
+    click.option("--search", metavar="TEXT", callback=_validate,
+                 help="TEXT in the process name or an address, or equal to a port or pid."),
+    click.option("--family", type=click.Choice(["4", "6"]), callback=_validate,
+                 help="IPv4 or IPv6."),
+)
+
+
+def build_filter(values: dict[str, Any]) -> dict[str, Any]:
+    """The wire filter map: the criteria that are set, and nothing else."""
+    return {key: values[key] for key in FILTER_KEYS if values.get(key) is not None}
+
+
+def filter_options(f: F) -> F:
+    """Add the filter options; the command receives them as one map `flt`."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["flt"] = build_filter({key: kwargs.pop(key) for key in FILTER_KEYS})
+        return f(*args, **kwargs)
+
+    for option in reversed(_FILTER_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+# -- sorting -------------------------------------------------------------------
+
+
+def sort_options(fields: Sequence[str]) -> Callable[[F], F]:
+    """Add --sort (speed, bytes or any of `fields`), --reverse and --limit."""
+
+    def decorate(f: F) -> F:
+        f = click.option("--limit", type=click.IntRange(min=1), metavar="N",
+                         help="Show at most N rows.")(f)
+        f = click.option("--reverse", is_flag=True, help="Reverse the order.")(f)
+        f = click.option(
+            "--sort", "sort_field",
+            type=click.Choice(sort_choices(fields), case_sensitive=False),
+            default="speed", show_default=True, metavar="FIELD",
+            help="speed (total rate, then bytes), bytes, or any field of the JSON rows. "
+            "Numbers sort largest first, text A-Z; unknown values always last.",
+        )(f)
+        return f
+
+    return decorate

@@ -1,0 +1,295 @@
+"""Output for people and for programs (DESIGN §6): table, json, ndjson, csv.
+
+- json is exactly the daemon's wire shape (`{"connections": [...]}`, the Stats
+  map, ...), so jq programs written against the protocol work on CLI output.
+- ndjson and csv flatten the rows of that shape: one object per line, or a
+  header plus one line per row (nested values as JSON, unknown as empty).
+- Tables use human units, show unknown as "-", colour connection states on a
+  terminal, and drop low-priority columns until they fit its width.
+
+tabulate is imported only when a table is drawn, to keep startup fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+import click
+
+#: Eight levels of a sparkline, lowest first.
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+
+# Healthy traffic green, listeners cyan, handshakes yellow, teardown magenta,
+# gone red; UDP's "NONE" stays plain.
+_STATE_COLORS = {
+    "ESTABLISHED": "green",
+    "LISTEN": "cyan",
+    "SYN_SENT": "yellow",
+    "SYN_RECV": "yellow",
+    "FIN_WAIT1": "magenta",
+    "FIN_WAIT2": "magenta",
+    "TIME_WAIT": "magenta",
+    "CLOSE": "magenta",
+    "CLOSE_WAIT": "magenta",
+    "LAST_ACK": "magenta",
+    "CLOSING": "magenta",
+    "CLOSED": "red",
+}
+
+# Table layout: tabulate's "simple" format puts two spaces between columns.
+_TABLE_FORMAT = "simple"
+_COLUMN_GAP = 2
+
+
+# -- terminal ----------------------------------------------------------------
+
+
+def color_enabled(no_color: bool, stream: TextIO) -> bool:
+    """Colour only on a terminal, never with --no-color or NO_COLOR set (no-color.org)."""
+    if no_color or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a real stream
+        return False
+
+
+def terminal_width(stream: TextIO) -> int | None:
+    """The terminal's columns when `stream` is one, else None (no limit when piped)."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def state_color(state: Any) -> str | None:
+    """The click colour name for a connection state, None for plain."""
+    return _STATE_COLORS.get(state) if isinstance(state, str) else None
+
+
+# -- cell formatters -----------------------------------------------------------
+
+
+def dash(value: Any) -> str:
+    """str(value), with unknown (None) shown as '-' and never as 0."""
+    return "-" if value is None else str(value)
+
+
+def seconds(value: float | None) -> str:
+    """A short number of seconds for settings and ages: 0.2 -> '0.2s'; None -> '-'."""
+    return "-" if value is None else f"{value:.3g}s"
+
+
+def clock(timestamp: float | None, tenths: bool = False) -> str:
+    """Unix seconds as local HH:MM:SS (with `tenths`, HH:MM:SS.t); None -> '-'."""
+    if timestamp is None:
+        return "-"
+    text = time.strftime("%H:%M:%S", time.localtime(timestamp))
+    return text + f".{int(timestamp * 10) % 10}" if tenths else text
+
+
+# -- tables ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: how to read, format, align and colour its cells.
+
+    `drop` orders columns for removal when the table is wider than the
+    terminal: 0 is never dropped, otherwise the highest number goes first.
+    """
+
+    header: str
+    value: Callable[[dict[str, Any]], Any]
+    fmt: Callable[[Any], str] = dash
+    align: str = "left"
+    drop: int = 0
+    color: Callable[[Any], str | None] | None = None
+
+
+def field(name: str) -> Callable[[dict[str, Any]], Any]:
+    """A Column.value reading one key (missing -> None)."""
+    return lambda row: row.get(name)
+
+
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    *,
+    color: bool = False,
+    width: int | None = None,
+    empty: str = "",
+) -> str:
+    """A tabulate table of `rows`, narrowed to `width` by dropping columns."""
+    if not rows:
+        return empty
+    import tabulate as _tabulate  # here, not at import: keeps startup fast
+
+    values = [[col.value(row) for col in columns] for row in rows]
+    cells = [[col.fmt(v) for col, v in zip(columns, vals)] for vals in values]
+    keep = _fit(columns, cells, width, _tabulate.MIN_PADDING)
+
+    out_rows = []
+    for vals, texts in zip(values, cells):
+        line = []
+        for i in keep:
+            text, col = texts[i], columns[i]
+            fg = col.color(vals[i]) if color and col.color else None
+            line.append(click.style(text, fg=fg) if fg else text)
+        out_rows.append(line)
+
+    return _tabulate.tabulate(
+        out_rows,
+        headers=[columns[i].header for i in keep],
+        tablefmt=_TABLE_FORMAT,
+        colalign=[columns[i].align for i in keep],
+        disable_numparse=True,  # cells are already formatted for people
+    )
+
+
+def _fit(
+    columns: Sequence[Column], cells: list[list[str]], width: int | None, header_padding: int
+) -> list[int]:
+    """Indexes of the columns to show so that the table fits `width`.
+
+    A column is as wide as its widest cell, or its header plus tabulate's
+    `header_padding` (the "simple" format pads headers).
+    """
+    keep = list(range(len(columns)))
+    if width is None:
+        return keep
+    widths = [
+        max(len(columns[i].header) + header_padding, *(len(row[i]) for row in cells))
+        for i in range(len(columns))
+    ]
+
+    def total() -> int:
+        return sum(widths[i] for i in keep) + _COLUMN_GAP * (len(keep) - 1)
+
+    while total() > width:
+        droppable = [i for i in keep if columns[i].drop]
+        if not droppable:
+            break  # nothing more to give up: let the terminal wrap
+        keep.remove(max(droppable, key=lambda i: columns[i].drop))
+    return keep
+
+
+def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    """Aligned 'key: value' lines; a list value continues on indented lines."""
+    pairs = list(pairs)
+    pad = max((len(k) for k, _ in pairs), default=0) + 2
+    lines = []
+    for key, value in pairs:
+        label = f"{key}:".ljust(pad)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            items = ["none"]
+        lines.append(label + dash(items[0]))
+        lines.extend(" " * pad + dash(item) for item in items[1:])
+    return "\n".join(lines)
+
+
+# -- sparkline ---------------------------------------------------------------
+
+
+def sparkline(values: Sequence[float | None], width: int) -> str:
+    """Values drawn with ▁▂▃▄▅▆▇█ from 0 up to their maximum, in at most `width` chars.
+
+    More values than `width` are averaged into `width` buckets so the whole
+    span is shown, oldest on the left. Unknown (None) is a blank, never a
+    low bar; negative values count as 0 (these are rates).
+    """
+    if width <= 0 or not values:
+        return ""
+    points = _buckets(list(values), width) if len(values) > width else list(values)
+    top = max((v for v in points if v is not None), default=0.0)
+    levels = len(SPARK_CHARS) - 1
+    out = []
+    for v in points:
+        if v is None:
+            out.append(" ")
+        elif top <= 0:
+            out.append(SPARK_CHARS[0])
+        else:
+            out.append(SPARK_CHARS[min(levels, max(0, round(v / top * levels)))])
+    return "".join(out)
+
+
+def _buckets(values: list[float | None], width: int) -> list[float | None]:
+    n = len(values)
+    out: list[float | None] = []
+    for i in range(width):
+        known = [v for v in values[i * n // width : (i + 1) * n // width] if v is not None]
+        out.append(sum(known) / len(known) if known else None)
+    return out
+
+
+# -- machine formats -----------------------------------------------------------
+
+
+def to_json(payload: Any) -> str:
+    """The payload as indented JSON, unchanged."""
+    return json.dumps(payload, indent=2)
+
+
+def to_ndjson(rows: Iterable[dict[str, Any]]) -> str:
+    """One compact JSON object per line."""
+    return "\n".join(json.dumps(row, separators=(",", ":")) for row in rows)
+
+
+def to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str] | None = None) -> str:
+    """A header line and one line per row; None empty, lists/maps/bools as JSON."""
+    names = list(fields) if fields is not None else list(rows[0]) if rows else []
+    if not names:
+        return ""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(name)) for name in names])
+    return buf.getvalue().rstrip("\n")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+# -- dispatch ------------------------------------------------------------------
+
+
+def emit(
+    fmt: str,
+    payload: dict[str, Any],
+    *,
+    human: Callable[[], str],
+    rows_key: str | None = None,
+    fields: Sequence[str] | None = None,
+) -> None:
+    """Print `payload` (the wire shape) in format `fmt`.
+
+    `rows_key` names the list inside payload that ndjson/csv print one row
+    per line (None: the payload itself is the one row); `fields` fixes the
+    csv columns; `human` draws the table form, only when asked for.
+    """
+    if fmt == "json":
+        text = to_json(payload)
+    elif fmt in ("ndjson", "csv"):
+        rows = payload[rows_key] if rows_key else [payload]
+        text = to_ndjson(rows) if fmt == "ndjson" else to_csv(rows, fields)
+    else:
+        text = human()
+    if text:
+        click.echo(text)

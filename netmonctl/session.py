@@ -1,0 +1,100 @@
+"""What the global options decided, and the one daemon connection per command.
+
+`Settings` lives in the click context object: the root group fills it from
+the global options and the per-command output options refine it. Commands
+reach the daemon through `connect()` / `call()`, which say `hello` first.
+The client (and so msgpack) is imported only here, only when a command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import click
+
+from . import render
+
+if TYPE_CHECKING:  # pragma: no cover
+    from common.client import Client
+
+#: Output formats of --format (`--json` is short for `--format json`).
+FORMATS = ("table", "json", "ndjson", "csv")
+
+# Version warnings already shown by this process: a command that reconnects
+# (watch, top) must not repeat them.
+_shown_warnings: set[str] = set()
+
+
+@dataclass
+class Settings:
+    """Global and output options of one netmonctl invocation."""
+
+    socket: str | None = None
+    timeout: float = 5.0
+    format: str = "table"
+    no_color: bool = False
+    _resolved_socket: str | None = field(default=None, repr=False)
+
+    @property
+    def socket_path(self) -> str:
+        """--socket / NETMON_SOCKET, else the user daemon's socket if present, else the system one."""
+        if self._resolved_socket is None:
+            from common.paths import resolve_client_socket
+
+            self._resolved_socket = resolve_client_socket(self.socket)
+        return self._resolved_socket
+
+    @property
+    def color(self) -> bool:
+        """Whether to colour table output on stdout."""
+        return render.color_enabled(self.no_color, sys.stdout)
+
+    @property
+    def width(self) -> int | None:
+        """Columns available for tables (None when stdout is not a terminal)."""
+        return render.terminal_width(sys.stdout)
+
+
+pass_settings = click.make_pass_decorator(Settings, ensure=True)
+
+
+@contextmanager
+def connect(settings: Settings) -> Iterator["Client"]:
+    """A connected client that has already said hello.
+
+    Failures surface as common.client exceptions (DaemonUnavailable,
+    AccessDenied) or RPCError; the root group maps them to exit codes.
+    """
+    from common.client import Client
+
+    with Client.connect(settings.socket_path, timeout=settings.timeout) as client:
+        _hello(client)
+        yield client
+
+
+def call(settings: Settings, method: str, params: dict[str, Any] | None = None) -> Any:
+    """Connect, hello, make one request, and return its result."""
+    with connect(settings) as client:
+        return client.call(method, params)
+
+
+def _hello(client: "Client") -> None:
+    # Client.hello() reports a version mismatch through `warnings`; show it as
+    # one plain line instead of Python's "file:line: Warning" format.
+    from common.client import VersionMismatchWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VersionMismatchWarning)
+        client.hello()
+    for w in caught:
+        if not issubclass(w.category, VersionMismatchWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        text = str(w.message)
+        if text not in _shown_warnings:
+            _shown_warnings.add(text)
+            click.echo(f"netmonctl: warning: {text}", err=True)

@@ -1,0 +1,314 @@
+"""netmonctl without a daemon: options -> filter map, output options, sorting,
+the exit-code mapping, lazy imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from common.client import AccessDenied, DaemonUnavailable
+from common.protocol import ProtocolError, RPCError
+from netmonctl import cli as cli_module
+from netmonctl.cli import COMMANDS, cli, exit_code_for
+from netmonctl.options import FILTER_KEYS, build_filter, filter_options, output_options
+from netmonctl.session import Settings, pass_settings
+from netmonctl.sorting import order_rows, sort_rows
+
+NETMONCTL_DIR = Path(cli_module.__file__).resolve().parent
+
+
+# -- filter options -> wire map -------------------------------------------------
+
+
+@click.command()
+@filter_options
+def show_filter(flt):
+    click.echo(json.dumps(flt))
+
+
+def filter_for(*args: str) -> dict:
+    result = CliRunner().invoke(show_filter, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_no_filter_options_give_an_empty_filter():
+    assert filter_for() == {}
+
+
+def test_every_filter_option_maps_to_its_wire_key():
+    flt = filter_for(
+        "--proc", "Chrome", "--pid", "42", "--proto", "TCP", "--state", "established",
+        "--state", "time-wait", "--scope", "lan", "--remote-only", "--listening",
+        "--port", "443", "--ip", "10.0.0.0/8", "--search", "github", "--family", "6",
+    )
+    assert flt == {
+        "proc": "Chrome", "pid": 42, "proto": "TCP", "state": ["ESTABLISHED", "TIME_WAIT"],
+        "scope": "lan", "remote_only": True, "listening": True, "port": 443,
+        "ip": "10.0.0.0/8", "search": "github", "family": 6,
+    }
+    assert set(flt) == set(FILTER_KEYS)
+
+
+def test_negative_flags_are_criteria_and_absent_flags_are_not():
+    assert filter_for("--no-listening") == {"listening": False}
+    assert filter_for("--proto", "udp", "--family", "4") == {"proto": "UDP", "family": 4}
+    assert build_filter({"proc": None, "pid": 0, "port": None}) == {"pid": 0}
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--ip", "not-an-ip"], "not an address or CIDR"),
+        (["--ip", "10.0.0.0/33"], "not an address or CIDR"),
+        (["--state", "BOGUS"], "unknown state 'BOGUS'"),
+        (["--proto", "icmp"], "--proto"),
+        (["--port", "70000"], "--port"),
+        (["--pid", "-1"], "--pid"),
+        (["--family", "5"], "--family"),
+        (["--scope", "mars"], "--scope"),
+        (["--proc", ""], "non-empty"),
+    ],
+)
+def test_bad_filter_values_are_usage_errors(args, needle):
+    result = CliRunner().invoke(show_filter, args)
+    assert result.exit_code == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.output
+
+
+# -- output options: global and per command --------------------------------------
+
+
+@click.group()
+@output_options
+def group():
+    pass
+
+
+@group.command()
+@output_options
+@pass_settings
+def fmt(settings: Settings):
+    click.echo(f"{settings.format} {settings.no_color}")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["fmt"], "table False"),
+        (["--json", "fmt"], "json False"),
+        (["fmt", "--json"], "json False"),
+        (["--format", "csv", "fmt"], "csv False"),
+        (["fmt", "--format", "ndjson"], "ndjson False"),
+        (["--format", "csv", "fmt", "--json"], "json False"),   # the command's own wins
+        (["--json", "fmt", "--format", "csv"], "csv False"),
+        (["fmt", "--no-color"], "table True"),
+        (["--no-color", "fmt"], "table True"),
+    ],
+)
+def test_output_options_work_before_and_after_the_command(args, expected):
+    result = CliRunner().invoke(group, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == expected
+
+
+def test_every_command_is_registered_and_takes_the_output_options():
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == list(COMMANDS)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, click.Command), name
+        opts = {o for p in command.params for o in getattr(p, "opts", [])}
+        assert {"--json", "--format"} <= opts, name
+    assert cli.get_command(ctx, "nope") is None
+
+
+def test_filter_commands_take_the_filter_and_sort_options():
+    ctx = click.Context(cli)
+    for name in ("conns", "apps"):
+        opts = {o for p in cli.get_command(ctx, name).params for o in getattr(p, "opts", [])}
+        assert {f"--{k.replace('_', '-')}" for k in FILTER_KEYS} <= opts
+        assert {"--sort", "--reverse", "--limit"} <= opts
+
+
+# -- sorting -------------------------------------------------------------------
+
+
+def rows(*specs):
+    return [dict(zip(("name", "upload_speed", "download_speed", "bytes_sent", "bytes_received"), s))
+            for s in specs]
+
+
+def names(ordered):
+    return [r["name"] for r in ordered]
+
+
+def test_default_sort_is_total_speed_then_bytes_descending_with_unknown_last():
+    data = rows(
+        ("unknown", None, None, None, None),
+        ("slow", 1.0, 0.0, 10, 10),
+        ("fast", 100.0, 50.0, 0, 0),
+        ("idle-big", 0.0, 0.0, 900, 100),
+        ("idle-small", 0.0, 0.0, 1, 1),
+        ("bytes-only", None, None, 5000, None),
+    )
+    assert names(sort_rows(data, "speed")) == [
+        "fast", "slow", "idle-big", "idle-small", "bytes-only", "unknown",
+    ]
+    # --reverse flips the known values; unknown stays last.
+    assert names(sort_rows(data, "speed", reverse=True)) == [
+        "idle-small", "idle-big", "slow", "fast", "bytes-only", "unknown",
+    ]
+    assert names(sort_rows(data, "bytes"))[:2] == ["bytes-only", "idle-big"]
+
+
+def test_text_fields_sort_ascending_and_none_sorts_last_both_ways():
+    data = [{"process_name": n} for n in ("b", None, "a", "c")]
+    assert [r["process_name"] for r in sort_rows(data, "process_name")] == ["a", "b", "c", None]
+    assert [r["process_name"] for r in sort_rows(data, "process_name", True)] == ["c", "b", "a", None]
+    assert [r["process_name"] for r in sort_rows(data, "pid")] == ["b", None, "a", "c"]  # all unknown: stable
+
+
+def test_numeric_fields_sort_largest_first_and_ties_stay_stable():
+    data = [{"id": i, "bytes_sent": v} for i, v in enumerate([5, None, 7, 5, 0])]
+    assert [r["id"] for r in sort_rows(data, "bytes_sent")] == [2, 0, 3, 4, 1]
+    assert [r["id"] for r in order_rows(data, "bytes_sent", False, 2)] == [2, 0]
+    assert [r["id"] for r in order_rows(data, "bytes_sent", True, None)] == [4, 0, 3, 2, 1]
+
+
+# -- exit codes ------------------------------------------------------------------
+
+
+def test_unreachable_daemon_is_exit_3_with_how_to_start_it(tmp_path):
+    path = str(tmp_path / "none.sock")
+    code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
+    assert code == 3
+    text = "\n".join(lines)
+    assert path in lines[0]
+    assert f"netmond --socket {path} &" in text
+    assert "NETMON_SOCKET" in text
+
+
+def test_system_socket_hint_uses_sudo():
+    from common.paths import system_socket_path
+
+    path = system_socket_path()
+    code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
+    assert code == 3 and "sudo netmond" in "\n".join(lines)
+
+
+def test_access_denied_is_exit_4_with_how_to_get_access():
+    code, lines = exit_code_for(AccessDenied("/", "Permission denied"), "/")  # "/" is root's
+    assert code == 4
+    assert "socket group" in lines[-1] and "netmond --socket-group" in lines[-1] and "sudo" in lines[-1]
+    code, lines = exit_code_for(RPCError("access_denied", "control needs root"), "/")
+    assert code == 4
+    assert lines[0] == "access_denied: control needs root"
+    assert "sudo" in lines[-1]
+
+
+def test_access_hint_names_the_owner_of_a_user_daemon(tmp_path):
+    path = tmp_path / "other.sock"
+    path.touch()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")
+    os.chown(path, 65534, -1)
+    code, lines = exit_code_for(AccessDenied(str(path), "Permission denied"), str(path))
+    assert code == 4 and "belongs to uid 65534" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "exc, code, first_line",
+    [
+        (RPCError("invalid_params", "interval: must be between 0.1 and 3600"), 2,
+         "invalid_params: interval: must be between 0.1 and 3600"),
+        (RPCError("internal", "boom"), 1, "internal: boom"),
+        (RPCError("not_monitoring", "stopped"), 1, "not_monitoring: stopped"),
+        (RPCError("too_many_clients", "busy"), 1, "too_many_clients: busy"),
+    ],
+)
+def test_daemon_errors_map_to_their_codes(exc, code, first_line):
+    got_code, lines = exit_code_for(exc, "/x.sock")
+    assert (got_code, lines[0]) == (code, first_line)
+
+
+def test_other_failures():
+    code, lines = exit_code_for(ProtocolError("garbage"), "/x.sock")
+    assert code == 1 and "/x.sock" in lines[0]
+    code, lines = exit_code_for(TimeoutError(), "/x.sock")
+    assert code == 3 and "--timeout" in lines[0]
+    assert exit_code_for(ValueError("a bug"), "/x.sock") is None  # bugs keep their traceback
+
+
+def test_cli_prints_the_mapping_without_a_traceback(tmp_path):
+    path = str(tmp_path / "absent.sock")
+    result = CliRunner().invoke(cli, ["--socket", path, "status"])
+    assert result.exit_code == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"netmonctl: cannot reach netmond at {path}")
+    assert "Traceback" not in result.output
+    # NETMON_SOCKET is the same as --socket.
+    result = CliRunner(env={"NETMON_SOCKET": path}).invoke(cli, ["conns", "--json"])
+    assert result.exit_code == 3 and path in result.stderr
+
+
+def test_stale_socket_file_is_unreachable(tmp_path):
+    import socket
+
+    path = os.path.join(tmp_path, "s")
+    if len(path) > 100:
+        pytest.skip("tmp path too long for AF_UNIX")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens
+    result = CliRunner().invoke(cli, ["--socket", path, "stats"])
+    assert result.exit_code == 3 and "refused" in result.stderr
+
+
+def test_usage_errors_are_exit_2():
+    result = CliRunner().invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2 and "No such command" in result.stderr
+    result = CliRunner().invoke(cli, ["--timeout", "0", "status"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(cli, ["interval", "soon"])
+    assert result.exit_code == 2 and "not a duration" in result.stderr
+
+
+# -- startup and layering ----------------------------------------------------------
+
+
+def test_importing_the_cli_loads_nothing_heavy():
+    code = (
+        "import sys, netmonctl.cli; "
+        "print([m for m in ('tabulate', 'psutil', 'msgpack', 'netmond') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_starts_fast():
+    argv = [sys.executable, "-m", "netmonctl.cli", "--version"]
+    best = float("inf")
+    for _ in range(5):  # best of five: a loaded machine must not fail this
+        t0 = time.perf_counter()
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        best = min(best, time.perf_counter() - t0)
+        assert out.returncode == 0 and out.stdout.startswith("netmonctl ")
+    assert best < 0.15, f"netmonctl --version took {best * 1000:.0f} ms"
+
+
+def test_netmonctl_never_imports_netmond():
+    pattern = re.compile(r"^\s*(from|import)\s+netmond\b", re.MULTILINE)
+    offenders = [str(p) for p in NETMONCTL_DIR.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []

@@ -1,0 +1,215 @@
+"""netmonctl.render: tables in human units, machine formats, colours, sparklines."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from common.models import CONNECTION_FIELDS
+from netmonctl import render
+from netmonctl.commands.conns import COLUMNS as CONN_COLUMNS
+
+ANSI = "\x1b["
+
+
+def conn_row(**over):
+    row = {f: None for f in CONNECTION_FIELDS}
+    row.update(
+        id=1, protocol="TCP", family="IPv4", local_addr="10.0.0.2:50000",
+        remote_addr="1.2.3.4:443", local_ip="10.0.0.2", local_port=50000,
+        remote_ip="1.2.3.4", remote_port=443, state="ESTABLISHED", pid=4242,
+        process_name="firefox", user="me", scope="internet", bytes_sent=12_345_678,
+        bytes_received=999, upload_speed=1_500_000.0, download_speed=0.0, duration=192.4,
+        first_seen=1.0, last_seen=2.0, counters="kernel",
+    )
+    row.update(over)
+    return row
+
+
+class FakeStream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+# -- tables ------------------------------------------------------------------
+
+
+def test_connection_table_uses_human_units():
+    text = render.table([conn_row()], CONN_COLUMNS)
+    header, _, line = text.splitlines()
+    assert header.split() == ["PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROCESS",
+                              "UP", "DOWN", "SENT", "RECV", "AGE"]
+    assert "1.5 MB/s" in line      # upload_speed
+    assert "0 B/s" in line         # a known zero stays 0
+    assert "12.3 MB" in line       # bytes_sent
+    assert "999 B" in line
+    assert "3m 12s" in line        # duration
+    assert "4242" in line and "firefox" in line
+
+
+def test_unknown_values_show_as_dash_never_zero():
+    row = conn_row(pid=None, process_name=None, remote_addr=None, bytes_sent=None,
+                   bytes_received=None, upload_speed=None, download_speed=None)
+    line = render.table([row], CONN_COLUMNS).splitlines()[2]
+    cells = line.split()
+    # PROTO LOCAL REMOTE STATE PID PROCESS UP DOWN SENT RECV AGE
+    assert cells[2] == "-" and cells[4:10] == ["-"] * 6
+    assert "0 B" not in line
+    assert render.dash(None) == "-" and render.dash(0) == "0"
+
+
+def test_long_process_names_are_shortened_in_tables_only():
+    name = "x" * 60
+    line = render.table([conn_row(process_name=name)], CONN_COLUMNS).splitlines()[2]
+    assert name not in line and "…" in line
+
+
+def test_table_drops_low_priority_columns_to_fit_the_width():
+    rows = [conn_row()]
+    full = render.table(rows, CONN_COLUMNS)
+    full_width = max(len(line) for line in full.splitlines())
+    narrow = render.table(rows, CONN_COLUMNS, width=full_width - 1)
+    assert max(len(line) for line in narrow.splitlines()) <= full_width - 1
+    headers = narrow.splitlines()[0].split()
+    assert "AGE" not in headers                      # dropped first
+    assert {"PROTO", "LOCAL", "REMOTE", "STATE", "UP", "DOWN"} <= set(headers)
+    tiny = render.table(rows, CONN_COLUMNS, width=20).splitlines()[0].split()
+    # Core columns stay even when nothing fits; the terminal wraps them.
+    assert tiny == ["PROTO", "LOCAL", "REMOTE", "STATE", "PROCESS", "UP", "DOWN"]
+    assert render.table(rows, CONN_COLUMNS, width=None) == full
+
+
+def test_states_are_coloured_only_when_asked():
+    plain = render.table([conn_row()], CONN_COLUMNS, color=False)
+    assert ANSI not in plain
+    coloured = render.table([conn_row(), conn_row(state="NONE")], CONN_COLUMNS, color=True)
+    assert "\x1b[32mESTABLISHED" in coloured     # green
+    assert coloured.count("\x1b[0m") == 1        # NONE stays plain; only STATE is styled
+    # Alignment ignores the escape codes: both rows have the same visible width.
+    lines = [line.replace("\x1b[32m", "").replace("\x1b[0m", "") for line in coloured.splitlines()]
+    assert len(lines[2]) == len(lines[3])
+
+
+def test_empty_table_prints_the_message():
+    assert render.table([], CONN_COLUMNS, empty="no connections match") == "no connections match"
+
+
+def test_key_values_aligns_and_lists():
+    text = render.key_values([("a", 1), ("long key", None), ("warnings", ["w1", "w2"]), ("none", [])])
+    assert text.splitlines() == [
+        "a:        1",
+        "long key: -",
+        "warnings: w1",
+        "          w2",
+        "none:     none",
+    ]
+
+
+def test_clock_and_seconds():
+    assert render.clock(None) == "-"
+    assert len(render.clock(0)) == 8
+    assert render.clock(10.25, tenths=True).endswith(".2")
+    assert render.seconds(0.2) == "0.2s" and render.seconds(None) == "-"
+
+
+# -- colour decision -----------------------------------------------------------
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert render.color_enabled(False, FakeStream(True))
+    assert not render.color_enabled(False, FakeStream(False))
+    assert not render.color_enabled(True, FakeStream(True))
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not render.color_enabled(False, FakeStream(True))
+    monkeypatch.setenv("NO_COLOR", "")  # no-color.org: empty means unset
+    assert render.color_enabled(False, FakeStream(True))
+    assert render.terminal_width(FakeStream(False)) is None
+
+
+# -- machine formats -----------------------------------------------------------
+
+
+def test_json_is_the_payload_unchanged():
+    payload = {"connections": [conn_row(), conn_row(id=2, pid=None)]}
+    text = render.to_json(payload)
+    assert json.loads(text) == payload
+    assert text.startswith('{\n  "connections"')  # indented, jq-friendly
+
+
+def test_ndjson_is_one_object_per_line():
+    rows = [conn_row(id=i) for i in range(3)]
+    lines = render.to_ndjson(rows).splitlines()
+    assert [json.loads(line) for line in lines] == rows
+
+
+def test_csv_has_a_header_and_one_line_per_row():
+    rows = [conn_row(), conn_row(id=2, pid=None, remote_addr=None)]
+    text = render.to_csv(rows, CONNECTION_FIELDS)
+    parsed = list(csv.reader(io.StringIO(text)))
+    assert parsed[0] == list(CONNECTION_FIELDS)
+    assert len(parsed) == 3 and all(len(r) == len(CONNECTION_FIELDS) for r in parsed)
+    second = dict(zip(parsed[0], parsed[2]))
+    assert second["pid"] == "" and second["remote_addr"] == ""      # unknown: empty
+    assert second["bytes_sent"] == "12345678"
+
+
+def test_csv_encodes_nested_values_as_json():
+    text = render.to_csv([{"name": "a", "pids": [1, 2], "ok": True, "n": None}])
+    header, line = list(csv.reader(io.StringIO(text)))
+    assert header == ["name", "pids", "ok", "n"]
+    assert line == ["a", "[1, 2]", "true", ""]
+    assert render.to_csv([]) == ""
+    assert render.to_csv([], ["a", "b"]) == "a,b"
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv", "table"])
+def test_emit_dispatches_on_format(fmt, capsys):
+    payload = {"history": [{"timestamp": 1.0, "upload": 2.0, "download": 3.0}]}
+    render.emit(fmt, payload, rows_key="history", fields=("timestamp", "upload", "download"),
+                human=lambda: "HUMAN")
+    out = capsys.readouterr().out
+    expected = {
+        "json": render.to_json(payload) + "\n",
+        "ndjson": '{"timestamp":1.0,"upload":2.0,"download":3.0}\n',
+        "csv": "timestamp,upload,download\n1.0,2.0,3.0\n",
+        "table": "HUMAN\n",
+    }[fmt]
+    assert out == expected
+
+
+def test_emit_of_a_single_map_prints_it_as_one_row(capsys):
+    render.emit("ndjson", {"monitoring": True}, human=lambda: "x")
+    render.emit("csv", {"monitoring": True}, human=lambda: "x")
+    assert capsys.readouterr().out == '{"monitoring":true}\nmonitoring\ntrue\n'
+
+
+# -- sparkline ---------------------------------------------------------------
+
+
+def test_sparkline_scales_from_zero_to_the_maximum():
+    assert render.sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == render.SPARK_CHARS
+    assert render.sparkline([5, 10], 10) == "▅█"
+
+
+def test_sparkline_edge_cases():
+    assert render.sparkline([], 10) == ""
+    assert render.sparkline([1, 2], 0) == ""
+    assert render.sparkline([0, 0, 0], 5) == "▁▁▁"           # flat, not blank
+    assert render.sparkline([None, 4, None], 5) == " █ "      # unknown is a gap
+    assert render.sparkline([-3, 4], 5) == "▁█"               # negatives count as 0
+
+
+def test_sparkline_averages_into_the_width():
+    values = [0.0] * 50 + [10.0] * 50
+    line = render.sparkline(values, 10)
+    assert len(line) == 10
+    assert line == "▁" * 5 + "█" * 5
+    assert len(render.sparkline(list(range(1000)), 37)) == 37
+    assert render.sparkline([None, None, 8, 8], 2) == " █"
