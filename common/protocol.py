@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import msgpack.fallback
 
 PROTOCOL_VERSION = 1
 
@@ -116,9 +117,15 @@ def new_unpacker(limited: bool = True) -> msgpack.Unpacker:
 
     Clients read the daemon's (trusted, possibly large) replies with a bigger
     buffer: a 10,000-connection reply is several megabytes.
+
+    The limited one is msgpack's pure-Python Unpacker on purpose: it checks a
+    str/bin/ext length against its limit as soon as the header arrives, while
+    the C one waits for the whole body, so a client that sends only a header
+    claiming 2 GiB would get no `too_large` answer, just a connection held open.
+    Requests are small; the speed difference does not matter there.
     """
     if limited:
-        return msgpack.Unpacker(
+        return msgpack.fallback.Unpacker(
             raw=False,
             max_buffer_size=MAX_BUFFER_SIZE,
             max_array_len=MAX_ARRAY_LEN,

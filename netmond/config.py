@@ -37,7 +37,9 @@ class Config:
     log_level: str = "info"
     # Group allowed to connect and control a root daemon (socket 0660 root:group).
     socket_group: str | None = None
-    max_clients: int = 64
+    # Concurrent clients; further ones are answered too_many_clients. The
+    # server lowers it to what the descriptor limit allows (macOS: 256).
+    max_clients: int = 128
     # A client that sends nothing for this long and has no subscription is dropped.
     client_idle_timeout: float = 300.0
     # Notifications queued per subscriber before it is marked lagged.

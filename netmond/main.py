@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count loopback traffic in totals")
     p.add_argument("--backend", choices=BACKENDS, help="where the numbers come from (default auto)")
     p.add_argument("--socket-group", metavar="GROUP", help="group allowed to use a root daemon's socket")
-    p.add_argument("--max-clients", type=int, metavar="N", help="concurrent clients (default 64)")
+    p.add_argument("--max-clients", type=int, metavar="N", help="concurrent clients (default 128)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     p.add_argument("--version", action="version", version=f"netmond {__version__}")
     return p

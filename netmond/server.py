@@ -5,23 +5,32 @@ bounded on every axis:
 - bytes: the Unpacker limits of common.protocol (1 MiB buffer, 4096-element
   arrays, 1024-entry maps); a client that exceeds them or sends something that
   is not msgpack-RPC is told why (where a reply is possible) and disconnected;
-- time: a client that sends nothing for `client_idle_timeout` and has no
-  subscription is disconnected (half-open peers go with it);
-- count: at most `max_clients` sessions; the next one is answered
-  `too_many_clients` and closed, so descriptors are never exhausted;
+- time: a client must complete each message within `client_idle_timeout`
+  of the previous one (or of connecting); one that sends nothing, half a
+  message, or a message one byte at a time is disconnected. A subscriber may
+  stay silent, but one that does not read for that long is disconnected too.
+  (Half-open peers go with these rules);
+- count: at most `max_clients` sessions (never more than the descriptor
+  limit leaves room for); the next one is answered `too_many_clients` and
+  closed, so descriptors are never exhausted;
 - queue: notifications wait in a bounded per-session queue; a subscriber that
   stops reading misses updates and is told so with one `lagged` notification
-  instead of making the daemon buffer without end;
+  (placed where the gap is) instead of making the daemon buffer without end;
 - pipelining: a response is written and drained before the next request is
   read, so a client that never reads its replies only stalls itself.
-Log lines name the peer's pid/uid and what went wrong, never the payload.
+Log lines name the peer's pid/uid and what went wrong, never the payload:
+the reasons logged are fixed strings, client bytes only ever travel back to
+the client that sent them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import resource
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -39,8 +48,19 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("netmond.server")
 
 _READ_CHUNK = 64 * 1024
-# How long a response may wait for a client that does not read it.
-_WRITE_TIMEOUT = 30.0
+# Longest error text echoed back to a client (it may quote what it sent).
+_MAX_DETAIL = 100
+# Descriptors kept for everything but clients: the listener, the backend's
+# netlink sockets or nettop pipes, /proc files it opens, logs, the loop.
+_FD_RESERVE = 64
+
+
+def client_fd_budget() -> int | None:
+    """How many clients the descriptor limit (RLIMIT_NOFILE) leaves room for."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, soft - _FD_RESERVE)
 
 
 class ClientSession:
@@ -61,39 +81,73 @@ class ClientSession:
         self.may_control = may_control(peer, daemon.control_gid)
         self.topics: set[str] = set()
         self.filter = Filter()
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=queue_size)
+        # (is_update, packed notification) waiting for the client. Only updates
+        # count towards queue_size; a `lagged` marker rides along where a gap is.
+        self._queue: collections.deque[tuple[bool, bytes]] = collections.deque()
+        self._queue_size = queue_size
+        self._queued_updates = 0
+        self._ready = asyncio.Event()
         self._missed = 0
         self._sender: asyncio.Task[None] | None = None
         self.label = f"pid={peer.pid} uid={peer.uid}" if peer else "peer=unknown"
 
+    @property
+    def idle_timeout(self) -> float:
+        """Read live from the config, so a SIGHUP reload applies to everyone."""
+        return self.daemon.config.client_idle_timeout
+
     # -- subscriptions (called by handlers) ---------------------------------
     def subscribe(self, topics: list[str], flt: Filter) -> None:
+        """Add topics (and set the filter); starts the sender on first use."""
         self.topics.update(topics)
         self.filter = flt
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_notifications())
 
     def unsubscribe(self, topics: list[str]) -> None:
+        """Drop topics; the sender stays, idle, until the client leaves."""
         self.topics.difference_update(topics)
 
     def notify(self, data: bytes) -> None:
-        """Queue one packed notification; never blocks, never grows past the bound."""
-        try:
-            self._queue.put_nowait(data)
-        except asyncio.QueueFull:
+        """Queue one packed notification; never blocks, never grows past the bound.
+
+        When the queue is full the update is dropped and counted. The next
+        update that fits is preceded by `lagged {missed}`, so the client
+        learns of the gap exactly where it is in the stream.
+        """
+        if self._queued_updates >= self._queue_size:
             self._missed += 1
+            return
+        if self._missed:
+            self._queue.append((False, protocol.pack_notification(protocol.LAGGED, {"missed": self._missed})))
+            self._missed = 0
+        self._queue.append((True, data))
+        self._queued_updates += 1
+        self._ready.set()
+
+    @property
+    def queued(self) -> int:
+        """Updates waiting to be sent (for tests and status)."""
+        return self._queued_updates
 
     async def _send_notifications(self) -> None:
         try:
             while True:
-                data = await self._queue.get()
+                while not self._queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                is_update, data = self._queue.popleft()
+                self._queued_updates -= is_update
                 self.writer.write(data)
-                if self._missed and self._queue.empty():
-                    missed, self._missed = self._missed, 0
-                    self.writer.write(
-                        protocol.pack_notification(protocol.LAGGED, {"missed": missed})
-                    )
-                await self.writer.drain()
+                try:
+                    await asyncio.wait_for(self.writer.drain(), self.idle_timeout)
+                except asyncio.TimeoutError:
+                    # Not one byte read for the whole idle timeout: it is
+                    # suspended or gone. Drop it; abort discards the backlog.
+                    log.info("subscriber %s stopped reading for %.0fs: disconnected",
+                             self.label, self.idle_timeout)
+                    self.writer.transport.abort()
+                    return
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - never let a sender kill the loop
@@ -101,38 +155,67 @@ class ClientSession:
 
     # -- the read loop --------------------------------------------------------
     async def serve(self) -> None:
+        """Read, decode and answer requests until the client leaves or must go."""
         unpacker = protocol.new_unpacker(limited=True)
-        idle = self.daemon.config.client_idle_timeout
+        fed = 0  # bytes fed; unpacker.tell() says how many were consumed
+        last_message = time.monotonic()  # connect, or the last complete message
+        partial_since: float | None = None  # when a message began to arrive
         try:
             while True:
+                # Completing a message resets the clock, receiving bytes does
+                # not: so a sender trickling one byte at a time times out too.
+                # A subscriber with nothing half-sent may be silent forever.
+                if partial_since is not None:
+                    started = partial_since if self.topics else min(partial_since, last_message)
+                else:
+                    started = None if self.topics else last_message
+                timeout = None
+                if started is not None:
+                    timeout = started + self.idle_timeout - time.monotonic()
                 try:
-                    timeout = None if self.topics else idle
+                    if timeout is not None and timeout <= 0:
+                        raise asyncio.TimeoutError
                     chunk = await asyncio.wait_for(self.reader.read(_READ_CHUNK), timeout)
                 except asyncio.TimeoutError:
-                    log.info("client %s idle for %.0fs: disconnected", self.label, idle)
+                    what = "did not finish a message" if partial_since is not None else "idle"
+                    log.info("client %s %s for %.0fs: disconnected", self.label, what, self.idle_timeout)
                     return
                 if not chunk:
                     return
                 try:
                     unpacker.feed(chunk)
                 except msgpack.BufferFull:
-                    await self._fatal(protocol.TOO_LARGE, "message larger than 1 MiB")
+                    await self._fatal(protocol.TOO_LARGE, "message larger than the 1 MiB limit")
                     return
+                fed += len(chunk)
                 while True:
                     try:
                         obj = next(unpacker)
                     except StopIteration:
                         break
                     except ValueError as exc:
-                        # Limits exceeded (array/map/str too long) or corrupt data.
-                        code = protocol.TOO_LARGE if "exceeds" in str(exc) else protocol.PROTOCOL_ERROR
-                        await self._fatal(code, "invalid msgpack or over a limit")
+                        # msgpack says "N exceeds max_xxx_len(M)" for a header
+                        # over a limit; anything else is corrupt data.
+                        if "exceeds" in str(exc):
+                            await self._fatal(protocol.TOO_LARGE, "a length in the message is over a limit")
+                        else:
+                            await self._fatal(protocol.PROTOCOL_ERROR, "invalid msgpack")
                         return
-                    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
+                    except Exception:  # noqa: BLE001 - any decoding failure is the client's
                         await self._fatal(protocol.PROTOCOL_ERROR, "invalid msgpack")
                         return
+                    last_message = time.monotonic()
+                    partial_since = None
                     if not await self._handle(obj):
                         return
+                if fed > unpacker.tell():
+                    if partial_since is None:
+                        partial_since = time.monotonic()
+                else:
+                    partial_since = None
+        except asyncio.TimeoutError:
+            log.info("client %s did not read its response for %.0fs: disconnected",
+                     self.label, self.idle_timeout)
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -148,7 +231,7 @@ class ClientSession:
             await self._respond(exc.msgid, exc, None)
             return True
         except ProtocolError as exc:
-            await self._fatal(protocol.PROTOCOL_ERROR, str(exc))
+            await self._fatal(protocol.PROTOCOL_ERROR, "not a msgpack-RPC request", detail=str(exc))
             return False
         if not isinstance(msg, Request):
             await self._fatal(protocol.PROTOCOL_ERROR, "clients may only send requests")
@@ -172,11 +255,18 @@ class ClientSession:
 
     async def _respond(self, msgid: int, error: RPCError | None, result: Any) -> None:
         self.writer.write(protocol.pack_response(msgid, error, result))
-        await asyncio.wait_for(self.writer.drain(), _WRITE_TIMEOUT)
+        # A client that does not read its replies only stalls itself; after
+        # the idle timeout the TimeoutError ends its session (see serve()).
+        await asyncio.wait_for(self.writer.drain(), self.idle_timeout)
 
-    async def _fatal(self, code: str, message: str) -> None:
-        """Tell the client why (msgid 0: no request to answer) and log one line."""
-        log.warning("client %s: %s (%s); disconnected", self.label, message, code)
+    async def _fatal(self, code: str, reason: str, detail: str | None = None) -> None:
+        """Tell the client why (msgid 0: no request to answer) and log one line.
+
+        `reason` is a fixed text and the only thing logged; `detail` may quote
+        the client's own bytes, so it goes back to that client only, capped.
+        """
+        log.warning("client %s: %s (%s); disconnected", self.label, reason, code)
+        message = reason if detail is None else f"{reason}: {detail[:_MAX_DETAIL]}"
         try:
             self.writer.write(protocol.pack_response(0, RPCError(code, message), None))
             await asyncio.wait_for(self.writer.drain(), 1.0)
@@ -194,21 +284,33 @@ class Server:
 
     @property
     def client_count(self) -> int:
+        """Connected sessions."""
         return len(self.sessions)
+
+    @property
+    def max_clients(self) -> int:
+        """The configured cap (live: SIGHUP may change it), within the fd budget."""
+        budget = client_fd_budget()
+        cap = self.daemon.config.max_clients
+        return cap if budget is None else min(cap, budget)
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound and listening socket."""
+        budget = client_fd_budget()
+        if budget is not None and budget < self.daemon.config.max_clients:
+            log.warning("descriptor limit allows only %d clients (max_clients is %d); "
+                        "raise it with ulimit -n or LimitNOFILE=", budget, self.daemon.config.max_clients)
         self._server = await asyncio.start_unix_server(self._on_client, sock=sock, limit=_READ_CHUNK)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         peer = peer_credentials(sock) if sock is not None else None
-        cfg = self.daemon.config
-        if len(self.sessions) >= cfg.max_clients:
-            log.warning("client limit (%d) reached: refusing a connection", cfg.max_clients)
+        cap = self.max_clients
+        if len(self.sessions) >= cap:
+            log.warning("client limit (%d) reached: refusing a connection", cap)
             writer.write(
                 protocol.pack_response(
-                    0, RPCError(protocol.TOO_MANY_CLIENTS, f"netmond serves at most {cfg.max_clients} clients"), None
+                    0, RPCError(protocol.TOO_MANY_CLIENTS, f"netmond serves at most {cap} clients"), None
                 )
             )
             try:
@@ -217,7 +319,7 @@ class Server:
                 pass
             writer.close()
             return
-        session = ClientSession(self.daemon, reader, writer, peer, cfg.subscriber_queue)
+        session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue)
         self.sessions.add(session)
         try:
             await session.serve()

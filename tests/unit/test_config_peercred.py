@@ -71,3 +71,26 @@ def test_control_rights():
     assert not may_control(stranger, None) or me == 4242
     assert may_control(stranger, 555)
     assert not may_control(None, 555)
+
+
+def test_decode_ucred_with_peer_groups_is_the_complete_set():
+    ucred = struct.pack("=iII", 1234, 65534, 65534)
+    creds = decode_ucred(ucred, struct.pack("=2I", 100, 1001))
+    assert creds.groups == (65534, 100, 1001)
+    assert creds.in_group(1001) and not creds.in_group(4242)
+    # Known to hold no supplementary group: the user database is not consulted.
+    assert decode_ucred(ucred, b"").groups == (65534,)
+    assert not decode_ucred(ucred, b"").in_group(0)
+
+
+def test_peer_credentials_of_a_real_socketpair():
+    import socket
+
+    from netmond.peercred import peer_credentials
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        creds = peer_credentials(a)
+    assert creds is not None
+    assert (creds.uid, creds.gid, creds.pid) == (os.geteuid(), os.getegid(), os.getpid())
+    assert set(os.getgroups()) <= set(creds.groups) | {creds.gid}
