@@ -44,7 +44,8 @@ class ConnRow:
         "id", "key", "protocol", "family", "local_ip", "local_port", "remote_ip",
         "remote_port", "local_addr", "remote_addr", "scope", "state", "pid",
         "process_name", "user", "bytes_sent", "bytes_received", "upload_speed",
-        "download_speed", "first_seen", "last_seen", "closed_at",
+        "download_speed", "first_seen", "last_seen", "closed_at", "counted_sent",
+        "counted_received",
     )
 
     def __init__(self, row_id: int, s: SocketSample, wall: float) -> None:
@@ -70,6 +71,10 @@ class ConnRow:
         self.first_seen = wall
         self.last_seen = wall
         self.closed_at: float | None = None
+        # Bytes of this row added to its app's totals, so that they can move
+        # with the row when its process becomes known a tick late.
+        self.counted_sent = 0
+        self.counted_received = 0
 
     @property
     def app(self) -> str:
@@ -327,9 +332,20 @@ class MonitorState:
         """Take the sample's non-counter fields (state, late-known process)."""
         row.state = s.state
         if s.pid is not None and (row.pid != s.pid or row.process_name is None):
+            old_app = row.app
             row.pid = s.pid
             row.process_name = s.process_name
             row.user = s.user
+            if row.app != old_app and (row.counted_sent or row.counted_received):
+                # The socket was first seen before its pid was known: the
+                # bytes counted under "unknown" belong to this app.
+                old = self.apps.get(old_app)
+                if old is not None:
+                    old.bytes_sent -= row.counted_sent
+                    old.bytes_received -= row.counted_received
+                new = self.apps.setdefault(row.app, AppTotals())
+                new.bytes_sent += row.counted_sent
+                new.bytes_received += row.counted_received
 
     def _account(
         self,
@@ -371,6 +387,8 @@ class MonitorState:
                 totals = self.apps[row.app] = AppTotals()
             totals.bytes_sent += up
             totals.bytes_received += down
+            row.counted_sent += up
+            row.counted_received += down
         if row.scope == "loopback" and not self.include_loopback:
             return 0, 0
         return up, down
@@ -456,6 +474,8 @@ class MonitorState:
         for name in set(live) | set(self.apps):
             entry = live.get(name)
             totals = self.apps.get(name) or AppTotals()
+            if entry is None and not (totals.bytes_sent or totals.bytes_received):
+                continue  # nothing open, nothing moved: not worth a row
             out.append(
                 {
                     "process_name": name,

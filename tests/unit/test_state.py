@@ -210,3 +210,13 @@ def test_rebaseline_after_resume_does_not_count_the_pause():
     st.apply(snap(50, [sock(sent=90_000)]))
     st.apply(snap(51, [sock(sent=90_010)]))
     assert st.app_usage()[0]["bytes_sent"] == 110
+
+
+def test_bytes_counted_before_the_pid_was_known_move_to_the_app():
+    st = MonitorState()
+    st.apply(snap(0, []))
+    st.apply(snap(1, [sock(sent=500, pid=None, name=None)]))
+    assert {a["process_name"]: a["bytes_sent"] for a in st.app_usage()} == {UNKNOWN_APP: 500}
+    st.apply(snap(2, [sock(sent=800, pid=9, name="wget")]))
+    totals = {a["process_name"]: a["bytes_sent"] for a in st.app_usage()}
+    assert totals["wget"] == 800 and totals.get(UNKNOWN_APP, 0) == 0
