@@ -1,14 +1,16 @@
 """Wires backend, state and server together; `run(config)` is the daemon.
 
 Importable and runnable from tests: `run()` blocks until `Daemon.request_stop()`
-(thread-safe) or, in the main thread, SIGTERM/SIGINT. SIGHUP reloads the
-config file.
+(thread-safe) or, in the main thread, SIGTERM/SIGINT: the tick in progress
+finishes, clients are closed, the socket file is removed, exit status 0.
+SIGHUP reloads the config file and logs what changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import signal
 import socket
@@ -27,6 +29,10 @@ from .server import Server
 from .state import MonitorState, TickChanges
 
 log = logging.getLogger("netmond")
+
+# How long a stop waits for the tick in progress (launchd's default ExitTimeOut
+# is 20 s, systemd's TimeoutStopSec 90 s).
+_STOP_GRACE = 10.0
 
 
 def make_backend(config: Config) -> tuple[Backend, list[str]]:
@@ -75,7 +81,7 @@ class Daemon:
             closed_retention=config.closed_retention,
             include_loopback=config.include_loopback,
         )
-        self.control_gid = resolve_group(config.socket_group)
+        self.control_gid = _control_gid(config.socket_group)
         self.monitoring = True
         self.started_mono = time.monotonic()
         self.last_tick_seconds: float | None = None
@@ -117,32 +123,50 @@ class Daemon:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file; apply what can change live."""
+        """SIGHUP: re-read the config file; apply what can change live, log it.
+
+        All or nothing: a file that does not validate (or names an unknown
+        group) changes nothing. Settings that only a restart can change
+        (socket, backend, metrics) are reported and left as they are.
+        """
         try:
             new = load_config(self.config_path_for_reload, **self.cli_overrides)
+            new_gid = _control_gid(new.socket_group)
         except ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return
+        old = self.config
+        # The interval may have been changed over RPC: compare with what runs.
+        current = dataclasses.replace(old, interval=self.state.interval)
         changed = []
+        for f in dataclasses.fields(Config):
+            before, after = getattr(current, f.name), getattr(new, f.name)
+            if before == after:
+                continue
+            if f.name in _RESTART_ONLY:
+                log.warning("reload: %s changed in the config file; restart netmond to apply it",
+                            f.name)
+                setattr(new, f.name, before)  # status keeps telling the truth
+                continue
+            changed.append(f"{f.name} {_show(before)} -> {_show(after)}")
         if new.interval != self.state.interval:
             self.set_interval(new.interval)
-            changed.append(f"interval={new.interval:g}")
         if new.history_seconds != self.state.history_seconds:
             self.state.set_history_seconds(new.history_seconds)
-            changed.append(f"history_seconds={new.history_seconds}")
-        if new.closed_retention != self.state.closed_retention:
-            self.state.closed_retention = new.closed_retention
-            changed.append(f"closed_retention={new.closed_retention:g}")
-        if new.include_loopback != self.state.include_loopback:
-            self.state.include_loopback = new.include_loopback
-            changed.append(f"include_loopback={new.include_loopback}")
-        if new.socket_group != self.config.socket_group:
+        self.state.closed_retention = new.closed_retention
+        self.state.include_loopback = new.include_loopback
+        if new.socket_group != old.socket_group:
             try:
-                self.control_gid = resolve_group(new.socket_group)
                 listener.apply_socket_mode(self.socket_path, new.socket_group)
-                changed.append(f"socket_group={new.socket_group}")
+                self.control_gid = new_gid
             except (KeyError, OSError) as exc:
                 log.error("reload: socket_group %r not applied: %s", new.socket_group, exc)
+                new.socket_group = old.socket_group
+                changed = [c for c in changed if not c.startswith("socket_group ")]
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        # Sessions read max_clients, client_idle_timeout and subscriber_queue
+        # from self.config, so swapping it applies those.
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) or "nothing changed")
 
@@ -215,9 +239,16 @@ class Daemon:
         if sock is None:
             sock = listener.bind_unix_socket(self.socket_path, self.config.socket_group)
             file_id = listener.socket_file_id(self.socket_path)
-        self.backend.start()
+        else:
+            # The service manager owns that socket file (and removes it); we
+            # only report where it is.
+            name = sock.getsockname()
+            if isinstance(name, str) and name:
+                self.socket_path = name
+            log.info("using the listening socket passed by the service manager")
         self.server = Server(self)
         try:
+            self.backend.start()
             await self.server.start(sock)
             sampler = asyncio.create_task(self._sampler())
             log.info(
@@ -227,11 +258,13 @@ class Daemon:
             self.ready.set()
             await self._stop.wait()
             log.info("stopping")
-            # Let a tick in progress finish, then stop the sampler.
+            # Let a tick in progress finish (it is never interrupted halfway),
+            # then the sampler sees the stop and ends.
             self._wake.set()
             try:
-                await asyncio.wait_for(sampler, timeout=max(5.0, 2 * self.state.interval))
+                await asyncio.wait_for(sampler, timeout=_STOP_GRACE)
             except asyncio.TimeoutError:
+                log.warning("the tick in progress did not end within %gs; stopping anyway", _STOP_GRACE)
                 sampler.cancel()
         finally:
             await self.server.close()
@@ -239,6 +272,7 @@ class Daemon:
             self._executor.shutdown(wait=False, cancel_futures=True)
             sock.close()
             listener.remove_socket(self.socket_path, file_id)
+            log.info("stopped")
 
     def install_signal_handlers(self) -> None:
         assert self._loop is not None and self._stop is not None
@@ -259,7 +293,11 @@ def run(
     `on_start` receives the Daemon before serving (tests keep it to stop it).
     Signal handlers are installed when running in the main thread.
     """
-    daemon = Daemon(config, backend)
+    try:
+        daemon = Daemon(config, backend)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     if on_start is not None:
         on_start(daemon)
     if install_signals is None:
@@ -278,3 +316,19 @@ def run(
         log.error("cannot start: %s", exc)
         return 1
     return 0
+
+
+# Config keys a reload cannot apply to a running daemon.
+_RESTART_ONLY = frozenset({"socket", "backend", "metrics_listen", "metrics_textfile"})
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def _control_gid(group: str | int | None) -> int | None:
+    """The configured group as a gid, or a ConfigError that names it."""
+    try:
+        return resolve_group(group)
+    except KeyError:
+        raise ConfigError(f"socket_group {group!r}: no such group") from None

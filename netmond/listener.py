@@ -3,13 +3,17 @@
 - The socket file gets its final mode before listen() (bound under a umask,
   then chmod), so there is no window in which other users can connect:
   0600 for a user daemon; 0660 with a configured group for a root daemon.
-- Its directory is created 0700 when it is our private one (the per-user temp
-  dir), and refused if it exists but belongs to someone else.
+- Its directory is created if missing (0700 for a user daemon, 0755 for root,
+  whose group members must reach the socket) and refused if someone else
+  could swap the socket under us: owned by another user, or writable by
+  others without the sticky bit. The per-user temp dir is kept at 0700.
 - A socket file that exists is only replaced after a connect() to it fails
   (stale, from a daemon killed with SIGKILL); if another daemon answers, we
   refuse to start and leave it alone.
 - Service managers may hand us the listening socket: systemd through
   LISTEN_FDS/LISTEN_PID (fd 3), launchd through launch_activate_socket().
+  Only a listening AF_UNIX stream socket is accepted: netmond never serves
+  on the network, whatever a unit file says.
 """
 
 from __future__ import annotations
@@ -35,16 +39,35 @@ class SocketInUse(RuntimeError):
     """Another daemon answers on the socket path."""
 
 
-def _ensure_directory(directory: str) -> None:
+class UnsafeDirectory(OSError):
+    """The socket's directory could let another user replace our socket."""
+
+
+def ensure_directory(directory: str) -> None:
+    """Create the socket's directory if needed; refuse one others control."""
     private = directory == paths.user_runtime_dir() and not os.environ.get("XDG_RUNTIME_DIR")
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700 if private else 0o755, exist_ok=True)
-    if private:
-        st = os.lstat(directory)
-        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
-            raise OSError(f"{directory} is not a directory owned by us; refusing to use it")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(directory, 0o700)
+        os.makedirs(directory, mode=0o755 if paths.is_root() else 0o700, exist_ok=True)
+    st = os.lstat(directory) if private else os.stat(directory)
+    if private and stat.S_ISLNK(st.st_mode):
+        raise UnsafeDirectory(f"{directory} is a symlink; refusing to put the socket there")
+    # Our private dir must be ours alone; elsewhere root's directories are fine.
+    if st.st_uid not in ((os.geteuid(),) if private else (0, os.geteuid())):
+        raise UnsafeDirectory(
+            f"{directory} belongs to uid {st.st_uid}; refusing to put the socket there"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    # Others who may write here could rename our socket away and put theirs
+    # in its place (unless the sticky bit stops them). Group write is trusted
+    # on root's directories only: macOS /var/run is root:daemon 0775.
+    risky = 0o002 if st.st_uid == 0 else 0o022
+    if private and mode & 0o077:
+        os.chmod(directory, 0o700)
+    elif mode & risky and not mode & stat.S_ISVTX:
+        raise UnsafeDirectory(
+            f"{directory} is writable by other users (mode {mode:04o}); "
+            "they could replace the socket: use a directory only you (or root) can write"
+        )
 
 
 def _another_daemon_answers(path: str) -> bool:
@@ -83,7 +106,7 @@ def bind_unix_socket(path: str, group: str | int | None = None, backlog: int = 1
     """Create, secure and listen on the daemon socket at path."""
     if group is None:
         group = default_group()
-    _ensure_directory(os.path.dirname(path) or ".")
+    ensure_directory(os.path.dirname(os.path.abspath(path)))
     if os.path.lexists(path):
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode):
@@ -130,47 +153,77 @@ def remove_socket(path: str, file_id: tuple[int, int] | None) -> None:
             pass
 
 
-def systemd_socket() -> socket.socket | None:
-    """The socket systemd passed us (LISTEN_FDS), or None."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
+def _checked_listener(sock: socket.socket, origin: str) -> socket.socket | None:
+    """The inherited socket if it is a listening Unix stream socket, else None."""
     try:
-        count = int(os.environ.get("LISTEN_FDS", "0"))
-    except ValueError:
+        ok = (
+            sock.family == socket.AF_UNIX
+            and sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        )
+    except OSError:
+        ok = False
+    if not ok:
+        log.error("%s passed a socket that is not a listening Unix stream socket; "
+                  "ignoring it and binding the path", origin)
+        sock.detach()  # not ours to close: it belongs to the service manager
         return None
-    if count < 1:
-        return None
-    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(var, None)  # children must not think they were activated
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
     sock.setblocking(False)
-    if count > 1:
-        log.warning("systemd passed %d sockets; using the first", count)
     return sock
 
 
-def launchd_socket() -> socket.socket | None:
-    """The socket launchd passed us (plist Sockets key 'Listeners'), or None."""
+def systemd_socket() -> socket.socket | None:
+    """The socket systemd passed us (LISTEN_FDS, first fd 3), or None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    fds = os.environ.get("LISTEN_FDS", "0")
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)  # children must not think they were activated
+    count = int(fds) if fds.isdigit() else 0
+    if count < 1:
+        return None
+    if count > 1:
+        log.warning("systemd passed %d sockets; using the first", count)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as exc:
+        log.error("LISTEN_FDS is set but fd %d is unusable (%s); binding the path",
+                  SD_LISTEN_FDS_START, exc)
+        return None
+    return _checked_listener(sock, "systemd")
+
+
+def _load_libc() -> ctypes.CDLL | None:
     if sys.platform != "darwin":
         return None
     libc_path = ctypes.util.find_library("c")
-    if not libc_path:
-        return None
-    libc = ctypes.CDLL(libc_path)
-    func = getattr(libc, "launch_activate_socket", None)
+    return ctypes.CDLL(libc_path) if libc_path else None
+
+
+def launchd_socket(libc: object | None = None) -> socket.socket | None:
+    """The socket launchd passed us (plist Sockets key "Listeners"), or None.
+
+    `launch_activate_socket(name, int **fds, size_t *cnt)` (macOS 10.10+)
+    returns 0 and a malloc'ed fd array when launchd started us with that
+    Sockets entry, ESRCH/ENOENT otherwise. `libc` is for tests.
+    """
+    libc = libc if libc is not None else _load_libc()
+    func = getattr(libc, "launch_activate_socket", None) if libc is not None else None
     if func is None:
         return None
+    func.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int)),
+                     ctypes.POINTER(ctypes.c_size_t)]
+    func.restype = ctypes.c_int
     fds = ctypes.POINTER(ctypes.c_int)()
     count = ctypes.c_size_t(0)
-    func.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int)), ctypes.POINTER(ctypes.c_size_t)]
     err = func(LAUNCHD_SOCKET_NAME.encode(), ctypes.byref(fds), ctypes.byref(count))
     if err != 0 or count.value < 1:
         return None  # not launched by launchd with a Sockets key (ESRCH/ENOENT)
-    fd = fds[0]
+    fd_list = [fds[i] for i in range(count.value)]
     libc.free(fds)
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(False)
-    return sock
+    for extra in fd_list[1:]:
+        os.close(extra)  # one listener is all we serve; do not leak the rest
+    return _checked_listener(socket.socket(fileno=fd_list[0]), "launchd")
 
 
 def inherited_socket() -> socket.socket | None:
