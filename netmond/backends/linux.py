@@ -37,7 +37,8 @@ Closed connections (decisions):
     moved nothing (bytes_acked and bytes_received both 0: failed connects).
   * A closed socket's pid/process come from the last dumps that listed it;
     one that lived shorter than a tick has pid None (its owner's uid is still
-    known: `user` is filled from it).
+    known: `user` is filled from it). Its final counters are never lower than
+    what those dumps showed.
   * A key reported in `closed` is never also in `sockets` of the same
     snapshot (a dump may list a socket that is destroyed a moment later).
 
@@ -91,16 +92,18 @@ OWNER_GENERATIONS = 3
 
 _FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
-_NO_OWNER = (None, None, None, None)
+_NO_OWNER = (None, None, None, None, None, None)
 _NO_BYTES = (None, None)
 #: (family, protocol, idiag_ext) of the four dumps of a tick.
 _TCP_DUMPS = ((socket.AF_INET, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO), (socket.AF_INET6, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO))
 _UDP_DUMPS = ((socket.AF_INET, socket.IPPROTO_UDP, 0), (socket.AF_INET6, socket.IPPROTO_UDP, 0))
 
-#: Owner tables map each connected TCP key to (pid, process_name, user,
-#: active_open). active_open is remembered so that the SYN correction of a
-#: socket never changes during its life (see tcpbytes.py): a counter that
-#: went down by one byte would read as a new socket.
+#: Owner tables map each connected TCP key to what the next ticks need to
+#: know about it: (pid, process_name, user, active_open, bytes_sent,
+#: bytes_received). active_open is remembered so that the SYN correction of
+#: a socket never changes during its life (see tcpbytes.py): a counter that
+#: went down by one byte would read as a new socket. The byte counts are a
+#: floor for the final ones of its destroy event (see _closed_samples).
 OwnerTable = dict[tuple, tuple]
 
 
@@ -130,7 +133,7 @@ class LinuxBackend(Backend):
         self,
         proc_root: str = "/proc",
         destroy_listener: DestroyListener | None = None,
-        max_pending_events: int = 100_000,
+        max_pending_events: int = 50_000,
     ) -> None:
         """`destroy_listener`: an unstarted listener to use (tests inject one)."""
         self._dumper = SockDiagDumper()
@@ -263,7 +266,7 @@ class LinuxBackend(Backend):
                 if key in destroyed:
                     continue  # its row already ended at the destroy event
                 # The full socket is gone; the last dump may still know its owner.
-                pid, name, user, _ = previous.get(key) or _NO_OWNER
+                pid, name, user = (previous.get(key) or _NO_OWNER)[:3]
                 append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                     remote_port, state_name, pid, name, user))
                 continue
@@ -285,7 +288,7 @@ class LinuxBackend(Backend):
                     # Accepted sockets share their listener's port; ours do not.
                     active_open = sport not in listening_ports
                 sent, received = payload(counters, state, active_open) if counters is not None else _NO_BYTES
-                owner_table[key] = (pid, name, user, active_open)
+                owner_table[key] = (pid, name, user, active_open, sent, received)
             append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                 remote_port, state_name, pid, name, user, sent, received))
         return out
@@ -327,11 +330,18 @@ class LinuxBackend(Backend):
             key = ("TCP", local_ip, sport, remote_ip, dport)
             known = self._remembered_owner(key)
             if known is not None:
-                pid, name, user, active_open = known
+                pid, name, user, active_open, last_sent, last_received = known
+                sent, received = payload(counters, state, active_open)
+                # What a dump showed, in a state where the FINs are known, is
+                # exact: the final count cannot be lower. This settles the
+                # one case tcpbytes cannot (closed before the peer's FIN).
+                if last_sent is not None and last_sent > sent:
+                    sent = last_sent
+                if last_received is not None and last_received > received:
+                    received = last_received
             else:  # lived shorter than a tick: never in a dump
                 pid, name, user = owner_of.info(None, uid)
-                active_open = sport not in listening_ports
-            sent, received = payload(counters, state, active_open)
+                sent, received = payload(counters, state, sport not in listening_ports)
             out.append(SocketSample(
                 key, "TCP", _FAMILY_NAMES[family], local_ip, sport, remote_ip, dport,
                 TCP_STATES.get(state, "CLOSE"), pid, name, user, sent, received,
@@ -341,7 +351,7 @@ class LinuxBackend(Backend):
 
     # -- helpers -----------------------------------------------------------------
     def _remembered_owner(self, key: tuple) -> tuple | None:
-        """(pid, name, user, active_open) from the latest dump that listed key."""
+        """The OwnerTable entry of key in the latest dump that listed it."""
         for table in self._owner_history:
             known = table.get(key)
             if known is not None:
@@ -364,6 +374,9 @@ class LinuxBackend(Backend):
             )
         if self._destroy_error:
             warnings.append(self._destroy_error)
+        if self._destroy.failure:
+            warnings.append(self._destroy.failure + ": connections that open and close between two samples "
+                            "are not counted any more")
         lost = self._destroy.events_lost
         if lost:
             warnings.append(

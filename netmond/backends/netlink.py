@@ -18,8 +18,9 @@ depends on the kernel, so every counter is read only if the attribute is long
 enough to hold it: an old kernel gives None, never an invented number.
 
 Speed matters (10,000 sockets per tick), hence precompiled `struct.Struct`
-objects, `unpack_from` on the receive buffer instead of slicing, and plain
-tuples (see `DiagSocket`) rather than objects per socket.
+objects, `unpack_from` straight on the receive buffer (a memoryview of a
+reused bytearray) instead of slicing, and NamedTuples built with
+tuple.__new__ rather than objects with an __init__ per socket.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ _HDR_LEN = NLMSGHDR.size
 #: expires, queues) in one call. The ports are big-endian in an otherwise
 #: native struct: they are read native and swapped on little-endian hosts.
 _NLMSGHDR_AND_DIAG_MSG = struct.Struct("=IH2xI4xBB2xHH16s16s24xII")
+assert _NLMSGHDR_AND_DIAG_MSG.size == _HDR_LEN + DIAG_MSG_LEN
 _PORTS_NEED_SWAP = sys.byteorder == "little"
 
 #: tcp_info offsets (include/uapi/linux/tcp.h).

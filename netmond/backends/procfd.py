@@ -7,17 +7,18 @@ does it as little as possible:
 
 * only when the dump shows inodes it does not know yet, and never again for
   an inode that a full walk could not find (until `retry_unfound` seconds);
-* processes that already own sockets are searched first, and the search stops
-  as soon as every new inode is found: a new connection almost always belongs
-  to a process that has others;
+* the few processes that most recently opened sockets are searched first
+  (every tick if need be), and the search stops as soon as every new inode is
+  found: a new connection almost always belongs to a process that has just
+  opened others;
 * for each process it remembers which fd held which live socket, so a
   repeated search reads only the links of fds it has not seen (a socket fd is
   re-read once its socket is gone, since the fd number may be reused);
 * a walk of all of /proc happens at most once per `min_full_scan_interval`.
 
 Processes that vanish mid-walk and fd directories we may not read (other
-users' processes when not root) are skipped silently; the latter is noted in
-`permission_denied` so the backend can say why those sockets have no pid.
+users' processes when not root) are skipped silently: their sockets simply
+have no known owner.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from typing import Callable, Iterable
 
 _SOCKET_LINK_PREFIX = "socket:["
+_INODE_START = len(_SOCKET_LINK_PREFIX)
 
 
 class SocketOwners:
@@ -36,6 +38,7 @@ class SocketOwners:
         self,
         proc_root: str = "/proc",
         min_full_scan_interval: float = 1.0,
+        recent_owners_searched: int = 8,
         retry_unfound: float = 30.0,
         fd_cache_max_age: float = 60.0,
         scan_time_budget: float = 0.5,
@@ -43,6 +46,7 @@ class SocketOwners:
     ) -> None:
         self._proc = proc_root
         self._min_full_scan_interval = min_full_scan_interval
+        self._recent_owners_searched = recent_owners_searched
         self._retry_unfound = retry_unfound
         self._fd_cache_max_age = fd_cache_max_age
         self._scan_time_budget = scan_time_budget
@@ -50,11 +54,12 @@ class SocketOwners:
         self._owner: dict[int, int] = {}  # socket inode -> pid
         # pid -> (built at, {fd name: socket inode}) for that process's socket fds
         self._fd_sockets: dict[int, tuple[float, dict[str, int]]] = {}
+        # pids that were last found with a new socket, oldest first (a dict as
+        # an ordered set; bounded)
+        self._recent_owners: dict[int, None] = {}
         self._unfound: set[int] = set()  # inodes a full walk could not place
         self._unfound_since = 0.0
         self._last_full_scan = float("-inf")
-        #: True when the last full walk met fd directories it may not read.
-        self.permission_denied = False
         #: Number of full walks of /proc so far (for tests and profiling).
         self.full_scans = 0
 
@@ -86,13 +91,15 @@ class SocketOwners:
         if not missing:
             return
         deadline = now + self._scan_time_budget
-        known_pids = list(dict.fromkeys(owner.values()))
-        missing = self._search(known_pids, missing, live, deadline)
+        recent = list(self._recent_owners)[-self._recent_owners_searched:][::-1]
+        missing, _ = self._search(recent, missing, live, deadline)
         if missing and now - self._last_full_scan >= self._min_full_scan_interval:
             self._last_full_scan = now
             self.full_scans += 1
-            missing = self._full_scan(missing, live, deadline, skip=set(known_pids))
-            if missing:
+            missing, finished = self._full_scan(missing, live, deadline, skip=set(recent))
+            if missing and finished:
+                # Every readable process was searched: these are not ours to
+                # find (other users', the kernel's, in flight between processes).
                 if not self._unfound:
                     self._unfound_since = now
                 self._unfound |= missing
@@ -100,21 +107,23 @@ class SocketOwners:
     def forget_pid(self, pid: int) -> None:
         """The process is gone (or its pid was reused): drop what it owned."""
         self._fd_sockets.pop(pid, None)
+        self._recent_owners.pop(pid, None)
         for inode in [i for i, p in self._owner.items() if p == pid]:
             del self._owner[inode]
 
     # -- walking /proc -------------------------------------------------------
-    def _full_scan(self, missing: set[int], live: set[int], deadline: float, skip: set[int]) -> set[int]:
+    def _full_scan(
+        self, missing: set[int], live: set[int], deadline: float, skip: set[int]
+    ) -> tuple[set[int], bool]:
         """Search every process but those in `skip` (just searched)."""
         try:
             pids = [int(name) for name in os.listdir(self._proc) if name.isdigit()]
         except OSError:
-            return missing
+            return missing, False
         present = set(pids)
         for pid in [p for p in self._fd_sockets if p not in present]:
             del self._fd_sockets[pid]  # exited: bound the cache
-        self.permission_denied = False
-        return self._search([p for p in pids if p not in skip], missing, live, deadline, record_denied=True)
+        return self._search([p for p in pids if p not in skip], missing, live, deadline)
 
     def _search(
         self,
@@ -122,34 +131,43 @@ class SocketOwners:
         missing: set[int],
         live: set[int],
         deadline: float,
-        record_denied: bool = False,
-    ) -> set[int]:
+    ) -> tuple[set[int], bool]:
         """Scan the fd dirs of `pids` until no inode of `missing` is left.
 
-        Returns the inodes still missing. Stops at `deadline` (what is left
-        is searched for again at a later refresh).
+        Returns (inodes still missing, whether every pid was searched): the
+        search stops at `deadline`, and what is left is searched for again at
+        a later refresh.
         """
         clock = self._clock
         for pid in pids:
-            if not missing or clock() > deadline:
+            if not missing:
                 break
+            if clock() > deadline:
+                return missing, False
             try:
                 found = self._socket_fds(pid, live)
-            except PermissionError:
-                if record_denied:
-                    self.permission_denied = True
-                continue
             except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
                 self._fd_sockets.pop(pid, None)
+                self._recent_owners.pop(pid, None)
                 continue
-            except OSError:
+            except OSError:  # PermissionError: another user's process
                 continue
             owner = self._owner
             for inode in found:
                 if inode in live:
                     owner[inode] = pid
+            before = len(missing)
             missing.difference_update(found)
-        return missing
+            if len(missing) < before:
+                self._note_recent_owner(pid)
+        return missing, True
+
+    def _note_recent_owner(self, pid: int) -> None:
+        recent = self._recent_owners
+        recent.pop(pid, None)
+        recent[pid] = None  # now the newest
+        if len(recent) > 4 * self._recent_owners_searched:
+            del recent[next(iter(recent))]
 
     def _socket_fds(self, pid: int, live: set[int]) -> Iterable[int]:
         """Socket inodes held by `pid` (raises OSError if it cannot be read).
@@ -179,7 +197,7 @@ class SocketOwners:
                 except OSError:
                     continue  # fd closed since listdir
                 if link.startswith(_SOCKET_LINK_PREFIX):
-                    sockets[name] = int(link[8:-1])
+                    sockets[name] = int(link[_INODE_START:-1])
         finally:
             os.close(dir_fd)
         self._fd_sockets[pid] = (built_at, sockets)

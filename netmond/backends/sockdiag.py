@@ -44,7 +44,10 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 def open_sock_diag_socket() -> socket.socket:
     """A NETLINK_SOCK_DIAG socket (raises OSError where netlink is missing)."""
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    family = getattr(socket, "AF_NETLINK", None)
+    if family is None:  # not Linux
+        raise OSError(errno.EAFNOSUPPORT, "no AF_NETLINK on this platform")
+    return socket.socket(family, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
 
 
 class SockDiagDumper:
@@ -120,7 +123,7 @@ class DestroyListener:
 
     def __init__(
         self,
-        max_pending: int = 100_000,
+        max_pending: int = 50_000,
         rcvbuf: int = 8 * 1024 * 1024,
         sock: socket.socket | None = None,
     ) -> None:
@@ -134,6 +137,8 @@ class DestroyListener:
         self._enobufs = 0  # recv() failures with ENOBUFS: at least one lost each
         self._kernel_drops: int | None = None  # datagrams the kernel dropped (SO_MEMINFO)
         self._last_overflow_log = float("-inf")
+        #: Why the reader stopped on its own (an unexpected recv error), if it did.
+        self.failure: str | None = None
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._stopping = threading.Event()
@@ -237,7 +242,8 @@ class DestroyListener:
                 if exc.errno == errno.ENOBUFS:
                     self._record_kernel_overflow(sock)
                     continue
-                log.warning("TCP destroy events: recv failed (%s); stopping the reader", exc)
+                self.failure = f"TCP destroy events stopped: recv failed ({exc})"
+                log.warning("%s", self.failure)
                 self._stopping.set()
                 break
             if n == 0:

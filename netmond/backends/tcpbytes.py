@@ -45,9 +45,10 @@ Correction rules:
   peer's FIN is assumed to have arrived exactly when ours was acknowledged
   (a graceful close). That is exact for the passive closer and for an active
   closer that read the peer's FIN before closing; an active closer that
-  closed before the peer's FIN arrived is reported one byte short. A socket
-  that received no payload segment at all (tcpi_data_segs_in == 0, 4.6+)
-  reports 0.
+  closed before the peer's FIN arrived is reported one byte short, unless
+  the backend saw it in an earlier dump (linux.py then keeps the exact count
+  of that dump as a floor). A socket that received no payload segment at all
+  (tcpi_data_segs_in == 0, 4.6+) reports 0.
 
 Result: for a completed transfer, bytes_sent equals the payload the
 application wrote, exactly, on both ends; bytes_received equals the payload

@@ -428,6 +428,13 @@ def test_close_stops_an_idle_reader_promptly() -> None:
     listener.close()  # twice is fine
 
 
+def test_unexpected_recv_error_stops_the_reader_and_says_why() -> None:
+    fake = FakeNetlinkSocket([destroy_event(1), OSError(errno.EBADF, "Bad file descriptor"), destroy_event(2)])
+    listener = DestroyListener(sock=fake)
+    assert listener.drain() == 1
+    assert listener.failure is not None and "Bad file descriptor" in listener.failure
+
+
 def test_pending_events_are_bounded() -> None:
     fake = FakeNetlinkSocket([destroy_event(p) for p in range(1, 6)])
     listener = DestroyListener(max_pending=2, sock=fake)
@@ -528,6 +535,25 @@ def test_owner_index_does_not_chase_unfindable_inodes(fake_proc) -> None:
     clock.now += 30.0
     index.refresh({100, 999})
     assert index.full_scans == 2  # retried after retry_unfound
+
+
+def test_owner_index_resumes_a_walk_cut_short_by_its_time_budget(fake_proc) -> None:
+    class SlowClock(Clock):
+        step = 1.0  # every look at the clock: a second later
+
+        def __call__(self) -> float:
+            self.now += self.step
+            return self.now
+
+    clock = SlowClock()
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), scan_time_budget=0.5, retry_unfound=30.0, clock=clock)
+    index.refresh({100})
+    assert index.owner(100) is None  # out of time before reaching pid 10
+    clock.step = 0.0
+    clock.now += 2.0
+    index.refresh({100})  # not written off as unfindable: searched again at once
+    assert index.owner(100) == 10
 
 
 def test_owner_index_forgets_dead_sockets_and_vanished_processes(fake_proc) -> None:
