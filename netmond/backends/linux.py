@@ -133,10 +133,11 @@ class LinuxBackend(Backend):
         self,
         proc_root: str = "/proc",
         destroy_listener: DestroyListener | None = None,
+        dumper: SockDiagDumper | None = None,
         max_pending_events: int = 50_000,
     ) -> None:
-        """`destroy_listener`: an unstarted listener to use (tests inject one)."""
-        self._dumper = SockDiagDumper()
+        """`destroy_listener` (unstarted) and `dumper`: tests inject fakes."""
+        self._dumper = dumper or SockDiagDumper()
         self._destroy = destroy_listener or DestroyListener(max_pending=max_pending_events)
         self._destroy_error: str | None = None
         self._owners = SocketOwners(proc_root)
@@ -270,16 +271,18 @@ class LinuxBackend(Backend):
                 append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                     remote_port, state_name, pid, name, user))
                 continue
+            known = previous.get(key)
             if inode:
                 pid = inode_owner(inode)
                 info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
                 pid, name, user = info or owner_info(pid, uid)
-            else:  # a SYN_RECV request socket: no file yet
+            elif known is not None:  # orphaned by close() or exit: its last owner
+                pid, name, user = known[:3]
+            else:  # a SYN_RECV request socket (no file yet), or never seen with one
                 pid = name = user = None
             if remote_ip is None:  # a listener: it moves no bytes itself
                 sent = received = 0 if counters is not None else None
             else:
-                known = previous.get(key)
                 if known is not None:
                     active_open = known[3]
                 elif state == TCP_SYN_SENT or state == TCP_SYN_RECV:
@@ -347,6 +350,10 @@ class LinuxBackend(Backend):
                 TCP_STATES.get(state, "CLOSE"), pid, name, user, sent, received,
             ))
             remember_destroyed(key, mono)
+            # The connection is over: a later event on this 5-tuple (a port
+            # reused) is another socket and must not inherit its owner or bytes.
+            for table in self._owner_history:
+                table.pop(key, None)
         return out
 
     # -- helpers -----------------------------------------------------------------

@@ -282,6 +282,48 @@ def test_short_connections_between_two_samples_are_counted(backend) -> None:
         assert closed[k].user == psutil.Process().username()
 
 
+CHILD_CLIENT = textwrap.dedent(
+    """
+    import socket, sys, time
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    c.sendall(b"x" * 5000)
+    print(c.getsockname()[1], flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_socket_of_a_process_that_exits(backend) -> None:
+    """Its row is attributed while it lives, its destroy event after it died."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", CHILD_CLIENT, str(port)], stdout=subprocess.PIPE, text=True)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(IO_TIMEOUT)
+                recv_exactly(conn, 5000)
+                child_port = int(child.stdout.readline())
+                ckey = ("TCP", "127.0.0.1", child_port, "127.0.0.1", port)
+                rows = by_key(sample_until(backend, lambda snap: ckey in by_key(snap.sockets)).sockets)
+                child_name = psutil.Process(child.pid).name()
+                assert rows[ckey].pid == child.pid and rows[ckey].process_name == child_name
+                child.kill()
+                child.wait(IO_TIMEOUT)
+                assert conn.recv(1) == b""  # the kernel closed the child's socket
+                backend.sample()  # the process is gone: no exception
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(IO_TIMEOUT)
+            child.stdout.close()
+        closed = collect_closed(backend, {ckey})
+    assert (closed[ckey].pid, closed[ckey].process_name) == (child.pid, child_name)
+    assert closed[ckey].bytes_sent == 5000
+
+
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1")
 def test_ipv6_connection(backend) -> None:
     with tcp_pair("::1", socket.AF_INET6) as (client, server):

@@ -6,7 +6,9 @@
   Linux 6.18 (see the module docstring);
 - sockdiag.DestroyListener: ENOBUFS and buffer overflow accounting, with a
   fake socket;
-- procfd.SocketOwners: the inode index, over a fake /proc tree.
+- procfd.SocketOwners: the inode index, over a fake /proc tree;
+- linux.LinuxBackend's bookkeeping (keys, TIME_WAIT remnants, destroy
+  events, owners remembered, floors) with a fake dumper and event feed.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import time
 
 import pytest
 
-from netmond.backends import netlink
+from netmond.backends import linux, netlink
 from netmond.backends.netlink import (
     AddressFormatter,
+    DiagSocket,
     NetlinkError,
     TcpCounters,
     build_dump_request,
@@ -618,3 +621,213 @@ def test_recent_keys_are_bounded_under_churn() -> None:
         keys.add(i, now=i * 0.001)
     assert len(keys) <= 200
     assert 9_999 in keys
+
+
+# -- linux.LinuxBackend's bookkeeping, on crafted dumps and events ---------------
+
+CLIENT_PORT, SERVER_PORT = 40000, 8080
+CLIENT_KEY = ("TCP", "127.0.0.1", CLIENT_PORT, "127.0.0.1", SERVER_PORT)
+SERVER_KEY = ("TCP", "127.0.0.1", SERVER_PORT, "127.0.0.1", CLIENT_PORT)
+
+
+def info(acked: int = 0, received: int = 0, data_segs_in: int = 0, sent: int = 0, retrans: int = 0) -> TcpCounters:
+    """Raw counters as netlink.parse_messages returns them."""
+    return TcpCounters(acked, received, data_segs_in, sent, retrans)
+
+
+def record(state, sport, dport, inode, tcpi=None, family=socket.AF_INET, src=V4_LOOPBACK, dst=V4_LOOPBACK,
+           uid=None) -> DiagSocket:
+    return DiagSocket(family, state, sport, dport, src, dst, os.geteuid() if uid is None else uid, inode, tcpi)
+
+
+def by_key(samples):
+    return {s.key: s for s in samples}
+
+
+class FakeDumper:
+    """Plays the kernel: `tcp` and `udp` are what the next dumps list (IPv4)."""
+
+    def __init__(self) -> None:
+        self.tcp: list[DiagSocket] = []
+        self.udp: list[DiagSocket] = []
+
+    def dump(self, family, protocol, ext, states):
+        if family != socket.AF_INET:
+            return []
+        return list(self.tcp if protocol == socket.IPPROTO_TCP else self.udp)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDestroyListener:
+    def __init__(self) -> None:
+        self.events: list[DiagSocket] = []
+        self.events_lost = 0
+        self.failure = None
+
+    def start(self) -> None:
+        pass
+
+    def take(self) -> list[DiagSocket]:
+        events, self.events = self.events, []
+        return events
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def crafted(fake_proc):
+    """(backend, dumper, listener) with our pid owning inodes 100 (client) and 200 (server)."""
+    fake_proc.add(os.getpid(), 3, "socket:[100]")
+    fake_proc.add(os.getpid(), 4, "socket:[200]")
+    fake_proc.add(os.getpid(), 5, "socket:[300]")
+    dumper, listener = FakeDumper(), FakeDestroyListener()
+    backend = linux.LinuxBackend(proc_root=str(fake_proc.root), destroy_listener=listener, dumper=dumper)
+    backend.start()
+    yield backend, dumper, listener
+    backend.close()
+
+
+def established_pair(client_info, server_info):
+    return [
+        record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16)),  # the listener
+        record(1, CLIENT_PORT, SERVER_PORT, 100, client_info),
+        record(1, SERVER_PORT, CLIENT_PORT, 200, server_info),
+    ]
+
+
+def test_backend_reports_payload_and_owner(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                  info(acked=700, received=1000, data_segs_in=1, sent=700))
+    rows = by_key(backend.sample().sockets)
+    client, server = rows[CLIENT_KEY], rows[SERVER_KEY]
+    assert (client.bytes_sent, client.bytes_received, server.bytes_sent, server.bytes_received) == (1000, 700, 700, 1000)
+    assert client.pid == server.pid == os.getpid() and client.process_name
+    [listener] = [s for s in rows.values() if s.state == "LISTEN"]
+    assert listener.key == ("TCP", "127.0.0.1", SERVER_PORT, None, None, 300)
+    assert (listener.remote_ip, listener.bytes_sent) == (None, 0)
+
+
+def test_destroy_event_ends_the_row_and_hides_its_time_wait(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                  info(acked=700, received=1000, data_segs_in=1, sent=700))
+    backend.sample()
+    # The client closed first: destroyed with no peer FIN counted (raw 700),
+    # its TIME_WAIT remnant now in the dump, same 5-tuple, no inode.
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0,
+                              info(acked=1002, received=700, data_segs_in=1, sent=1000))]
+    dumper.tcp = [record(6, CLIENT_PORT, SERVER_PORT, 0, None),
+                  record(8, SERVER_PORT, CLIENT_PORT, 200, info(acked=700, received=1001, data_segs_in=1, sent=700))]
+    snap = backend.sample()
+    [closed] = snap.closed
+    assert closed.key == CLIENT_KEY and closed.pid == os.getpid()
+    # 700, not 699: the earlier dump's exact count is a floor for the final one
+    assert (closed.bytes_sent, closed.bytes_received) == (1000, 700)
+    rows = by_key(snap.sockets)
+    assert CLIENT_KEY not in rows
+    assert (rows[SERVER_KEY].state, rows[SERVER_KEY].bytes_received) == ("CLOSE_WAIT", 1000)
+    for _ in range(3):
+        assert CLIENT_KEY not in by_key(backend.sample().sockets)
+
+
+def test_time_wait_without_destroy_event_has_no_counters(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(6, CLIENT_PORT, SERVER_PORT, 0, None)]
+    [row] = backend.sample().sockets
+    assert (row.key, row.state, row.pid, row.bytes_sent, row.bytes_received) == (CLIENT_KEY, "TIME_WAIT", None, None, None)
+
+
+def test_socket_listed_and_destroyed_in_one_tick_is_only_closed(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                  info(acked=700, received=1000, data_segs_in=1, sent=700))
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0,
+                              info(acked=1002, received=701, data_segs_in=1, sent=1000))]
+    snap = backend.sample()
+    assert [s.key for s in snap.closed] == [CLIENT_KEY]
+    assert CLIENT_KEY not in by_key(snap.sockets) and SERVER_KEY in by_key(snap.sockets)
+    assert snap.closed[0].pid == os.getpid()  # from this very dump
+
+
+def test_noise_destroy_events_are_ignored(crafted) -> None:
+    backend, _, listener = crafted
+    listener.events = [
+        record(7, SERVER_PORT, 0, 0, info(), dst=bytes(16)),  # a listener closing
+        record(7, CLIENT_PORT, SERVER_PORT, 0, info()),  # a refused connect: nothing moved
+        record(7, CLIENT_PORT + 1, 0, 0, info(), dst=bytes(16)),  # SO_LINGER 0: zeroed
+        record(7, CLIENT_PORT + 2, SERVER_PORT, 0, None),  # a kernel without tcp_info
+    ]
+    assert backend.sample().closed == []
+
+
+def test_short_lived_connection_never_listed(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16))]
+    backend.sample()
+    listener.events = [
+        record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=100_002, received=101, data_segs_in=1, sent=100_000)),
+        record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=101, received=100_001, data_segs_in=3, sent=100)),
+    ]
+    closed = by_key(backend.sample().closed)
+    assert (closed[CLIENT_KEY].bytes_sent, closed[CLIENT_KEY].bytes_received) == (100_000, 100)
+    assert (closed[SERVER_KEY].bytes_sent, closed[SERVER_KEY].bytes_received) == (100, 100_000)
+    assert closed[CLIENT_KEY].pid is None and closed[CLIENT_KEY].user  # the uid is still known
+
+
+def test_reused_five_tuple_does_not_inherit_the_old_owner(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = established_pair(info(acked=5001, received=0, data_segs_in=0, sent=5000), info())
+    backend.sample()
+    final = info(acked=5002, received=1, data_segs_in=0, sent=5000)
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, final)]
+    dumper.tcp = []
+    assert backend.sample().closed[0].bytes_sent == 5000
+    # the same 5-tuple again, opened and closed between two samples
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=12, received=1, data_segs_in=0, sent=10))]
+    [again] = backend.sample().closed
+    assert (again.pid, again.bytes_sent) == (None, 10)
+
+
+def test_udp_and_unknown_states(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.udp = [record(7, 5353, 0, 100, dst=bytes(16)), record(1, 40001, 53, 200)]
+    dumper.tcp = [record(13, 9999, 0, 300, info(), dst=bytes(16))]  # BOUND_INACTIVE: not asked for
+    rows = backend.sample().sockets
+    assert [(s.protocol, s.state, s.key) for s in rows] == [
+        ("UDP", "NONE", ("UDP", "127.0.0.1", 5353, None, None, 100)),
+        ("UDP", "NONE", ("UDP", "127.0.0.1", 40001, "127.0.0.1", 53)),
+    ]
+    assert all(s.bytes_sent is None and s.pid == os.getpid() for s in rows)
+
+
+def test_ipv4_mapped_key_in_dump_and_destroy_event(crafted) -> None:
+    backend, dumper, listener = crafted
+    mapped = record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10),
+                    family=socket.AF_INET6, src=V4_MAPPED, dst=V4_MAPPED)
+    dumper.dump = lambda family, protocol, ext, states: (
+        [mapped] if (family, protocol) == (socket.AF_INET6, socket.IPPROTO_TCP) else [])
+    [row] = backend.sample().sockets
+    key = ("TCP", "::ffff:127.0.0.1", CLIENT_PORT, "::ffff:127.0.0.1", SERVER_PORT)
+    assert (row.key, row.family, row.bytes_sent) == (key, "IPv6", 10)
+    listener.events = [mapped._replace(state=7, inode=0, counters=TcpCounters(12, 0, 0, 10, 0))]
+    [closed] = backend.sample().closed
+    assert closed.key == key and closed.pid == os.getpid()
+
+
+def test_without_root_other_users_sockets_make_attribution_incomplete(crafted, monkeypatch) -> None:
+    backend, dumper, _ = crafted
+    monkeypatch.setattr(linux, "is_privileged", lambda: False)
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info())]
+    backend.sample()
+    assert backend.status().attribution_complete
+    dumper.tcp.append(record(1, 40002, SERVER_PORT, 999, info(), uid=os.geteuid() + 1))
+    snap = backend.sample()
+    other = by_key(snap.sockets)[("TCP", "127.0.0.1", 40002, "127.0.0.1", SERVER_PORT)]
+    assert other.pid is None
+    st = backend.status()
+    assert not st.attribution_complete
+    assert any("without root" in w and "run as root" in w for w in st.warnings)
