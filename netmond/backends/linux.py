@@ -54,6 +54,7 @@ import pwd
 import socket
 from collections import deque
 from itertools import chain
+from operator import attrgetter
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
 from .interfaces import sample_interfaces
@@ -94,6 +95,7 @@ _FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
 _NO_OWNER = (None, None, None, None, None, None)
 _NO_BYTES = (None, None)
+_INODE_OF = attrgetter("inode")
 #: (family, protocol, idiag_ext) of the four dumps of a tick.
 _TCP_DUMPS = ((socket.AF_INET, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO), (socket.AF_INET6, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO))
 _UDP_DUMPS = ((socket.AF_INET, socket.IPPROTO_UDP, 0), (socket.AF_INET6, socket.IPPROTO_UDP, 0))
@@ -201,12 +203,12 @@ class LinuxBackend(Backend):
         # from `sockets` below).
         events = self._destroy.take()
 
-        live_inodes = {rec[7] for rec in chain(tcp, udp)}
+        live_inodes = set(map(_INODE_OF, chain(tcp, udp)))
         live_inodes.discard(0)
         self._owners.refresh(live_inodes)
         self._attribution_complete = is_privileged() or self._only_own_sockets(tcp, udp)
 
-        listening_ports = {rec[2] for rec in tcp if rec[1] == TCP_LISTEN}
+        listening_ports = {rec.local_port for rec in tcp if rec.state == TCP_LISTEN}
         owner_of = _OwnerLookup(self._procs, self._owners, self._user_names)
         owner_table: OwnerTable = {}
         sockets = self._tcp_samples(tcp, listening_ports, owner_of, owner_table)
@@ -369,7 +371,7 @@ class LinuxBackend(Backend):
     def _only_own_sockets(*dumps: list[DiagSocket]) -> bool:
         """True when every full socket belongs to our uid (so we can read its owner)."""
         euid = os.geteuid()
-        return all(rec[6] == euid for records in dumps for rec in records if rec[7])
+        return all(rec.uid == euid for records in dumps for rec in records if rec.inode)
 
     # -- status ------------------------------------------------------------------
     def status(self) -> BackendStatus:

@@ -87,7 +87,8 @@ class SocketOwners:
             self._unfound &= live
             if now - self._unfound_since >= self._retry_unfound:
                 self._unfound.clear()  # maybe the fd was passed, or the walk raced: try again
-        missing = {i for i in live if i not in owner and i not in self._unfound}
+        missing = live.difference(owner)
+        missing -= self._unfound
         if not missing:
             return
         deadline = now + self._scan_time_budget
