@@ -1,4 +1,9 @@
-"""netmond command line: argv -> config -> logging -> app.run(). Nothing else."""
+"""netmond command line: argv -> config -> logging -> app.run(). Nothing else.
+
+`netmond service ...` (install as a launchd/systemd service) is dispatched to
+netmond.service before the daemon's own options are parsed, so the daemon's
+argv stays exactly as documented.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="netmond",
         description="netmon daemon: samples every connection, its process and its bytes, "
         "and serves them on a Unix socket to netmonctl.",
+        epilog="Run as a service: `netmond service install [--user]` (launchd on macOS, "
+        "systemd on Linux); see `netmond service --help`.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML config file (default: "
                    "/etc/netmon/netmond.toml for root, ~/.config/netmon/netmond.toml otherwise)")
@@ -35,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["service"]:
+        from .service import main as service_main  # only then: keeps startup light
+
+        return service_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {
         "socket": args.socket,
