@@ -16,10 +16,10 @@ FIN not counted) and how tcp_info is corrected for it: see `tcpbytes.py`.
 
 Keys (`SocketSample.key`):
     ("TCP"|"UDP", local_ip, local_port, remote_ip, remote_port)
-for a socket with a remote end; a socket without one (listener, unconnected
-UDP, a TCP socket that is bound but not connected) has remote_ip/remote_port
-None and its inode appended, since several such sockets may share the tuple
-(SO_REUSEPORT). A destroy event carries no inode, which is fine: only
+for a socket with a remote end; a socket without one (TCP listener,
+unconnected UDP) has remote_ip/remote_port None and its inode appended, since
+several such sockets may share the tuple (SO_REUSEPORT). TCP sockets that are
+merely bound are not asked for. A destroy event carries no inode, which is fine: only
 connected sockets are reported from destroy events, and their key is the
 5-tuple, the same in the dump and in the event.
 
@@ -42,8 +42,15 @@ Closed connections (decisions):
   * A key reported in `closed` is never also in `sockets` of the same
     snapshot (a dump may list a socket that is destroyed a moment later).
 
-Without root, other users' /proc/PID/fd cannot be read: their sockets keep
-their counters with pid None, and `status()` says so.
+Owners: a socket closed by its process (or whose process exited) stays
+listed, without inode, until the kernel frees it; it keeps the pid seen
+before. Without root, other users' /proc/PID/fd cannot be read: their sockets
+keep their counters with pid None (user: the socket's uid, which the kernel
+reports), and `status()` says so.
+
+Failures: a dump the kernel refuses at start() (no IPv6, no udp_diag) is
+dropped with a warning; a dump failing later is retried once, then sample()
+raises, so that the daemon skips the tick rather than see every socket close.
 """
 
 from __future__ import annotations

@@ -21,14 +21,17 @@ bytes one way and M the other (see tests/integration/test_linux_backend.py):
 
 The SYN-ACK of a passive open is not counted in bytes_acked (the kernel sets
 snd_una directly when the handshake completes), nor is the peer's SYN in
-bytes_received. A reset socket (SO_LINGER 0, or close() with unread data)
-sends RST instead of FIN, so no FIN is counted on that side.
+bytes_received. A reset socket (close() with unread data) sends RST instead
+of FIN, so no FIN is counted on that side; one aborted with SO_LINGER 0 is
+disconnected first and its destroy event carries zeroed counters and port.
+Every destroy event carries state CLOSE and inode 0, whatever the path.
 
 Correction rules:
 
 * bytes_sent = bytes_acked - SYN - FIN where
     SYN = 1 for the active-open side once the SYN was acknowledged (any state
-          but SYN_SENT); the caller says which side this is;
+          but SYN_SENT); the caller says which side this is (linux.py: a
+          socket on a port with a listener is the passive side);
     FIN = 1 in FIN_WAIT2 and TIME_WAIT, the states where our FIN is known to
           have been acknowledged (FIN_WAIT1, CLOSING, LAST_ACK: sent, not yet
           acknowledged).
@@ -51,7 +54,8 @@ Correction rules:
   (tcpi_data_segs_in == 0, 4.6+) reports 0.
 
 Result: for a completed transfer, bytes_sent equals the payload the
-application wrote, exactly, on both ends; bytes_received equals the payload
+application wrote, exactly, on both ends (on 4.19+; before, exactly for a
+graceful close and a right SYN-side guess); bytes_received equals the payload
 read to within one byte as described. Both are monotonic over a socket's life
 as long as the caller keeps its SYN-side guess for that socket.
 """
