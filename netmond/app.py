@@ -191,6 +191,8 @@ class Daemon:
                 if snap is not None and self.monitoring:
                     self._publish(self.state.apply(snap))
                 self.last_tick_seconds = time.monotonic() - t0
+            else:
+                self.backend.discard_pending()
             now = time.monotonic()
             next_at += self.state.interval
             if next_at < now or self._wake.is_set():

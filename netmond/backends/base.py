@@ -115,6 +115,11 @@ class Backend:
     def close(self) -> None:
         """Release what start() acquired. Default: nothing."""
 
+    def discard_pending(self) -> None:
+        """Drop what was gathered between samples (called while monitoring is
+        stopped, so that events of the pause neither pile up nor count as lost).
+        Default: nothing."""
+
     def capabilities(self) -> list[str]:
         caps = ["connections", "processes", "interfaces"]
         if self.per_socket_bytes:

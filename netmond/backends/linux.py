@@ -196,6 +196,9 @@ class LinuxBackend(Backend):
         self._destroy.close()
         self._dumper.close()
 
+    def discard_pending(self) -> None:
+        self._destroy.take()
+
     # -- the tick ----------------------------------------------------------------
     def sample(self) -> Snapshot:
         if not self._started:
