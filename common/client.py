@@ -48,6 +48,36 @@ class VersionMismatchWarning(UserWarning):
     """The daemon speaks another protocol or release than this client."""
 
 
+def open_unix_socket(path: str, timeout: float | None = 5.0) -> socket.socket:
+    """A stream socket connected to the daemon at path.
+
+    Failures become DaemonUnavailable or AccessDenied, so that Client.connect
+    and a raw byte bridge (`netmonctl dial-stdio`) report them alike.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        sock.close()
+        raise DaemonUnavailable(path, "no socket file (daemon not running)") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise DaemonUnavailable(path, "connection refused (stale socket, daemon not running)") from None
+    except PermissionError as exc:
+        sock.close()
+        raise AccessDenied(path, exc.strerror or "permission denied") from None
+    except socket.timeout:
+        sock.close()
+        raise DaemonUnavailable(path, "timed out connecting") from None
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EACCES:
+            raise AccessDenied(path, exc.strerror) from None
+        raise DaemonUnavailable(path, exc.strerror or str(exc)) from None
+    return sock
+
+
 class Client:
     """One connection to netmond. Not thread-safe; one request at a time.
 
@@ -68,28 +98,7 @@ class Client:
     @classmethod
     def connect(cls, path: str, timeout: float | None = 5.0) -> "Client":
         """Connect to the daemon's Unix socket, mapping failures to our exceptions."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except FileNotFoundError:
-            sock.close()
-            raise DaemonUnavailable(path, "no socket file (daemon not running)") from None
-        except ConnectionRefusedError:
-            sock.close()
-            raise DaemonUnavailable(path, "connection refused (stale socket, daemon not running)") from None
-        except PermissionError as exc:
-            sock.close()
-            raise AccessDenied(path, exc.strerror or "permission denied") from None
-        except socket.timeout:
-            sock.close()
-            raise DaemonUnavailable(path, "timed out connecting") from None
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EACCES:
-                raise AccessDenied(path, exc.strerror) from None
-            raise DaemonUnavailable(path, exc.strerror or str(exc)) from None
-        return cls(sock, path, timeout)
+        return cls(open_unix_socket(path, timeout), path, timeout)
 
     # -- context manager -------------------------------------------------
     def __enter__(self) -> "Client":

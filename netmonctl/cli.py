@@ -45,6 +45,8 @@ COMMANDS: dict[str, str] = {
     "stop": "netmonctl.commands.control:stop",
     "clear": "netmonctl.commands.control:clear",
     "interval": "netmonctl.commands.interval:interval",
+    "fleet": "netmonctl.commands.fleet:fleet",
+    "dial-stdio": "netmonctl.commands.dial_stdio:dial_stdio",
 }
 
 PREFIX = "netmonctl: "
@@ -69,7 +71,8 @@ class NetmonGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: usage errors (2), --help, Ctrl-C
         except Exception as exc:
-            mapped = exit_code_for(exc, ctx.ensure_object(Settings).socket_path)
+            settings = ctx.ensure_object(Settings)
+            mapped = exit_code_for(exc, settings.host or settings.socket_path)
             if mapped is None:
                 raise  # a bug: let the traceback show
             code, lines = mapped
@@ -87,10 +90,12 @@ def exit_code_for(exc: BaseException, socket_path: str | None = None) -> tuple[i
     from common.client import AccessDenied, DaemonUnavailable
     from common.protocol import ACCESS_DENIED, INVALID_PARAMS, ProtocolError, RPCError
 
+    # Failures over ssh (netmonctl.transport) bring their own fix-it lines.
+    hints = getattr(exc, "hints", None)
     if isinstance(exc, DaemonUnavailable):
-        return EXIT_UNREACHABLE, [str(exc), *_start_hint(exc.path)]
+        return EXIT_UNREACHABLE, [str(exc), *(_start_hint(exc.path) if hints is None else hints)]
     if isinstance(exc, AccessDenied):
-        return EXIT_ACCESS_DENIED, [str(exc), _access_hint(exc.path)]
+        return EXIT_ACCESS_DENIED, [str(exc), *([_access_hint(exc.path)] if hints is None else hints)]
     if isinstance(exc, RPCError):
         line = f"{exc.code}: {exc.message}"
         if exc.code == ACCESS_DENIED:
@@ -162,6 +167,15 @@ def _access_hint(path: str | None) -> str:
     help="Daemon socket. Default: the user daemon's socket if it exists, else the system one.",
 )
 @click.option(
+    "-H",
+    "--host",
+    metavar="URL|NAME",
+    envvar="NETMON_HOST",
+    show_envvar=True,
+    help="Talk to the daemon at ssh://[user@]host[:port][/socket], unix:///path, "
+    "or a host NAME from hosts.toml (see `netmonctl fleet`).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=5.0,
@@ -172,7 +186,7 @@ def _access_hint(path: str | None) -> str:
 @output_options
 @click.version_option(__version__, "-V", "--version", prog_name="netmonctl", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
+def cli(ctx: click.Context, socket_path: str | None, host: str | None, timeout: float) -> None:
     """Query and control netmond, the local network monitor.
 
     \b
@@ -187,6 +201,7 @@ def cli(ctx: click.Context, socket_path: str | None, timeout: float) -> None:
     """
     settings = ctx.ensure_object(Settings)
     settings.socket = socket_path
+    settings.host = host
     settings.timeout = timeout
 
 

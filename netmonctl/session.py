@@ -34,6 +34,7 @@ class Settings:
     """Global and output options of one netmonctl invocation."""
 
     socket: str | None = None
+    host: str | None = None  # -H / NETMON_HOST: a URL or a hosts.toml name
     timeout: float = 5.0
     format: str = "table"
     no_color: bool = False
@@ -71,7 +72,13 @@ def connect(settings: Settings) -> Iterator["Client"]:
     """
     from common.client import Client
 
-    with Client.connect(settings.socket_path, timeout=settings.timeout) as client:
+    if settings.host:
+        from .transport import open_host  # -H: maybe ssh; see transport.py
+
+        opened = open_host(settings.host, settings.timeout)
+    else:
+        opened = Client.connect(settings.socket_path, timeout=settings.timeout)
+    with opened as client:
         _hello(client)
         yield client
 

@@ -1,0 +1,500 @@
+"""`netmonctl fleet`: every machine's netmond at a glance, over ssh.
+
+    netmonctl fleet add nas ssh://admin@nas.lan --tag home
+    netmonctl fleet                 # one row per host: status, last seen, traffic
+    netmonctl fleet --watch         # the same, refreshed live
+    netmonctl -H nas conns          # drill into one host: any command works
+
+Hosts live in hosts.toml and "last seen" in fleet.json (netmonctl.fleetfile).
+Each poll is `hello` + `stats` through netmonctl.transport, with
+BatchMode=yes (a poll never prompts), a timeout per answer, at most one poll
+in flight per host, a bounded pool of them in parallel, and ssh connection
+sharing (ControlMaster/ControlPersist under ~/.cache/netmon/) unless the
+user's own ssh config already sets it, so `--watch` costs one ssh login per
+host, not one per refresh.
+
+Statuses:
+    ONLINE       the daemon answered
+    NO_DAEMON    the host answered, netmond is not running there
+    AUTH_FAILED  ssh could not authenticate (our key refused, or the host's key
+                 unknown or changed), or the remote daemon refused our user
+    OFFLINE      unreachable: refused, timed out, no route, unknown host name
+    UNKNOWN      anything else (netmonctl missing remotely, ...); see the hint
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import click
+
+from common import __version__
+from common.units import human_duration, human_rate
+
+from .. import render
+from ..options import output_options
+from ..render import Column
+from ..session import Settings, pass_settings
+
+STATUSES = ("ONLINE", "OFFLINE", "AUTH_FAILED", "NO_DAEMON", "UNKNOWN")
+_STATUS_COLORS = {
+    "ONLINE": "green",
+    "OFFLINE": "red",
+    "AUTH_FAILED": "magenta",
+    "NO_DAEMON": "yellow",
+    "UNKNOWN": "yellow",
+}
+#: Polls running at once, whatever the number of hosts.
+DEFAULT_PARALLEL = 8
+#: Seconds an idle shared ssh connection stays up after the last poll.
+CONTROL_PERSIST = 60
+#: Longest ControlPath ssh accepts is a Unix socket path (104 bytes on macOS).
+MAX_CONTROL_PATH = 100
+
+
+class FleetConfigError(click.ClickException):
+    """hosts.toml is unusable: a configuration (usage) error, exit 2."""
+
+    exit_code = 2
+
+
+# -- one host ----------------------------------------------------------------------
+
+
+@dataclass
+class HostStatus:
+    """What one poll found; `to_json()` is the --json row."""
+
+    name: str
+    url: str
+    tags: tuple[str, ...] = ()
+    status: str = "UNKNOWN"
+    last_seen: float | None = None
+    connections: int | None = None
+    upload_speed: float | None = None
+    download_speed: float | None = None
+    top_app: str | None = None
+    version: str | None = None
+    error: str | None = None
+    hints: list[str] = field(default_factory=list)
+    checked_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "tags": list(self.tags),
+            "status": self.status,
+            "last_seen": self.last_seen,
+            "connections": self.connections,
+            "upload_speed": self.upload_speed,
+            "download_speed": self.download_speed,
+            "top_app": self.top_app,
+            "version": self.version,
+            "error": self.error,
+            "hints": list(self.hints),
+            "checked_at": self.checked_at,
+        }
+
+
+def classify(exc: BaseException, scheme: str, timeout: float) -> tuple[str, str, list[str]]:
+    """(status, error message, hints) for a failed poll."""
+    from common.client import AccessDenied, DaemonUnavailable
+    from common.protocol import RPCError
+
+    kind = getattr(exc, "kind", None)
+    hints = list(getattr(exc, "hints", None) or [])
+    if kind in ("auth", "host_key", "access_denied"):
+        return "AUTH_FAILED", str(exc), hints
+    if kind == "no_daemon":
+        return "NO_DAEMON", str(exc), hints
+    if kind == "offline":
+        return "OFFLINE", str(exc), hints
+    if kind is not None:
+        return "UNKNOWN", str(exc), hints
+    if isinstance(exc, TimeoutError):
+        return "OFFLINE", f"no answer within {timeout:g}s", hints
+    if scheme == "unix" and isinstance(exc, AccessDenied):
+        return "AUTH_FAILED", str(exc), hints
+    if scheme == "unix" and isinstance(exc, DaemonUnavailable):
+        return "NO_DAEMON", str(exc), hints
+    if isinstance(exc, RPCError):
+        return "UNKNOWN", f"{exc.code}: {exc.message}", hints
+    return "UNKNOWN", str(exc) or type(exc).__name__, hints
+
+
+class ConnectionSharing:
+    """ssh ControlMaster options per host, unless the user's ssh config shares already.
+
+    Asking `ssh -G` (the effective config, nothing is contacted) once per
+    host tells whether ~/.ssh/config sets ControlMaster or ControlPath for it;
+    if so we leave it alone.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._known: dict[Any, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def options(self, target: Any) -> list[str]:
+        if not self.enabled or target.scheme != "ssh":
+            return []
+        with self._lock:
+            if target not in self._known:
+                self._known[target] = self._decide(target)
+            return self._known[target]
+
+    def _decide(self, target: Any) -> list[str]:
+        from ..fleetfile import cache_dir
+        from ..transport import ssh_command, ssh_destination_args
+
+        directory = cache_dir()
+        path = os.path.join(directory, "ssh-%C")
+        if len(path) - 2 + 40 > MAX_CONTROL_PATH:  # %C expands to 40 hex digits
+            return []
+        try:
+            out = subprocess.run(
+                [*ssh_command(), "-G", *ssh_destination_args(target), "--", target.host],
+                capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if out.returncode != 0:
+            return []
+        settings = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+        if settings.get("controlmaster", "false") != "false" or settings.get("controlpath", "none") != "none":
+            return []  # the user's own sharing wins
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError:
+            return []
+        return [
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={path}",
+            "-o", f"ControlPersist={CONTROL_PERSIST}",
+        ]
+
+
+def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing) -> HostStatus:
+    """Poll one host: hello + stats. Never raises; failures become a status."""
+    from ..transport import open_client
+
+    row = HostStatus(entry.name, entry.url, entry.tags, checked_at=time.time())
+    scheme = "unix" if entry.url.lower().startswith("unix:") else "ssh"
+    try:
+        target = entry.target()
+        extra = ["-o", "BatchMode=yes", *sharing.options(target)] if target.scheme == "ssh" else []
+        with open_client(target, timeout, extra) as client:
+            # `hello` by hand: Client.hello() would warn about a version
+            # mismatch on stderr, and here the version is a column.
+            info = client.call("hello", {"client_version": __version__})
+            stats = client.call("stats")
+    except Exception as exc:  # noqa: BLE001 - any failure is this host's status, not ours
+        row.status, row.error, row.hints = classify(exc, scheme, timeout)
+        return row
+    row.status = "ONLINE"
+    row.last_seen = time.time()
+    row.version = info.get("version")
+    row.connections = stats.get("active_connections")
+    row.upload_speed = stats.get("total_upload_speed")
+    row.download_speed = stats.get("total_download_speed")
+    row.top_app = stats.get("top_app")
+    return row
+
+
+class Poller:
+    """Polls hosts on a bounded pool, never two polls of one host at a time."""
+
+    def __init__(self, entries: Iterable[Any], timeout: float, parallel: int, share: bool = True) -> None:
+        self.entries = list(entries)
+        self.timeout = timeout
+        self.sharing = ConnectionSharing(share)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max(1, min(parallel, len(self.entries) or 1)), thread_name_prefix="fleet-poll"
+        )
+        self._in_flight: dict[str, concurrent.futures.Future[HostStatus]] = {}
+
+    def submit_due(self) -> None:
+        """Start a poll of every host that has none running."""
+        for entry in self.entries:
+            if entry.name not in self._in_flight:
+                self._in_flight[entry.name] = self._pool.submit(poll_host, entry, self.timeout, self.sharing)
+
+    def collect(self, wait: float | None) -> list[HostStatus]:
+        """Results that are ready (waiting up to `wait` for the first one)."""
+        if not self._in_flight:
+            return []
+        done, _ = concurrent.futures.wait(
+            list(self._in_flight.values()), timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        out = []
+        for name, fut in list(self._in_flight.items()):
+            if fut in done:
+                del self._in_flight[name]
+                out.append(fut.result())
+        return out
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._in_flight)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    # Errors carry remote stderr and top_app a remote process name: either
+    # could hold escape sequences that reprogram the terminal.
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _ago(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "never"
+    age = now - timestamp
+    return "now" if age < 2 else f"{human_duration(age)} ago"
+
+
+def _columns(now: float) -> tuple[Column, ...]:
+    return (
+        Column("NAME", render.field("name")),
+        Column("STATUS", render.field("status"), color=lambda s: _STATUS_COLORS.get(s)),
+        Column("LAST SEEN", render.field("last_seen"), fmt=lambda t: _ago(t, now), align="right"),
+        Column("CONNS", render.field("connections"), align="right", drop=2),
+        Column("UP", render.field("upload_speed"), fmt=human_rate, align="right"),
+        Column("DOWN", render.field("download_speed"), fmt=human_rate, align="right"),
+        Column("TOP APP", render.field("top_app"),
+               fmt=lambda v: render.dash(None if v is None else _printable(str(v))), drop=3),
+        Column("VERSION", render.field("version"), drop=4),
+    )
+
+
+def describe(rows: list[dict[str, Any]], settings: Settings, now: float) -> str:
+    """The table, then one line per host that is not online, with its fix-it hint."""
+    text = render.table(rows, _columns(now), color=settings.color, width=settings.width)
+    notes = []
+    for row in rows:
+        if row["status"] != "ONLINE" and row.get("error"):
+            notes.append(f"{row['name']}: {_printable(row['error'])}")
+            if row.get("hints"):
+                notes.append(f"  {_printable(row['hints'][-1])}")
+    return text + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+# -- the commands --------------------------------------------------------------------
+
+
+def _load(tags: tuple[str, ...]) -> list[Any]:
+    from ..fleetfile import FleetFileError, load_hosts
+
+    try:
+        hosts = load_hosts()
+    except FleetFileError as exc:
+        raise FleetConfigError(str(exc)) from None
+    entries = list(hosts.values())
+    if tags:
+        entries = [e for e in entries if set(tags) & set(e.tags)]
+    return entries
+
+
+def _merge(results: dict[str, HostStatus], entries: list[Any], seen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in hosts.toml order; hosts not polled yet are UNKNOWN; last_seen from fleet.json."""
+    rows = []
+    for entry in entries:
+        res = results.get(entry.name) or HostStatus(entry.name, entry.url, entry.tags, error=None)
+        row = res.to_json()
+        if row["last_seen"] is None:
+            row["last_seen"] = seen.get(entry.name, {}).get("last_seen")
+        rows.append(row)
+    return rows
+
+
+def _remember(results: Iterable[HostStatus], seen: dict[str, dict[str, Any]]) -> bool:
+    """Note ONLINE hosts' last_seen in `seen`; True if anything changed."""
+    changed = False
+    for res in results:
+        if res.status == "ONLINE" and res.last_seen is not None:
+            seen[res.name] = {**seen.get(res.name, {}), "last_seen": res.last_seen}
+            changed = True
+    return changed
+
+
+def _save(seen: dict[str, dict[str, Any]]) -> None:
+    from ..fleetfile import save_state
+
+    try:
+        save_state(seen)
+    except OSError as exc:  # the table matters more than the state file
+        click.echo(f"netmonctl: warning: cannot save fleet state: {exc}", err=True)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--watch", is_flag=True, help="Refresh live until Ctrl-C.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only hosts with this tag (repeatable: any of them).")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              metavar="SECONDS", help="With --watch: seconds between polls of a host.")
+@click.option("--host-timeout", type=click.FloatRange(min=0.5), default=15.0, show_default=True,
+              metavar="SECONDS", help="How long one host may take to answer.")
+@click.option("--parallel", type=click.IntRange(min=1, max=64), default=DEFAULT_PARALLEL, show_default=True,
+              metavar="N", help="Hosts polled at once.")
+@click.option("--no-share", is_flag=True, help="Do not share ssh connections between polls (ControlMaster).")
+@output_options
+@click.pass_context
+def fleet(ctx: click.Context, watch: bool, tags: tuple[str, ...], interval: float,
+          host_timeout: float, parallel: int, no_share: bool) -> None:
+    """Every host's netmond: status, last seen, connections, speeds.
+
+    Hosts are listed in ~/.config/netmon/hosts.toml (netmonctl fleet add).
+    Statuses: ONLINE, OFFLINE, AUTH_FAILED, NO_DAEMON, UNKNOWN; lines under
+    the table say what to do about the others. Drill into one host with
+    `netmonctl -H NAME conns` (or apps, watch, top, ...).
+
+    \b
+    Examples:
+      netmonctl fleet add nas ssh://admin@nas.lan --tag home
+      netmonctl fleet --tag home
+      netmonctl fleet --watch
+      netmonctl fleet --json | jq '.hosts[] | select(.status != "ONLINE") | .name'
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..fleetfile import hosts_path, load_state
+
+    settings = ctx.ensure_object(Settings)
+    entries = _load(tags)
+    if not entries:
+        if settings.format == "json":
+            click.echo(render.to_json({"hosts": []}))
+        else:
+            click.echo(f"no hosts{' with that tag' if tags else ''} in {hosts_path()}; "
+                       "add one with: netmonctl fleet add NAME ssh://[user@]host", err=True)
+        return
+    seen = load_state()
+    poller = Poller(entries, host_timeout, parallel, share=not no_share)
+    try:
+        if watch:
+            _watch(poller, entries, seen, settings, interval)
+        else:
+            poller.submit_due()
+            results: dict[str, HostStatus] = {}
+            while poller.busy:
+                for res in poller.collect(None):
+                    results[res.name] = res
+            if _remember(results.values(), seen):
+                _save(seen)
+            rows = _merge(results, entries, seen)
+            now = time.time()
+            render.emit(settings.format, {"hosts": rows}, rows_key="hosts",
+                        human=lambda: describe(rows, settings, now))
+    finally:
+        poller.close()
+
+
+def _watch(poller: Poller, entries: list[Any], seen: dict[str, dict[str, Any]],
+           settings: Settings, interval: float) -> None:
+    """Poll every `interval` s (a slow host is not polled twice at once) and redraw."""
+    results: dict[str, HostStatus] = {}
+    live = settings.format == "table" and sys.stdout.isatty()
+    try:
+        while True:
+            poller.submit_due()
+            round_end = time.monotonic() + interval
+            while True:
+                left = round_end - time.monotonic()
+                if left <= 0:
+                    break
+                fresh = poller.collect(min(1.0, left))
+                for res in fresh:
+                    results[res.name] = res
+                if _remember(fresh, seen):
+                    _save(seen)
+                if live:  # redraw as results come in, and each second for "last seen"
+                    rows = _merge(results, entries, seen)
+                    click.clear()
+                    click.echo(time.strftime("%H:%M:%S ") + f"every {interval:g}s, Ctrl-C to quit\n")
+                    click.echo(describe(rows, settings, time.time()))
+            if not live:
+                rows = _merge(results, entries, seen)
+                if settings.format == "json":
+                    click.echo(render.to_ndjson([{"timestamp": time.time(), "hosts": rows}]))
+                else:
+                    render.emit(settings.format, {"hosts": rows}, rows_key="hosts",
+                                human=lambda: describe(rows, settings, time.time()) + "\n")
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@fleet.command("ls")
+@output_options
+@pass_settings
+def ls(settings: Settings) -> None:
+    """List the hosts of hosts.toml (no polling)."""
+    entries = _load(())
+    rows = [e.to_json() for e in entries]
+    columns = (
+        Column("NAME", render.field("name")),
+        Column("URL", render.field("url")),
+        Column("TAGS", render.field("tags"), fmt=lambda v: ",".join(v) or "-"),
+        Column("SOCKET", render.field("socket"), drop=2),
+        Column("REMOTE COMMAND", render.field("remote_command"), drop=1),
+    )
+    from ..fleetfile import hosts_path
+
+    render.emit(settings.format, {"hosts": rows}, rows_key="hosts",
+                human=lambda: render.table(rows, columns, color=settings.color, width=settings.width,
+                                           empty=f"no hosts in {hosts_path()}"))
+
+
+@fleet.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--socket", "socket_path", metavar="PATH", help="Daemon socket on that host (overrides the URL's path).")
+@click.option("--remote-command", metavar="CMD",
+              help="How to run netmonctl there when it is not on the non-login PATH, e.g. /opt/netmon/bin/netmonctl.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag for --tag filters (repeatable).")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="ARG",
+              help="An extra ssh argument, e.g. --ssh-option=-oProxyJump=bastion (repeatable).")
+def add(name: str, url: str, socket_path: str | None, remote_command: str | None,
+        tags: tuple[str, ...], ssh_options: tuple[str, ...]) -> None:
+    """Add host NAME at URL (ssh://[user@]host[:port][/socket] or unix:///path)."""
+    from ..fleetfile import FleetFileError, HostEntry, add_host, entry_from_table, hosts_path
+
+    table: dict[str, Any] = {"url": url, "tags": list(tags), "ssh_options": list(ssh_options)}
+    if socket_path is not None:
+        table["socket"] = socket_path
+    if remote_command is not None:
+        table["remote_command"] = remote_command
+    try:
+        entry: HostEntry = entry_from_table(name, table, name)
+    except FleetFileError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="NAME/URL") from None
+    try:
+        add_host(entry)
+    except FleetFileError as exc:
+        raise FleetConfigError(str(exc)) from None
+    click.echo(f"added {name} ({entry.target().url}) to {hosts_path()}")
+
+
+@fleet.command("rm")
+@click.argument("name")
+def rm(name: str) -> None:
+    """Remove host NAME from hosts.toml."""
+    from ..fleetfile import FleetFileError, forget_state, hosts_path, remove_host
+
+    try:
+        remove_host(name)
+    except FleetFileError as exc:
+        raise FleetConfigError(str(exc)) from None
+    forget_state(name)
+    click.echo(f"removed {name} from {hosts_path()}")

@@ -1,0 +1,482 @@
+"""Where netmonctl finds its daemon (`-H`), and the ssh bridge to a remote one.
+
+    -H unix:///run/netmond.sock              a local socket
+    -H ssh://[user@]host[:port][/socket]     netmond on another machine, over ssh
+    -H NAME                                  an entry of ~/.config/netmon/hosts.toml
+
+The ssh case follows DOCKER_HOST=ssh://: netmonctl runs the system `ssh` as a
+subprocess with the remote command `netmonctl dial-stdio [--socket PATH]`,
+which joins its stdin/stdout to the remote daemon's socket. ssh is the
+transport AND the authentication, so keys, the agent, ~/.ssh/config, jump
+hosts and known_hosts all keep working, and netmon needs no network listener
+or token scheme of its own.
+
+The ssh child's stdin and stdout are one end of a socketpair; the other end
+is an ordinary stream socket, so common.client.Client works unchanged and
+every command (conns, apps, watch, top, ...) works remotely. When the stream
+ends early, ssh's exit status and the tail of its stderr say why:
+`explain_failure` turns them into DaemonUnavailable / AccessDenied subclasses
+carrying fix-it `hints`, which netmonctl.cli.exit_code_for turns into exit
+codes like local failures (3: not reachable, 4: access denied).
+
+`NETMON_SSH_COMMAND` (like GIT_SSH_COMMAND) replaces `ssh`, e.g.
+`NETMON_SSH_COMMAND="ssh -F ~/.ssh/fleet_config"`: OpenSSH reads ~/.ssh from
+the passwd home directory, not $HOME, so this is also how tests isolate it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import socket
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+from urllib.parse import unquote, urlsplit
+
+from common.client import AccessDenied, DaemonUnavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from common.client import Client
+
+ENV_SSH_COMMAND = "NETMON_SSH_COMMAND"
+#: What the remote side runs unless a hosts.toml entry says otherwise.
+DEFAULT_REMOTE_COMMAND = "netmonctl"
+#: Options every ssh connection gets (the issue's contract): fail a dead
+#: network in seconds, and notice a peer that vanished mid-`watch`.
+SSH_DEFAULT_OPTIONS = (
+    "-o", "ConnectTimeout=10",
+    "-o", "ServerAliveInterval=15",
+    "-o", "ServerAliveCountMax=2",
+)
+#: Extra seconds the first answer may take over ssh: connecting and
+#: authenticating (a passphrase typed at the prompt) come before it.
+SSH_SETUP_SECONDS = 30.0
+#: stderr lines of ssh shown with a failure.
+STDERR_TAIL_LINES = 5
+
+#: Host names in hosts.toml (also what `-H` accepts without a scheme).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x20\x7f]")
+
+
+class TargetError(ValueError):
+    """A `-H` value or hosts.toml entry that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One daemon to talk to: a local socket, or a socket on an ssh host.
+
+    `socket`: the Unix socket path (for ssh: on the remote machine; None lets
+    the remote netmonctl pick as it would locally, NETMON_SOCKET included).
+    `remote_command`: shell words that run netmonctl remotely.
+    `ssh_options`: extra ssh arguments from a hosts.toml entry.
+    """
+
+    scheme: str  # "ssh" | "unix"
+    host: str = ""
+    user: str | None = None
+    port: int | None = None
+    socket: str | None = None
+    remote_command: str | None = None
+    ssh_options: tuple[str, ...] = field(default_factory=tuple)
+    name: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The target as a URL (never with secrets: we refuse them)."""
+        if self.scheme == "unix":
+            return f"unix://{self.socket}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{user}{host}{port}{self.socket or ''}"
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the hosts.toml name, else the URL."""
+        return self.name or self.url
+
+    def ssh_login(self) -> list[str]:
+        """`ssh` arguments that reach the host as the user would type them (for hints)."""
+        argv = ["ssh"]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        argv.append(f"{self.user}@{self.host}" if self.user else self.host)
+        return argv
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def parse_url(
+    url: str,
+    *,
+    name: str | None = None,
+    socket_path: str | None = None,
+    remote_command: str | None = None,
+    ssh_options: tuple[str, ...] = (),
+) -> Target:
+    """A Target from `ssh://[user@]host[:port][/socket]` or `unix:///path`.
+
+    Refused: passwords (use keys or the agent), queries and fragments (we
+    would silently ignore them), and hosts or users starting with `-`
+    (ssh would read them as options). `socket_path` overrides the URL's path.
+    """
+    if "?" in url or "#" in url:
+        raise TargetError(f"{url}: queries and fragments are not supported in a host URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetError(f"{url}: {exc}") from None
+    scheme = parts.scheme.lower()
+    path = unquote(parts.path) if parts.path not in ("", "/") else None
+    if socket_path is not None:
+        path = socket_path
+    if path is not None and (not path.startswith("/") or _CONTROL_CHARS.search(path.replace(" ", "x"))):
+        raise TargetError(f"{url}: the socket path must be absolute, without control characters")
+    if remote_command is not None:
+        try:
+            if not shlex.split(remote_command):
+                raise ValueError("empty")
+        except ValueError as exc:
+            raise TargetError(f"remote_command {remote_command!r}: not valid shell words ({exc})") from None
+    if scheme == "unix":
+        if parts.netloc or path is None:
+            raise TargetError(f"{url}: write a local socket as unix:///absolute/path")
+        return Target("unix", socket=path, name=name)
+    if scheme != "ssh":
+        raise TargetError(
+            f"{url}: unsupported scheme {parts.scheme!r} (use ssh://[user@]host[:port][/socket] "
+            "or unix:///path)"
+        )
+    if parts.password is not None:
+        raise TargetError(f"{url}: passwords in URLs are refused; use an ssh key or the ssh agent")
+    host = unquote(parts.hostname or "")
+    user = unquote(parts.username) if parts.username else None
+    if not host:
+        raise TargetError(f"{url}: no host name")
+    if host.startswith("-") or (user or "").startswith("-"):
+        raise TargetError(f"{url}: a host or user starting with '-' is refused (ssh would read an option)")
+    if _CONTROL_CHARS.search(host) or (user is not None and _CONTROL_CHARS.search(user)):
+        raise TargetError(f"{url}: spaces or control characters in the host or user")
+    return Target(
+        "ssh",
+        host=host,
+        user=user,
+        port=port,
+        socket=path,
+        remote_command=remote_command,
+        ssh_options=tuple(ssh_options),
+        name=name,
+    )
+
+
+def resolve(value: str) -> Target:
+    """The Target a `-H` value names: a URL, or a host name from hosts.toml."""
+    value = value.strip()
+    if "://" in value:
+        return parse_url(value)
+    if not NAME_RE.match(value):
+        raise TargetError(
+            f"{value!r}: expected ssh://[user@]host[:port][/socket], unix:///path, "
+            "or a host name from hosts.toml"
+        )
+    from . import fleetfile  # here: most commands never read hosts.toml
+
+    hosts = fleetfile.load_hosts()
+    entry = hosts.get(value)
+    if entry is None:
+        raise TargetError(
+            f"unknown host {value!r}: not in {fleetfile.hosts_path()} "
+            f"(add it with: netmonctl fleet add {value} ssh://[user@]host)"
+        )
+    return entry.target()
+
+
+# -- the ssh command line ------------------------------------------------------
+
+
+def ssh_command() -> list[str]:
+    """The ssh program and its own leading arguments ($NETMON_SSH_COMMAND or `ssh`)."""
+    words = shlex.split(os.environ.get(ENV_SSH_COMMAND) or "ssh")
+    return words or ["ssh"]
+
+
+def _shell_word(word: str) -> str:
+    # A leading ~/ must stay unquoted for the remote shell to expand it, as
+    # people write remote_command = "~/.local/bin/netmonctl".
+    if word.startswith("~/"):
+        return "~/" + shlex.quote(word[2:])
+    return shlex.quote(word)
+
+
+def remote_command_line(target: Target) -> str:
+    """The remote shell command: `netmonctl dial-stdio [--socket PATH]`, every word quoted."""
+    words = shlex.split(target.remote_command or DEFAULT_REMOTE_COMMAND)
+    args = ["dial-stdio"] + (["--socket", target.socket] if target.socket else [])
+    return " ".join([_shell_word(w) for w in words] + [shlex.quote(a) for a in args])
+
+
+def ssh_destination_args(target: Target) -> list[str]:
+    """The entry's own options and [-l USER] [-p PORT] (without the host)."""
+    argv = list(target.ssh_options)
+    if target.user:
+        argv += ["-l", target.user]
+    if target.port:
+        argv += ["-p", str(target.port)]
+    return argv
+
+
+def ssh_argv(target: Target, extra_options: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """`ssh -T <options> [-l USER] [-p PORT] -- HOST <remote command>`.
+
+    ssh keeps the FIRST value it sees for an option, so the caller's
+    `extra_options` (fleet's BatchMode=yes) come first, then the hosts.toml
+    entry's own, then our defaults, then ~/.ssh/config.
+    """
+    return [
+        *ssh_command(),
+        "-T",
+        *extra_options,
+        *ssh_destination_args(target),
+        *SSH_DEFAULT_OPTIONS,
+        "--",
+        target.host,
+        remote_command_line(target),
+    ]
+
+
+# -- failures --------------------------------------------------------------------
+
+
+class RemoteUnavailable(DaemonUnavailable):
+    """The remote daemon cannot be reached; `kind` says at which step, `hints` what to do.
+
+    kind: offline (network, refused, unknown host), host_key, no_daemon,
+    no_remote_command, ssh_missing, error.
+    """
+
+    def __init__(self, target: Target, reason: str, kind: str, hints: list[str]) -> None:
+        super().__init__(target.label, reason)
+        self.kind = kind
+        self.hints = hints
+
+
+class RemoteAccessDenied(AccessDenied):
+    """ssh refused our login (kind "auth"), or the remote daemon refused us ("access_denied")."""
+
+    def __init__(self, target: Target, reason: str, kind: str, hints: list[str]) -> None:
+        super().__init__(target.label, reason)
+        self.kind = kind
+        self.hints = hints
+
+
+_OFFLINE_PATTERNS = (
+    "connection refused",
+    "timed out",
+    "could not resolve hostname",
+    "no route to host",
+    "network is unreachable",
+    "connection closed by",
+    "connection reset",
+    "name or service not known",
+)
+
+
+def stderr_tail(text: str, lines: int = STDERR_TAIL_LINES) -> list[str]:
+    """The last non-empty lines of ssh's stderr, without ssh's own chatter."""
+    out = [
+        line.strip()
+        for line in text.replace("\r", "").splitlines()
+        if line.strip() and not line.startswith("Warning: Permanently added")
+    ]
+    return out[-lines:]
+
+
+def explain_failure(target: Target, returncode: int | None, stderr: str) -> Exception | None:
+    """The error an ssh exit status and stderr mean, or None if ssh did not fail.
+
+    255 is ssh's own failure (network, host key, login); any other status is
+    the remote command's: 127/126 its shell could not run netmonctl, 3 and 4
+    are netmonctl's own "daemon not reachable" and "access denied".
+    """
+    if returncode is None or returncode == 0:
+        return None
+    tail = stderr_tail(stderr)
+    low = stderr.lower()
+    login = shlex.join(target.ssh_login())
+    if returncode == 255:
+        if "host key verification failed" in low or "host identification has changed" in low:
+            if "has changed" in low:
+                hint = (f"the host key of {target.host} changed: if that is expected, "
+                        f"remove the old one with `ssh-keygen -R {target.host}`, then run `{login}` once")
+            else:
+                hint = f"run `{login}` once to check and accept its host key"
+            return RemoteUnavailable(target, "ssh could not verify the host key", "host_key", [*tail, hint])
+        if "permission denied" in low or "too many authentication failures" in low:
+            return RemoteAccessDenied(
+                target,
+                "ssh login refused",
+                "auth",
+                [*tail, f"check that `{login}` logs in without a prompt "
+                        "(key in ssh-agent, or IdentityFile in ~/.ssh/config)"],
+            )
+        kind = "offline" if any(p in low for p in _OFFLINE_PATTERNS) else "error"
+        reason = f"ssh failed: {tail[-1]}" if tail else "ssh failed (exit status 255)"
+        return RemoteUnavailable(target, reason, kind, [*tail[:-1], f"check that `{login}` works"])
+    if returncode in (126, 127):
+        return RemoteUnavailable(
+            target,
+            "netmonctl not found on the remote host" if returncode == 127 else "netmonctl not executable there",
+            "no_remote_command",
+            [
+                *tail,
+                "netmonctl is not on the remote's non-login PATH: install netmon there, or set "
+                "remote_command to its absolute path "
+                "(netmonctl fleet add NAME URL --remote-command /path/to/netmonctl, then -H NAME)",
+            ],
+        )
+    remote = [line.removeprefix("netmonctl: ") for line in tail]
+    if returncode == 3:
+        return RemoteUnavailable(
+            target,
+            "netmond is not running there",
+            "no_daemon",
+            [*(f"remote: {line}" for line in remote),
+             f"start netmond on {target.host}, or name its socket in the URL: "
+             f"ssh://{target.host}/path/to/netmond.sock"],
+        )
+    if returncode == 4:
+        return RemoteAccessDenied(target, "the remote daemon refused access", "access_denied",
+                                  [f"remote: {line}" for line in remote])
+    hints = [f"remote: {line}" for line in remote]
+    if "no such command" in low and "dial-stdio" in low:
+        hints.append("the remote netmonctl is too old for -H: upgrade netmon there")
+    return RemoteUnavailable(target, f"the remote command failed (exit status {returncode})", "error", hints)
+
+
+# -- the bridge ------------------------------------------------------------------
+
+
+class SSHBridge:
+    """An ssh subprocess whose stdin/stdout are one end of a socketpair.
+
+    `sock` is the other end: a plain stream socket to hand to Client.
+    stderr goes to a temporary file (never a pipe nobody reads, which could
+    block ssh), read only when something failed.
+    """
+
+    def __init__(self, target: Target, extra_options: tuple[str, ...] | list[str] = ()) -> None:
+        self.target = target
+        self.argv = ssh_argv(target, extra_options)
+        self._stderr = tempfile.TemporaryFile()
+        parent, child = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=child, stdout=child, stderr=self._stderr, close_fds=True
+            )
+        except FileNotFoundError:
+            parent.close()
+            self._stderr.close()
+            raise RemoteUnavailable(
+                target, f"{self.argv[0]} not found", "ssh_missing",
+                [f"install the OpenSSH client, or point {ENV_SSH_COMMAND} at one"],
+            ) from None
+        finally:
+            child.close()  # ssh holds it now; our copy would hide its EOF
+        self.sock = parent
+
+    def stderr_text(self) -> str:
+        """What ssh (and the remote command) wrote to stderr so far."""
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def failure(self, wait: float = 2.0) -> Exception | None:
+        """After the stream broke: why, from ssh's exit; None if ssh is fine or still running."""
+        try:
+            code = self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
+        return explain_failure(self.target, code, self.stderr_text())
+
+    def close(self, grace: float = 2.0) -> None:
+        """Close our end (ssh then ends the remote side) and reap ssh."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        self._stderr.close()
+
+
+def open_host(value: str, timeout: float | None) -> "contextlib.AbstractContextManager[Client]":
+    """What `netmonctl -H VALUE` connects through (session.connect uses it).
+
+    A bad value is a usage error (exit 2). Over ssh the first answer may also
+    wait for ssh to connect and authenticate, hence SSH_SETUP_SECONDS more.
+    """
+    import click
+
+    try:
+        target = resolve(value)
+    except TargetError as exc:
+        raise click.UsageError(f"-H: {exc}") from None
+    if target.scheme == "ssh" and timeout is not None:
+        timeout += SSH_SETUP_SECONDS
+    return open_client(target, timeout)
+
+
+@contextmanager
+def open_client(
+    target: Target,
+    timeout: float | None,
+    extra_ssh_options: tuple[str, ...] | list[str] = (),
+) -> Iterator["Client"]:
+    """A Client connected to `target` (not yet said hello).
+
+    For ssh, a failure of the stream inside the block (EOF, reset, no answer,
+    garbage) is replaced by what ssh's exit status says, when it says more.
+    `timeout` is the client's read timeout; over ssh the caller adds the
+    time ssh needs to connect (SSH_SETUP_SECONDS) if it wants to allow it.
+    """
+    from common.client import Client
+    from common.protocol import ProtocolError
+
+    if target.scheme == "unix":
+        assert target.socket is not None
+        with Client.connect(target.socket, timeout=timeout) as client:
+            yield client
+        return
+    bridge = SSHBridge(target, extra_ssh_options)
+    client = Client(bridge.sock, target.label, timeout)
+    try:
+        yield client
+    except (DaemonUnavailable, ProtocolError, TimeoutError, ConnectionError) as exc:
+        # A timeout leaves ssh running (failure() then says nothing): the
+        # daemon, or the network, is slow, and the original error says so.
+        explained = bridge.failure(wait=0.1 if isinstance(exc, TimeoutError) else 2.0)
+        if explained is None:
+            raise
+        raise explained from None
+    finally:
+        client.close()
+        bridge.close()
