@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
-"""How long one tick of the Linux backend takes, against its peers.
+"""How much one tick costs, against its peers, at 100, 1,000 and 10,000 sockets.
 
-    python bench/tick.py [--sockets 1000 10000] [--runs 7]
+    python bench/tick.py [--sockets 100 1000 10000] [--runs 7] [--quick]
 
-For each socket count N, a holder process opens N/2 loopback TCP connections
-(N sockets, both ends held open, a few bytes moved on each), then this
-process measures, over several runs, the median wall-clock and CPU time of:
+For each socket count N a holder process opens N/2 loopback TCP connections
+(N sockets, both ends held open, a few bytes moved on each); this process
+then measures, over several runs, the median CPU and wall time of:
 
-    linux     LinuxBackend.sample()   dumps + tcp_info + pids + interfaces
-    psutil    psutil.net_connections("inet")   sockets + pids, no bytes
-    ss        `ss -tin` in a subprocess        sockets + tcp_info, no pids
+    netmond tick   LinuxBackend.sample() + MonitorState.apply(): everything
+                   the daemon does per tick (dumps with tcp_info, pids,
+                   interfaces, per-socket bytes and rates)
+    sample only    LinuxBackend.sample() alone
+    psutil         psutil.net_connections("inet"): sockets + pids, no bytes
+    ss -tin        `ss -tin` in a subprocess: sockets + tcp_info, no pids
 
-CPU is this process's (user + system) for the in-process calls and the
-child's for ss. Ratios below 1 mean ours is faster. `ss -tin` lists neither
-listeners nor TIME_WAIT sockets; the holder closes with RST so that it leaves
-no TIME_WAIT behind for the next run. Linux only; run it on an otherwise idle
-machine.
+CPU is this process's user + system time for the in-process calls and the
+child's for ss. The ratio columns are ours (netmond tick) over each peer:
+below 1 means we are cheaper. Target: <= 0.5x psutil at 10,000 sockets.
+`ss -tin` lists neither listeners nor TIME_WAIT sockets. Linux only.
 """
 
 from __future__ import annotations
@@ -23,79 +25,19 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Holder, machine_line, max_sockets, raise_fd_limit, table  # noqa: E402
 
 import psutil  # noqa: E402
 
 from netmond.backends.linux import LinuxBackend  # noqa: E402
-
-HOLDER_READY = "ready"
-
-
-def raise_fd_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def hold(sockets: int) -> None:
-    """Holder process: open sockets/2 loopback pairs, say ready, wait for stdin EOF."""
-    limit = raise_fd_limit()
-    if sockets + 64 > limit:
-        sys.exit(f"need {sockets + 64} file descriptors, RLIMIT_NOFILE allows {limit}")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    addr = listener.getsockname()
-    held = []
-    try:
-        for _ in range(sockets // 2):
-            client = socket.create_connection(addr, timeout=5)
-            server, _ = listener.accept()
-            client.sendall(b"ping")
-            server.recv(16)
-            held += (client, server)
-        print(HOLDER_READY, flush=True)
-        sys.stdin.read()  # until the parent closes our stdin
-    finally:
-        # Reset, not FIN: no TIME_WAIT remnants left to skew the next run.
-        linger_off = struct.pack("ii", 1, 0)
-        for s in held:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_off)
-            s.close()
-        listener.close()
-
-
-def start_holder(sockets: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--hold", str(sockets)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    line = proc.stdout.readline().strip()
-    if line != HOLDER_READY:
-        proc.kill()
-        proc.wait()
-        raise SystemExit(f"holder failed to open {sockets} sockets")
-    return proc
-
-
-def stop_holder(proc: subprocess.Popen) -> None:
-    proc.stdin.close()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+from netmond.state import MonitorState  # noqa: E402
 
 
 def measure_in_process(fn, runs: int) -> tuple[float, float]:
@@ -129,56 +71,60 @@ def count_ss_sockets(argv: list[str]) -> int:
     return sum(1 for line in out[1:] if line and not line[0].isspace())
 
 
-def bench(sockets: int, runs: int) -> list[tuple[str, float, float, int]]:
-    holder = start_holder(sockets)
-    backend = LinuxBackend()
-    try:
-        backend.start()
-        t0 = time.perf_counter()
-        first = backend.sample()
-        cold = time.perf_counter() - t0
-        rows = [("linux (first sample)", cold, float("nan"), len(first.sockets))]
-        wall, cpu = measure_in_process(backend.sample, runs)
-        rows.append(("linux", wall, cpu, len(backend.sample().sockets)))
+def bench(sockets: int, runs: int) -> list[tuple[str, int, float, float]]:
+    """(method, sockets listed, median wall s, median cpu s) for each method."""
+    rows = []
+    with Holder(sockets):
+        backend = LinuxBackend()
+        state = MonitorState()
+        try:
+            backend.start()
+            state.apply(backend.sample())  # the first tick builds the inode index
+            wall, cpu = measure_in_process(lambda: state.apply(backend.sample()), runs)
+            rows.append(("netmond tick", len(state.open), wall, cpu))
+            wall, cpu = measure_in_process(backend.sample, runs)
+            rows.append(("sample only", len(backend.sample().sockets), wall, cpu))
+        finally:
+            backend.close()
         wall, cpu = measure_in_process(lambda: psutil.net_connections("inet"), runs)
-        rows.append(("psutil", wall, cpu, len(psutil.net_connections("inet"))))
+        rows.append(("psutil", len(psutil.net_connections("inet")), wall, cpu))
         wall, cpu = measure_subprocess(["ss", "-tin"], runs)
-        rows.append(("ss -tin", wall, cpu, count_ss_sockets(["ss", "-tin"])))
-    finally:
-        backend.close()
-        stop_holder(holder)
+        rows.append(("ss -tin", count_ss_sockets(["ss", "-tin"]), wall, cpu))
     return rows
 
 
-def report(sockets: int, rows: list[tuple[str, float, float, int]]) -> None:
-    by_name = {name: (wall, cpu) for name, wall, cpu, _ in rows}
-    ours_wall, ours_cpu = by_name["linux"]
-    print(f"\n{sockets} TCP sockets held (+ whatever else the machine has)")
-    print(f"{'method':<22}{'listed':>8}{'wall ms':>10}{'cpu ms':>10}{'ours/it wall':>14}{'ours/it cpu':>13}")
-    for name, wall, cpu, listed in rows:
-        listed_text = str(listed)
-        ratio_wall = ratio_cpu = ""
-        if name in ("psutil", "ss -tin"):
-            ratio_wall = f"{ours_wall / wall:.2f}"
-            ratio_cpu = f"{ours_cpu / cpu:.2f}" if cpu > 0 else "-"
-        cpu_text = f"{cpu * 1000:.1f}" if cpu == cpu else "-"
-        print(f"{name:<22}{listed_text:>8}{wall * 1000:>10.1f}{cpu_text:>10}{ratio_wall:>14}{ratio_cpu:>13}")
+def report(sockets: int, runs: int, rows: list[tuple[str, int, float, float]]) -> None:
+    _, _, ours_wall, ours_cpu = rows[0]
+    out = []
+    for name, listed, wall, cpu in rows:
+        peer = name in ("psutil", "ss -tin")
+        out.append((
+            name, listed, f"{cpu * 1000:.1f}", f"{wall * 1000:.1f}",
+            f"{ours_cpu / cpu:.2f}x" if peer and cpu > 0 else "",
+            f"{ours_wall / wall:.2f}x" if peer and wall > 0 else "",
+        ))
+    table(
+        f"Tick cost, {sockets} TCP sockets held (median of {runs})",
+        ("method", "listed", "cpu ms", "wall ms", "ours/it cpu", "ours/it wall"),
+        out,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--sockets", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="100 sockets, 2 runs: a smoke run")
     args = parser.parse_args()
-    if args.hold is not None:
-        hold(args.hold)
-        return
+    if args.quick:
+        args.sockets, args.runs = [100], 2
     raise_fd_limit()
-    print(f"Linux {os.uname().release}, Python {sys.version.split()[0]}, psutil {psutil.__version__}, "
-          f"{os.cpu_count()} CPUs, median of {args.runs} runs")
+    print(f"# tick: {machine_line()}")
     for n in args.sockets:
-        report(n, bench(n, args.runs))
+        if n > max_sockets():
+            print(f"\n{n} sockets: n/a (RLIMIT_NOFILE allows at most {max_sockets()})")
+            continue
+        report(n, args.runs, bench(n, args.runs))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Round trips a user waits for: `netmonctl conns --json` and `netmonctl --version`.
+
+    python bench/roundtrip.py [--sockets 1000 10000] [--runs 5] [--quick]
+
+For each socket count N a holder opens N loopback TCP sockets and a real
+`netmond` watches them. Measured, as wall time of a fresh process each run
+(median):
+
+    netmonctl conns --json   every connection, as JSON, to /dev/null
+    ss -tn                   the peer: every TCP socket, as text (no pids,
+                             no bytes)
+    RPC only                 the `connections` call alone from this process
+                             (daemon work + transfer + msgpack decode), to
+                             show where the time goes
+
+and once: `netmonctl --version` (start-up: imports must stay lazy) against
+a bare `python -c pass` (the interpreter's own start-up, the floor) and
+`ss -V`. Targets: conns --json under 1.5 s at 10,000; --version under 150 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Daemon, Holder, machine_line, max_sockets, median_wall, raise_fd_limit, ratio, table  # noqa: E402
+
+
+def netmonctl() -> list[str]:
+    """The installed console script beside this Python, else the module."""
+    script = os.path.join(os.path.dirname(sys.executable), "netmonctl")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "netmonctl.cli"]
+
+
+def rpc_only(socket_path: str, runs: int) -> tuple[float, int]:
+    """Median wall seconds of one `connections` call from this process, and the rows."""
+    from common.client import Client
+
+    walls, rows = [], 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        with Client.connect(socket_path, timeout=30) as c:
+            c.hello()
+            rows = len(c.call("connections", {"include_closed": False})["connections"])
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls), rows
+
+
+def bench_conns(sockets: int, runs: int) -> None:
+    with Holder(sockets), Daemon(1.0) as daemon:
+        daemon.wait_ticks(3)
+        env = dict(os.environ, NETMON_SOCKET=daemon.socket)
+        ours = median_wall([*netmonctl(), "conns", "--json"], runs, env=env)
+        out = subprocess.run([*netmonctl(), "conns", "--json"], env=env, stdout=subprocess.PIPE, check=True).stdout
+        ss = median_wall(["ss", "-tn"], runs)
+        ss_lines = subprocess.run(["ss", "-tn"], stdout=subprocess.PIPE, check=True).stdout.count(b"\n") - 1
+        rpc, rows = rpc_only(daemon.socket, runs)
+    table(
+        f"Round trip, {sockets} TCP sockets held (median of {runs})",
+        ("command", "rows", "output KB", "wall ms", "ours/it"),
+        [
+            ("netmonctl conns --json", rows, f"{len(out) / 1e3:.0f}", f"{ours * 1000:.0f}", ""),
+            ("ss -tn", ss_lines, "", f"{ss * 1000:.0f}", ratio(ours, ss)),
+            ("RPC only (connections)", rows, "", f"{rpc * 1000:.0f}", ""),
+        ],
+    )
+
+
+def bench_version(runs: int) -> None:
+    ours = median_wall([*netmonctl(), "--version"], runs)
+    floor = median_wall([sys.executable, "-c", "pass"], runs)
+    rows = [
+        ("netmonctl --version", f"{ours * 1000:.0f}", ""),
+        ("python -c pass", f"{floor * 1000:.0f}", ratio(ours, floor)),
+    ]
+    if shutil.which("ss"):
+        ss = median_wall(["ss", "-V"], runs)
+        rows.append(("ss -V", f"{ss * 1000:.0f}", ratio(ours, ss)))
+    table(f"Start-up (median of {runs})", ("command", "wall ms", "ours/it"), rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="100 sockets, 2 runs: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.sockets, args.runs = [100], 2
+    raise_fd_limit()
+    print(f"# roundtrip: {machine_line()}")
+    bench_version(max(args.runs, 9) if not args.quick else 3)
+    for n in args.sockets:
+        if n > max_sockets():
+            print(f"\n{n} sockets: n/a (RLIMIT_NOFILE allows at most {max_sockets()})")
+            continue
+        bench_conns(n, args.runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Every benchmark, one after the other: `make bench` (or `python bench/run_all.py`).
+
+    python bench/run_all.py [--quick] [--only tick steady traffic roundtrip]
+
+Each runs in its own process and prints its tables: our figure beside peers
+measured in the same run, and the ratio. The full run takes about five
+minutes and needs 10,000 loopback sockets (RLIMIT_NOFILE hard limit >=
+10,100); `--quick` is a smoke run of a few seconds with small socket counts
+(tests/integration/test_bench_smoke.py runs it). Figures move with the
+machine's load: take them on a quiet machine, and read the ratios, which
+compare against peers measured in the same conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCHES = ("tick", "steady", "traffic", "roundtrip")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small and short: a smoke run")
+    parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES))
+    args = parser.parse_args()
+    failed = []
+    t0 = time.monotonic()
+    for name in args.only:
+        argv = [sys.executable, os.path.join(HERE, f"{name}.py")] + (["--quick"] if args.quick else [])
+        print(f"\n=== {name} ===", flush=True)
+        if subprocess.run(argv).returncode != 0:
+            failed.append(name)
+    print(f"\n{len(args.only)} benchmarks in {time.monotonic() - t0:.0f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
