@@ -25,6 +25,7 @@ Statuses:
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 import subprocess
 import sys
@@ -55,8 +56,9 @@ _STATUS_COLORS = {
 DEFAULT_PARALLEL = 8
 #: Seconds an idle shared ssh connection stays up after the last poll.
 CONTROL_PERSIST = 60
-#: Longest ControlPath ssh accepts is a Unix socket path (104 bytes on macOS).
-MAX_CONTROL_PATH = 100
+#: Longest ControlPath that works: a Unix socket path (104 bytes on macOS,
+#: with its NUL), less the 17-character suffix ssh adds while creating it.
+MAX_CONTROL_PATH = 104 - 1 - 17
 
 
 class FleetConfigError(click.ClickException):
@@ -156,8 +158,12 @@ class ConnectionSharing:
         from ..transport import ssh_command, ssh_destination_args
 
         directory = cache_dir()
-        path = os.path.join(directory, "ssh-%C")
-        if len(path) - 2 + 40 > MAX_CONTROL_PATH:  # %C expands to 40 hex digits
+        # One master per hosts.toml entry, named by a digest of how we call
+        # ssh for it. ssh's own %C (host, port, user) would let two entries
+        # for one user@host with different keys share the first one's login.
+        entry_id = repr((ssh_command(), target.host, target.user, target.port, target.ssh_options))
+        path = os.path.join(directory, "ssh-" + hashlib.sha256(entry_id.encode()).hexdigest()[:20])
+        if len(path) > MAX_CONTROL_PATH:
             return []
         try:
             out = subprocess.run(
