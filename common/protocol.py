@@ -112,21 +112,23 @@ class Notification:
     payload: dict[str, Any]
 
 
-def new_unpacker(limited: bool = True) -> msgpack.Unpacker:
+def new_unpacker(limited: bool = True, pure: bool = False) -> msgpack.Unpacker:
     """An Unpacker for a stream; `limited` applies the daemon's memory limits.
 
     Clients read the daemon's (trusted, possibly large) replies with a bigger
     buffer: a 10,000-connection reply is several megabytes.
 
-    The limited one is msgpack's pure-Python Unpacker on purpose: it checks a
-    str/bin/ext length against its limit as soon as the header arrives, while
-    the C one waits for the whole body, so a client that sends only a header
-    claiming 2 GiB would get no `too_large` answer, just a connection held open.
-    Requests are small; the speed difference does not matter there.
+    `pure` gives msgpack's pure-Python Unpacker with the same limits: it
+    refuses a str/bin/ext header over its limit as soon as the header
+    arrives, where the C one waits for the whole body. It is ~300 times
+    slower, so the daemon decodes with the C one and uses the pure one only
+    to look at the first bytes of a message that has stalled.
     """
     if limited:
-        return msgpack.fallback.Unpacker(
+        cls = msgpack.fallback.Unpacker if pure else msgpack.Unpacker
+        return cls(
             raw=False,
+            read_size=64 * 1024,
             max_buffer_size=MAX_BUFFER_SIZE,
             max_array_len=MAX_ARRAY_LEN,
             max_map_len=MAX_MAP_LEN,

@@ -50,6 +50,15 @@ log = logging.getLogger("netmond.server")
 _READ_CHUNK = 64 * 1024
 # Longest error text echoed back to a client (it may quote what it sent).
 _MAX_DETAIL = 100
+# A message that stops arriving for _STALL is checked for a length header
+# over a limit in its first _HEAD_BYTES (the C Unpacker waits for the body
+# such a header announces). Legitimate clients send whole messages, so this
+# only runs for stalled ones, and costs at most ~2 ms each time.
+_STALL = 0.5
+_HEAD_BYTES = 512
+# How long a response (possibly megabytes of rows, held in memory meanwhile)
+# may wait for a client that asked for it and does not read it.
+_RESPONSE_WRITE_TIMEOUT = 30.0
 # Descriptors kept for everything but clients: the listener, the backend's
 # netlink sockets or nettop pipes, /proc files it opens, logs, the loop.
 _FD_RESERVE = 64
@@ -63,6 +72,50 @@ def client_fd_budget() -> int | None:
     return max(1, soft - _FD_RESERVE)
 
 
+def _claims_too_much(head: bytes) -> bool:
+    """True if these first bytes of a message hold a str/bin/ext/array/map
+    header whose length is over the protocol's limits."""
+    probe = protocol.new_unpacker(limited=True, pure=True)
+    probe.feed(bytes(head))
+    try:
+        for _ in probe:
+            pass
+    except ValueError as exc:
+        return "exceeds" in str(exc)
+    except Exception:  # noqa: BLE001 - anything else is for the real decoder to report
+        return False
+    return False
+
+
+class LogBudget:
+    """Client-caused log lines, at most `burst` per `period`; the rest counted.
+
+    Any local user can reconnect with garbage in a loop: without a budget
+    that would grow the daemon's log (a plain file under launchd) without
+    end. Suppressed lines are summarised once the period is over.
+    """
+
+    def __init__(self, burst: int = 20, period: float = 60.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._start = time.monotonic()
+        self._count = 0
+        self._suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            if self._suppressed:
+                log.warning("%d more client problems were not logged in the last %.0fs",
+                            self._suppressed, now - self._start)
+            self._start, self._count, self._suppressed = now, 0, 0
+        if self._count < self.burst:
+            self._count += 1
+            log.log(level, msg, *args, exc_info=exc_info)
+        else:
+            self._suppressed += 1
+
+
 class ClientSession:
     """One connected client: its credentials, subscriptions and send queue."""
 
@@ -73,8 +126,10 @@ class ClientSession:
         writer: asyncio.StreamWriter,
         peer: PeerCredentials | None,
         queue_size: int,
+        note: LogBudget,
     ) -> None:
         self.daemon = daemon
+        self.note = note
         self.reader = reader
         self.writer = writer
         self.peer = peer
@@ -144,22 +199,25 @@ class ClientSession:
                 except asyncio.TimeoutError:
                     # Not one byte read for the whole idle timeout: it is
                     # suspended or gone. Drop it; abort discards the backlog.
-                    log.info("subscriber %s stopped reading for %.0fs: disconnected",
-                             self.label, self.idle_timeout)
+                    self.note(logging.INFO, "subscriber %s stopped reading for %.0fs: disconnected",
+                              self.label, self.idle_timeout)
                     self.writer.transport.abort()
                     return
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - never let a sender kill the loop
-            log.exception("notification sender failed (%s)", self.label)
+            self.note(logging.ERROR, "notification sender failed (%s)", self.label, exc_info=True)
 
     # -- the read loop --------------------------------------------------------
     async def serve(self) -> None:
         """Read, decode and answer requests until the client leaves or must go."""
         unpacker = protocol.new_unpacker(limited=True)
-        fed = 0  # bytes fed; unpacker.tell() says how many were consumed
+        fed = 0  # bytes fed so far
+        message_start = 0  # stream offset where the message in progress began
         last_message = time.monotonic()  # connect, or the last complete message
-        partial_since: float | None = None  # when a message began to arrive
+        partial_since: float | None = None  # when the message in progress began
+        head = bytearray()  # its first _HEAD_BYTES, for the stall check
+        head_checked = True
         try:
             while True:
                 # Completing a message resets the clock, receiving bytes does
@@ -169,16 +227,27 @@ class ClientSession:
                     started = partial_since if self.topics else min(partial_since, last_message)
                 else:
                     started = None if self.topics else last_message
-                timeout = None
-                if started is not None:
-                    timeout = started + self.idle_timeout - time.monotonic()
+                timeout = None if started is None else started + self.idle_timeout - time.monotonic()
+                stall_check = partial_since is not None and not head_checked
+                wait = timeout
+                if stall_check:
+                    wait = _STALL if timeout is None else min(timeout, _STALL)
                 try:
                     if timeout is not None and timeout <= 0:
                         raise asyncio.TimeoutError
-                    chunk = await asyncio.wait_for(self.reader.read(_READ_CHUNK), timeout)
+                    chunk = await asyncio.wait_for(self.reader.read(_READ_CHUNK), wait)
                 except asyncio.TimeoutError:
+                    if stall_check and (timeout is None or timeout > _STALL):
+                        # The client stopped mid-message: waiting for a body
+                        # a length header announced? Then say so now.
+                        head_checked = True
+                        if _claims_too_much(head):
+                            await self._fatal(protocol.TOO_LARGE, "a length in the message is over a limit")
+                            return
+                        continue
                     what = "did not finish a message" if partial_since is not None else "idle"
-                    log.info("client %s %s for %.0fs: disconnected", self.label, what, self.idle_timeout)
+                    self.note(logging.INFO, "client %s %s for %.0fs: disconnected",
+                              self.label, what, self.idle_timeout)
                     return
                 if not chunk:
                     return
@@ -187,7 +256,7 @@ class ClientSession:
                 except msgpack.BufferFull:
                     await self._fatal(protocol.TOO_LARGE, "message larger than the 1 MiB limit")
                     return
-                fed += len(chunk)
+                chunk_start, fed = fed, fed + len(chunk)
                 while True:
                     try:
                         obj = next(unpacker)
@@ -204,18 +273,21 @@ class ClientSession:
                     except Exception:  # noqa: BLE001 - any decoding failure is the client's
                         await self._fatal(protocol.PROTOCOL_ERROR, "invalid msgpack")
                         return
+                    message_start = unpacker.tell()  # the C Unpacker: end of obj
                     last_message = time.monotonic()
                     partial_since = None
                     if not await self._handle(obj):
                         return
-                if fed > unpacker.tell():
+                if fed > message_start:  # a message is in progress
                     if partial_since is None:
                         partial_since = time.monotonic()
-                else:
-                    partial_since = None
+                        head = bytearray()
+                    if len(head) < _HEAD_BYTES:
+                        lo = max(message_start, chunk_start) - chunk_start
+                        head += chunk[lo:lo + _HEAD_BYTES - len(head)]
+                        head_checked = False
         except asyncio.TimeoutError:
-            log.info("client %s did not read its response for %.0fs: disconnected",
-                     self.label, self.idle_timeout)
+            self.note(logging.INFO, "client %s did not read its response in time: disconnected", self.label)
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -247,7 +319,7 @@ class ClientSession:
             await self._respond(msg.msgid, exc, None)
             return True
         except Exception:  # noqa: BLE001 - no traceback crosses the socket
-            log.exception("handler %s failed (%s)", msg.method, self.label)
+            self.note(logging.ERROR, "handler %s failed (%s)", msg.method, self.label, exc_info=True)
             await self._respond(msg.msgid, RPCError(protocol.INTERNAL, "internal error; see daemon log"), None)
             return True
         await self._respond(msg.msgid, None, result)
@@ -256,8 +328,8 @@ class ClientSession:
     async def _respond(self, msgid: int, error: RPCError | None, result: Any) -> None:
         self.writer.write(protocol.pack_response(msgid, error, result))
         # A client that does not read its replies only stalls itself; after
-        # the idle timeout the TimeoutError ends its session (see serve()).
-        await asyncio.wait_for(self.writer.drain(), self.idle_timeout)
+        # the timeout the TimeoutError ends its session (see serve()).
+        await asyncio.wait_for(self.writer.drain(), min(_RESPONSE_WRITE_TIMEOUT, self.idle_timeout))
 
     async def _fatal(self, code: str, reason: str, detail: str | None = None) -> None:
         """Tell the client why (msgid 0: no request to answer) and log one line.
@@ -265,7 +337,7 @@ class ClientSession:
         `reason` is a fixed text and the only thing logged; `detail` may quote
         the client's own bytes, so it goes back to that client only, capped.
         """
-        log.warning("client %s: %s (%s); disconnected", self.label, reason, code)
+        self.note(logging.WARNING, "client %s: %s (%s); disconnected", self.label, reason, code)
         message = reason if detail is None else f"{reason}: {detail[:_MAX_DETAIL]}"
         try:
             self.writer.write(protocol.pack_response(0, RPCError(code, message), None))
@@ -281,6 +353,7 @@ class Server:
         self.daemon = daemon
         self.sessions: set[ClientSession] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.note = LogBudget()
 
     @property
     def client_count(self) -> int:
@@ -307,7 +380,7 @@ class Server:
         peer = peer_credentials(sock) if sock is not None else None
         cap = self.max_clients
         if len(self.sessions) >= cap:
-            log.warning("client limit (%d) reached: refusing a connection", cap)
+            self.note(logging.WARNING, "client limit (%d) reached: refusing a connection", cap)
             writer.write(
                 protocol.pack_response(
                     0, RPCError(protocol.TOO_MANY_CLIENTS, f"netmond serves at most {cap} clients"), None
@@ -319,12 +392,12 @@ class Server:
                 pass
             writer.close()
             return
-        session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue)
+        session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue, self.note)
         self.sessions.add(session)
         try:
             await session.serve()
         except Exception:  # noqa: BLE001 - one client never takes the daemon down
-            log.exception("client %s failed", session.label)
+            self.note(logging.ERROR, "client %s failed", session.label, exc_info=True)
         finally:
             self.sessions.discard(session)
 
