@@ -8,7 +8,6 @@ credentials (run as `nobody` through setpriv).
 
 from __future__ import annotations
 
-import errno
 import grp
 import json
 import logging
@@ -30,7 +29,6 @@ from hypothesis import strategies as st
 
 from common import protocol
 from common.client import Client, wait_for_daemon
-from common.protocol import RPCError
 from netmond.backends.base import Backend, Snapshot, SocketSample, now
 from netmond.handlers import HANDLERS
 from tests.helpers import REPO, wait_until

@@ -218,7 +218,8 @@ def test_the_socket_has_its_final_mode_before_listen(short_dir, monkeypatch, gro
     monkeypatch.setattr(listener.socket, "socket", Recording)
     path = os.path.join(short_dir, "m.sock")
     listener.bind_unix_socket(path, group).close()
-    assert seen == [(0o600, os.getegid())] if group is None else seen == [(0o660, 0)]
+    expected = (0o600, os.getegid()) if group is None else (0o660, 0)
+    assert seen == [expected]
 
 
 def test_a_root_daemon_on_macos_defaults_to_group_admin(monkeypatch):
