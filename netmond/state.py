@@ -45,7 +45,7 @@ class ConnRow:
         "remote_port", "local_addr", "remote_addr", "scope", "state", "pid",
         "process_name", "user", "bytes_sent", "bytes_received", "upload_speed",
         "download_speed", "first_seen", "last_seen", "closed_at", "counted_sent",
-        "counted_received",
+        "counted_received", "sample",
     )
 
     def __init__(self, row_id: int, s: SocketSample, wall: float) -> None:
@@ -75,6 +75,9 @@ class ConnRow:
         # with the row when its process becomes known a tick late.
         self.counted_sent = 0
         self.counted_received = 0
+        # The SocketSample last applied: a backend that hands the same object
+        # again says the socket did not change (see MonitorState.apply).
+        self.sample = s
 
     @property
     def app(self) -> str:
@@ -257,6 +260,17 @@ class MonitorState:
         for s in snap.sockets:
             key = s.key
             row = self.open.get(key)
+            if row is not None and s is row.sample and not baseline:
+                # The backend handed on last tick's sample: nothing changed,
+                # so no bytes moved. The same outcome as below, faster.
+                seen.add(key)
+                row.last_seen = wall
+                if dt:
+                    if row.bytes_sent is None and row.bytes_received is None:
+                        row.upload_speed = row.download_speed = None
+                    else:
+                        row.upload_speed = row.download_speed = 0.0
+                continue
             if row is None:
                 done = just_closed.get(key)
                 if done is not None and _delta(s.bytes_sent, done.bytes_sent) == 0 and _delta(
@@ -289,6 +303,7 @@ class MonitorState:
                 changes.updated.append(row)
                 continue
             seen.add(key)
+            row.sample = s
             before = (row.state, row.bytes_sent, row.bytes_received, row.pid)
             self._adopt(row, s)
             up, down = self._account(row, s, baseline=baseline, dt=dt)

@@ -26,6 +26,11 @@ class SocketSample:
     Byte counters are cumulative for the socket's life as the kernel counts
     them, or None where the OS keeps none (UDP, the psutil backend): never 0
     for "unknown".
+
+    Samples are never modified once handed over. A backend may hand the
+    very same object again at the next sample to say "this socket has not
+    changed at all" (the Linux backend does, for idle sockets); the state
+    table then skips it cheaply. A changed socket always gets a new object.
     """
 
     key: Hashable

@@ -62,6 +62,7 @@ import socket
 from collections import deque
 from itertools import chain
 from operator import attrgetter
+from typing import NamedTuple
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
 from .interfaces import sample_interfaces
@@ -156,6 +157,9 @@ class LinuxBackend(Backend):
         # Owner tables of the latest dumps, newest first.
         self._owner_history: deque[OwnerTable] = deque(maxlen=OWNER_GENERATIONS)
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
+        # Full TCP sockets of the latest dump by kernel cookie, to hand on
+        # the samples of those that did not change (see _tcp_samples).
+        self._unchanged: dict[int, _Unchanged] = {}
         self._dumps: list[tuple[int, int, int]] = list(_TCP_DUMPS + _UDP_DUMPS)
         self._dump_warnings: list[str] = []
         self._attribution_complete = True
@@ -250,7 +254,14 @@ class LinuxBackend(Backend):
         owner_of: _OwnerLookup,
         owner_table: OwnerTable,
     ) -> list[SocketSample]:
-        """SocketSamples of a TCP dump; fills owner_table for destroy events."""
+        """SocketSamples of a TCP dump; fills owner_table for destroy events.
+
+        A full socket whose record (state, addresses, counters: everything
+        the dump says) and owner are what they were at the previous tick is
+        handed on as the very SocketSample object of that tick (see
+        `_Unchanged`): most sockets of a busy machine are idle at any given
+        second, and `MonitorState.apply` then skips them just as cheaply.
+        """
         # The backend's hot loop (10,000 sockets a tick): attribute and
         # method lookups are hoisted into locals, caches are read inline.
         addresses = self._addresses.by_family
@@ -261,12 +272,27 @@ class LinuxBackend(Backend):
         destroyed = self._destroyed
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
+        last_tick = self._unchanged.get
+        this_tick: dict[int, _Unchanged] = {}
         out: list[SocketSample] = []
         append = out.append
-        for family, state, sport, dport, src, dst, uid, inode, counters in records:
+        for record in records:
+            family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             state_name = state_names.get(state)
             if state_name is None:
                 continue  # a pseudo-state (bound-only sockets) we did not ask for
+            if inode:
+                pid = inode_owner(inode)
+                info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
+                if info is None:
+                    info = owner_info(pid, uid)
+                same = last_tick(cookie)
+                if same is not None and same.record == record and same.owner == info:
+                    this_tick[cookie] = same
+                    append(same.sample)
+                    if same.owner_entry is not None:
+                        owner_table[same.sample.key] = same.owner_entry
+                    continue
             texts = addresses[family]
             local_ip = texts.get(src) or format_address(family, src)
             if dport == 0 and dst == UNSPECIFIED_ADDR:
@@ -285,13 +311,12 @@ class LinuxBackend(Backend):
                 continue
             known = previous.get(key)
             if inode:
-                pid = inode_owner(inode)
-                info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
-                pid, name, user = info or owner_info(pid, uid)
+                pid, name, user = info
             elif known is not None:  # orphaned by close() or exit: its last owner
                 pid, name, user = known[:3]
             else:  # a SYN_RECV request socket (no file yet), or never seen with one
                 pid = name = user = None
+            entry = None
             if remote_ip is None:  # a listener: it moves no bytes itself
                 sent = received = 0 if counters is not None else None
             else:
@@ -303,9 +328,13 @@ class LinuxBackend(Backend):
                     # Accepted sockets share their listener's port; ours do not.
                     active_open = sport not in listening_ports
                 sent, received = payload(counters, state, active_open) if counters is not None else _NO_BYTES
-                owner_table[key] = (pid, name, user, active_open, sent, received)
-            append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
-                                remote_port, state_name, pid, name, user, sent, received))
+                entry = owner_table[key] = (pid, name, user, active_open, sent, received)
+            sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
+                                  remote_port, state_name, pid, name, user, sent, received)
+            append(sample)
+            if inode and cookie:
+                this_tick[cookie] = _Unchanged(record, info, sample, entry)
+        self._unchanged = this_tick
         return out
 
     def _udp_samples(self, records: list[DiagSocket], owner_of: _OwnerLookup) -> list[SocketSample]:
@@ -315,7 +344,7 @@ class LinuxBackend(Backend):
         inode_owner = self._owners.owners.get
         owner_info = owner_of.info
         out: list[SocketSample] = []
-        for family, _state, sport, dport, src, dst, uid, inode, _counters in records:
+        for family, _state, sport, dport, src, dst, uid, inode, _counters, _cookie in records:
             texts = addresses[family]
             local_ip = texts.get(src) or format_address(family, src)
             if dport == 0 and dst == UNSPECIFIED_ADDR:
@@ -336,7 +365,7 @@ class LinuxBackend(Backend):
         fmt = self._addresses.format
         remember_destroyed = self._destroyed.add
         out: list[SocketSample] = []
-        for family, state, sport, dport, src, dst, uid, _inode, counters in events:
+        for family, state, sport, dport, src, dst, uid, _inode, counters, _cookie in events:
             if counters is None or dport == 0:
                 continue  # a listener, an aborted socket (zeroed by the kernel), an old kernel
             if counters.bytes_acked == 0 and counters.bytes_received == 0:
@@ -408,6 +437,20 @@ class LinuxBackend(Backend):
             warnings=warnings,
             events_lost=lost,
         )
+
+
+class _Unchanged(NamedTuple):
+    """What one full TCP socket was at the latest tick, by its kernel cookie.
+
+    While its record (everything the dump says about it) and its owner
+    (pid, process_name, user) stay equal, its SocketSample and OwnerTable
+    entry are those of that tick: nothing derived from them could differ.
+    """
+
+    record: DiagSocket
+    owner: tuple
+    sample: SocketSample
+    owner_entry: tuple | None
 
 
 class RecentKeys:

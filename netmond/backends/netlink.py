@@ -89,10 +89,11 @@ INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
 DIAG_MSG_LEN = 72
 _HDR_LEN = NLMSGHDR.size
 #: nlmsghdr (len, type, seq; not flags, pid) + inet_diag_msg (family, state,
-#: sport, dport, src, dst, uid, inode; not timer, retrans, ifindex, cookie,
+#: sport, dport, src, dst, cookie, uid, inode; not timer, retrans, ifindex,
 #: expires, queues) in one call. The ports are big-endian in an otherwise
 #: native struct: they are read native and swapped on little-endian hosts.
-_NLMSGHDR_AND_DIAG_MSG = struct.Struct("=IH2xI4xBB2xHH16s16s24xII")
+#: The cookie (two native u32) is read as one native u64: unique either way.
+_NLMSGHDR_AND_DIAG_MSG = struct.Struct("=IH2xI4xBB2xHH16s16s4xQ12xII")
 assert _NLMSGHDR_AND_DIAG_MSG.size == _HDR_LEN + DIAG_MSG_LEN
 _PORTS_NEED_SWAP = sys.byteorder == "little"
 
@@ -142,6 +143,9 @@ class DiagSocket(NamedTuple):
     uid: int
     inode: int  # 0 for TIME_WAIT, SYN_RECV request sockets and destroy events
     counters: TcpCounters | None  # None: no (long enough) INET_DIAG_INFO
+    #: The kernel's id of this socket, unique while it lives (never reused
+    #: in a boot); 0 where unknown. linux.py keys its per-socket reuse on it.
+    cookie: int = 0
 
 
 def build_dump_request(family: int, protocol: int, ext: int, states: int, seq: int) -> bytes:
@@ -190,7 +194,8 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
     off = 0
     while off + _HDR_LEN <= end:
         if off + full <= end:
-            (length, mtype, mseq, family, state, sport, dport, src, dst, uid, inode) = header_and_msg_unpack(buf, off)
+            (length, mtype, mseq, family, state, sport, dport, src, dst, cookie, uid, inode) = header_and_msg_unpack(
+                buf, off)
         else:  # too short for a socket: NLMSG_DONE, NLMSG_ERROR
             length, mtype, _flags, mseq, _pid = header_unpack(buf, off)
         if length < _HDR_LEN or off + length > end:
@@ -217,7 +222,7 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
                 if swap:
                     sport = ((sport & 0xFF) << 8) | (sport >> 8)
                     dport = ((dport & 0xFF) << 8) | (dport >> 8)
-                append(new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters)))
+                append(new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie)))
         elif mtype == NLMSG_DONE:
             return sockets, True
         elif mtype == NLMSG_ERROR:

@@ -636,8 +636,9 @@ def info(acked: int = 0, received: int = 0, data_segs_in: int = 0, sent: int = 0
 
 
 def record(state, sport, dport, inode, tcpi=None, family=socket.AF_INET, src=V4_LOOPBACK, dst=V4_LOOPBACK,
-           uid=None) -> DiagSocket:
-    return DiagSocket(family, state, sport, dport, src, dst, os.geteuid() if uid is None else uid, inode, tcpi)
+           uid=None, cookie=0) -> DiagSocket:
+    return DiagSocket(family, state, sport, dport, src, dst, os.geteuid() if uid is None else uid, inode, tcpi,
+                      cookie)
 
 
 def by_key(samples):
@@ -709,6 +710,38 @@ def test_backend_reports_payload_and_owner(crafted) -> None:
     [listener] = [s for s in rows.values() if s.state == "LISTEN"]
     assert listener.key == ("TCP", "127.0.0.1", SERVER_PORT, None, None, 300)
     assert (listener.remote_ip, listener.bytes_sent) == (None, 0)
+
+
+def test_an_unchanged_socket_is_handed_on_as_the_same_sample(crafted) -> None:
+    backend, dumper, _ = crafted
+    client_info = info(acked=1001, received=700, data_segs_in=1, sent=1000)
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, client_info, cookie=7),
+                  record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=700, received=1000, data_segs_in=1,
+                                                                 sent=700), cookie=8)]
+    first = by_key(backend.sample().sockets)
+    again = by_key(backend.sample().sockets)
+    assert again[CLIENT_KEY] is first[CLIENT_KEY] and again[SERVER_KEY] is first[SERVER_KEY]
+    # New counters: a new sample, with the new bytes; the other is still handed on.
+    dumper.tcp[0] = record(1, CLIENT_PORT, SERVER_PORT, 100,
+                           info(acked=1501, received=700, data_segs_in=1, sent=1500), cookie=7)
+    moved = by_key(backend.sample().sockets)
+    assert moved[CLIENT_KEY] is not first[CLIENT_KEY] and moved[CLIENT_KEY].bytes_sent == 1500
+    assert moved[SERVER_KEY] is first[SERVER_KEY]
+    # A new state, or a new owner for the same record: a new sample too.
+    dumper.tcp[1] = record(8, SERVER_PORT, CLIENT_PORT, 200, dumper.tcp[1].counters, cookie=8)
+    assert by_key(backend.sample().sockets)[SERVER_KEY].state == "CLOSE_WAIT"
+    backend._owners.owners[200] = 1  # the inode index learnt another owner (init, here)
+    owned = by_key(backend.sample().sockets)[SERVER_KEY]
+    assert owned.pid == 1 and owned.state == "CLOSE_WAIT"
+    # What destroy events need is kept for handed-on sockets too.
+    assert backend._owner_history[0][CLIENT_KEY][4:] == (1500, 700)
+
+
+def test_sockets_without_a_cookie_are_never_handed_on(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10))]
+    first, again = backend.sample().sockets, backend.sample().sockets
+    assert first[0] is not again[0] and first[0] == again[0]
 
 
 def test_destroy_event_ends_the_row_and_hides_its_time_wait(crafted) -> None:

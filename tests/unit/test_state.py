@@ -220,3 +220,31 @@ def test_bytes_counted_before_the_pid_was_known_move_to_the_app():
     st.apply(snap(2, [sock(sent=800, pid=9, name="wget")]))
     totals = {a["process_name"]: a["bytes_sent"] for a in st.app_usage()}
     assert totals["wget"] == 800 and totals.get(UNKNOWN_APP, 0) == 0
+
+
+def test_a_sample_handed_on_unchanged_gives_the_same_rows_as_an_equal_new_one():
+    """The backend may repeat last tick's SocketSample object for an idle socket."""
+    results = []
+    for reuse in (False, True):
+        st = MonitorState()
+        idle, busy = sock(5000, 100, 50), sock(5001, 10, 10)
+        st.apply(snap(0, [idle, busy]))
+        st.apply(snap(1, [idle if reuse else sock(5000, 100, 50), sock(5001, 20, 10)]))
+        changes = st.apply(snap(2, [idle if reuse else sock(5000, 100, 50), sock(5001, 20, 10)]))
+        assert [r.local_port for r in changes.updated] == []
+        row = row_of(st, 5000)
+        results.append((row.upload_speed, row.download_speed, row.last_seen, row.bytes_sent, row.state,
+                        st.app_usage(), st.attributed_upload_speed))
+    assert results[0] == results[1]
+    assert results[1][:3] == (0.0, 0.0, 1_000_002)
+
+
+def test_a_handed_on_sample_is_not_skipped_at_a_baseline():
+    st = MonitorState()
+    s = sock(5000, 100, 50)
+    st.apply(snap(0, [s]))
+    st.apply(snap(1, [s]))
+    assert row_of(st, 5000).upload_speed == 0.0
+    st.rebaseline()  # resume after stop: rates unknown again, not 0
+    st.apply(snap(5, [s]))
+    assert row_of(st, 5000).upload_speed is None
