@@ -156,16 +156,16 @@ def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> 
     """Per-application usage; with a filter, computed over the matching rows only."""
     _check_keys(params, ("filter",))
     flt = _filter(params)
-    usage = daemon.state.app_usage()
     if flt.is_empty():
-        return {"apps": usage}
-    now = time.time()
-    matching = flt.apply(row.to_wire(now) for row in daemon.state.connections(False))
-    names = {r["process_name"] or "unknown" for r in matching}
-    # An app-level filter (--proc) also keeps apps with no open connection.
+        return {"apps": daemon.state.app_usage()}
     if flt.proc is not None and not (set(flt.to_wire()) - {"proc"}):
-        names |= {a["process_name"] for a in usage if flt.proc.lower() in a["process_name"].lower()}
-    return {"apps": [a for a in usage if a["process_name"] in names]}
+        # An app-level filter: whole apps, with the bytes of long-closed
+        # connections, even those with nothing open now.
+        needle = flt.proc.lower()
+        return {"apps": [a for a in daemon.state.app_usage() if needle in a["process_name"].lower()]}
+    now = time.time()
+    matching = [r for r in daemon.state.connections(True) if flt.matches(r.to_wire(now))]
+    return {"apps": daemon.state.app_usage_of(matching)}
 
 
 def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:

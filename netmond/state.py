@@ -508,6 +508,32 @@ class MonitorState:
         )
         return out
 
+    def app_usage_of(self, rows: Iterable[ConnRow]) -> list[dict[str, Any]]:
+        """AppUsage maps computed over some rows only (a filtered `apps`).
+
+        Bytes are what those rows moved since start/clear (closed ones still
+        retained included); pids, connections and speeds come from the open ones.
+        """
+        acc: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            e = acc.get(row.app)
+            if e is None:
+                e = acc[row.app] = {"process_name": row.app, "pids": set(), "connections": 0,
+                                    "upload_speed": 0.0, "download_speed": 0.0,
+                                    "bytes_sent": 0, "bytes_received": 0}
+            e["bytes_sent"] += row.counted_sent
+            e["bytes_received"] += row.counted_received
+            if row.closed_at is None:
+                if row.pid is not None:
+                    e["pids"].add(row.pid)
+                e["connections"] += 1
+                e["upload_speed"] += row.upload_speed or 0.0
+                e["download_speed"] += row.download_speed or 0.0
+        out = [{**e, "pids": sorted(e["pids"])} for e in acc.values()]
+        out.sort(key=lambda a: (a["upload_speed"] + a["download_speed"],
+                                a["bytes_sent"] + a["bytes_received"]), reverse=True)
+        return out
+
     def interfaces(self) -> list[dict[str, Any]]:
         """Per-interface rates and totals since start/clear."""
         return [

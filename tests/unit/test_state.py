@@ -248,3 +248,17 @@ def test_a_handed_on_sample_is_not_skipped_at_a_baseline():
     st.rebaseline()  # resume after stop: rates unknown again, not 0
     st.apply(snap(5, [s]))
     assert row_of(st, 5000).upload_speed is None
+
+
+def test_app_usage_over_filtered_rows_counts_only_those_rows():
+    st = MonitorState()
+    st.apply(snap(0, []))
+    a = sock(5000, 100, 10, pid=1, name="python3")
+    b = sock(5001, 7000, 70, pid=2, name="python3")
+    st.apply(snap(1, [a, b]))
+    only_a = [r for r in st.connections(True) if r.pid == 1]
+    (usage,) = st.app_usage_of(only_a)
+    assert usage["pids"] == [1] and usage["connections"] == 1
+    assert (usage["bytes_sent"], usage["bytes_received"]) == (100, 10)
+    (whole,) = st.app_usage()
+    assert whole["pids"] == [1, 2] and whole["bytes_sent"] == 7100
