@@ -185,11 +185,12 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
     append = sockets.append
     header_unpack = NLMSGHDR.unpack_from
     header_and_msg_unpack = _NLMSGHDR_AND_DIAG_MSG.unpack_from
-    attr_unpack = RTATTR.unpack_from
     info_unpack = _TCPI_ALL.unpack_from
     new, diag_socket, tcp_counters = _tuple_new, DiagSocket, TcpCounters
     swap = _PORTS_NEED_SWAP
     full = _NLMSGHDR_AND_DIAG_MSG.size
+    layout = layout_unpack = layout_headers = None
+    layout_end = layout_counters = 0
     end = len(buf)
     off = 0
     while off + _HDR_LEN <= end:
@@ -204,21 +205,22 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
             pass  # stale reply of an earlier request
         elif mtype == SOCK_DIAG_BY_FAMILY:
             if length >= full:
-                counters = None
                 attr = off + full
                 msg_end = off + length
-                while attr + 4 <= msg_end:
-                    alen, atype = attr_unpack(buf, attr)
-                    if alen < 4:
-                        break  # malformed attribute: stop, keep what we have
-                    if atype == INET_DIAG_INFO:
-                        info_end = attr + alen
-                        if info_end <= msg_end and alen - 4 >= _TCPI_ALL_END:
-                            counters = new(tcp_counters, info_unpack(buf, attr + 4 + TCPI_BYTES_ACKED))
-                        else:  # an older kernel's shorter tcp_info
-                            counters = parse_tcp_info(buf, attr + 4, min(info_end, msg_end))
-                        break
-                    attr += (alen + 3) & ~3
+                # The kernel lays out the attributes of a dump's sockets alike:
+                # one unpack of the headers confirms the previous socket's
+                # layout (every header where it was, same length and type),
+                # and the counters are read at its tcp_info offset. Any other
+                # layout is walked attribute by attribute.
+                if layout is not None and attr + layout_end <= msg_end and (
+                    layout_unpack(buf, attr) == layout_headers
+                ):
+                    counters = new(tcp_counters, info_unpack(buf, attr + layout_counters))
+                else:
+                    counters, found = _walk_attributes(buf, attr, msg_end)
+                    if found is not None:
+                        layout, layout_headers, layout_end, layout_counters = found
+                        layout_unpack = layout.unpack_from
                 if swap:
                     sport = ((sport & 0xFF) << 8) | (sport >> 8)
                     dport = ((dport & 0xFF) << 8) | (dport >> 8)
@@ -233,6 +235,35 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
                 raise NetlinkError(-neg_errno, f"sock_diag request failed: {os.strerror(-neg_errno)}")
         off += (length + 3) & ~3
     return sockets, False
+
+
+def _walk_attributes(buf, attr: int, msg_end: int) -> tuple[TcpCounters | None, tuple | None]:
+    """(counters, layout) from the attributes in buf[attr:msg_end].
+
+    counters: from INET_DIAG_INFO; None if absent or too short. layout, when
+    a full tcp_info was found: (a Struct of every attribute header up to and
+    including INFO's, the values it must unpack to, the end of INFO and the
+    offset of the counters, both relative to `attr`), with which
+    parse_messages checks the next socket's attributes in one call.
+    """
+    start = attr
+    fmt, headers, at = "=", [], start
+    while attr + 4 <= msg_end:
+        alen, atype = RTATTR.unpack_from(buf, attr)
+        if alen < 4:
+            return None, None  # malformed attribute: stop, keep what we have
+        fmt += f"{attr - at}xHH"
+        headers += (alen, atype)
+        at = attr + 4
+        if atype == INET_DIAG_INFO:
+            info_end = attr + alen
+            if info_end > msg_end or alen - 4 < _TCPI_ALL_END:  # an older kernel's shorter tcp_info
+                return parse_tcp_info(buf, attr + 4, min(info_end, msg_end)), None
+            counters_at = attr + 4 + TCPI_BYTES_ACKED
+            counters = _tuple_new(TcpCounters, _TCPI_ALL.unpack_from(buf, counters_at))
+            return counters, (struct.Struct(fmt), tuple(headers), info_end - start, counters_at - start)
+        attr += (alen + 3) & ~3
+    return None, None
 
 
 class AddressFormatter:

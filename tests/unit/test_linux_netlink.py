@@ -139,6 +139,26 @@ def test_ipv4_socket_with_tcp_info() -> None:
     assert s.counters == TcpCounters(1001, 700, 1, 1000, 0)
 
 
+def test_sockets_with_different_attribute_layouts_in_one_buffer() -> None:
+    # parse_messages reuses the previous socket's attribute layout when its
+    # headers match exactly; anything else must still be walked correctly.
+    def msg(sport, acked, *before):
+        info = tcp_info(acked=acked, received=sport, data_segs_in=1, sent=acked, retrans=0)
+        return sock_msg(sport=sport, attrs=b"".join(before) + rtattr(netlink.INET_DIAG_INFO, info))
+
+    short, longer = rtattr(22, b"\x00\x00"), rtattr(22, b"\x00" * 9)
+    buf = (msg(1, 10, rtattr(8, b"\x00"), short) + msg(2, 20, rtattr(8, b"\x00"), longer)
+           + msg(3, 30, rtattr(8, b"\x00"), short) + msg(4, 40, rtattr(8, b"\x00"), short)
+           + msg(5, 50) + msg(6, 60, rtattr(8, b"\x00"), short)
+           + sock_msg(sport=7, attrs=rtattr(8, b"\x00") + short)  # no tcp_info at all
+           + msg(8, 80, rtattr(8, b"\x00"), short) + DONE)
+    sockets, done = parse_messages(buf, seq=1)
+    assert done
+    assert [(s.local_port, s.counters and s.counters.bytes_acked) for s in sockets] == [
+        (1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 60), (7, None), (8, 80)]
+    assert all(s.counters.bytes_received == s.local_port for s in sockets if s.counters)
+
+
 def test_ipv6_and_ipv4_mapped_addresses() -> None:
     buf = (
         sock_msg(family=socket.AF_INET6, src=V6_LOOPBACK, dst=V6_DOC, sport=1, dport=2)
