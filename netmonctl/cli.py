@@ -41,6 +41,8 @@ COMMANDS: dict[str, str] = {
     "apps": "netmonctl.commands.apps:apps",
     "stats": "netmonctl.commands.stats:stats",
     "history": "netmonctl.commands.history:history",
+    "top": "netmonctl.commands.top:top",
+    "watch": "netmonctl.commands.watch:watch",
     "start": "netmonctl.commands.control:start",
     "stop": "netmonctl.commands.control:stop",
     "clear": "netmonctl.commands.control:clear",

@@ -25,6 +25,8 @@ import click
 
 #: Eight levels of a sparkline, lowest first.
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
+#: Partial cells of a horizontal bar, one to eight eighths.
+BAR_CHARS = "▏▎▍▌▋▊▉█"
 
 # Healthy traffic green, listeners cyan, handshakes yellow, teardown magenta,
 # gone red; UDP's "NONE" stays plain.
@@ -69,6 +71,17 @@ def terminal_width(stream: TextIO) -> int | None:
     except (AttributeError, ValueError):
         return None
     return shutil.get_terminal_size().columns
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as '?'.
+
+    Process names and the like come from other users' processes: printed
+    raw, an escape sequence in a name could reprogram the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def state_color(state: Any) -> str | None:
@@ -222,6 +235,23 @@ def sparkline(values: Sequence[float | None], width: int) -> str:
         else:
             out.append(SPARK_CHARS[min(levels, max(0, round(v / top * levels)))])
     return "".join(out)
+
+
+def bar(value: float | None, top: float | None, width: int) -> str:
+    """A horizontal bar of `value` out of `top`, `width` cells, in eighths of a cell.
+
+    Always exactly `width` characters (padded with spaces) so bars line up
+    in a column. Unknown (None) is an empty bar; any traffic at all shows at
+    least a sliver, so that "little" and "none" look different.
+    """
+    if width <= 0:
+        return ""
+    if value is None or not top or top <= 0 or value <= 0:
+        return " " * width
+    eighths = max(1, min(width * 8, round(value / top * width * 8)))
+    full, part = divmod(eighths, 8)
+    text = BAR_CHARS[-1] * full + (BAR_CHARS[part - 1] if part else "")
+    return text.ljust(width)
 
 
 def _buckets(values: list[float | None], width: int) -> list[float | None]:

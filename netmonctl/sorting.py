@@ -36,6 +36,11 @@ def sort_choices(fields: Sequence[str]) -> tuple[str, ...]:
     return (*PSEUDO_FIELDS, *fields)
 
 
+def descending(field: str, reverse: bool = False) -> bool:
+    """Whether sort_rows(rows, field, reverse) puts the largest value first."""
+    return (field in _DESCENDING) != reverse
+
+
 def _total(row: Row, a: str, b: str) -> float | None:
     known = [v for v in (row.get(a), row.get(b)) if v is not None]
     return sum(known) if known else None
@@ -64,12 +69,12 @@ def sort_rows(rows: Sequence[Row], field: str, reverse: bool = False) -> list[Ro
     Stable, with None last at every key level: one stable pass per key, from
     the last tie-breaker to the primary key.
     """
-    descending = (field in _DESCENDING) != reverse
+    largest_first = descending(field, reverse)
     out = list(rows)
     for key in reversed(_keys(field)):
         known = [r for r in out if key(r) is not None]
         unknown = [r for r in out if key(r) is None]
-        known.sort(key=key, reverse=descending)  # reverse=True keeps ties stable
+        known.sort(key=key, reverse=largest_first)  # reverse=True keeps ties stable
         out = known + unknown
     return out
 

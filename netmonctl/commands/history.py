@@ -16,13 +16,27 @@ from ..session import Settings, call, pass_settings
 
 #: Widest sparkline drawn under the table, in characters.
 SPARK_WIDTH = 60
+#: Width of the bar drawn after each rate in the table, in characters.
+BAR_WIDTH = 20
 
 
-def _columns(tenths: bool) -> tuple[Column, ...]:
+def _columns(tenths: bool, peak: float | None, bar_width: int) -> tuple[Column, ...]:
+    """TIME, UP, DOWN, and a bar after each rate, scaled to the peak of both.
+
+    One scale for both directions so that their bars compare; the bars are
+    the first thing dropped on a narrow terminal.
+    """
+    time_col = Column("TIME", field("timestamp"), fmt=lambda ts: render.clock(ts, tenths))
+    up = Column("UP", field("upload"), fmt=human_rate, align="right")
+    down = Column("DOWN", field("download"), fmt=human_rate, align="right")
+    if not peak:
+        return (time_col, up, down)  # nothing moved: empty bars say nothing
     return (
-        Column("TIME", field("timestamp"), fmt=lambda ts: render.clock(ts, tenths)),
-        Column("UP", field("upload"), fmt=human_rate, align="right"),
-        Column("DOWN", field("download"), fmt=human_rate, align="right"),
+        time_col,
+        up,
+        Column("", field("upload"), fmt=lambda v: render.bar(v, peak, bar_width), drop=1),
+        down,
+        Column("", field("download"), fmt=lambda v: render.bar(v, peak, bar_width), drop=1),
     )
 
 
@@ -40,8 +54,9 @@ def _columns(tenths: bool) -> tuple[Column, ...]:
 def history(settings: Settings, seconds: float) -> None:
     """Show recent total bandwidth.
 
-    Upload and download rates, one point per sample, oldest first, with a
-    sparkline of each.
+    Upload and download rates, one point per sample, oldest first, each
+    with a bar, and a sparkline of each under the table. --json prints the
+    points only.
     """
     result = call(settings, "bandwidth_history", {"seconds": seconds})
     render.emit(
@@ -59,7 +74,8 @@ def _describe(points: list[dict[str, Any]], settings: Settings) -> str:
     # Sub-second sampling would print the same HH:MM:SS on several lines.
     stamps = [p["timestamp"] for p in points]
     tenths = any(b - a < 1 for a, b in zip(stamps, stamps[1:]))
-    text = render.table(points, _columns(tenths), color=settings.color, width=settings.width)
+    peak = max((v for p in points for v in (p.get("upload"), p.get("download")) if v is not None), default=None)
+    text = render.table(points, _columns(tenths, peak, BAR_WIDTH), color=settings.color, width=settings.width)
     # Room for the "down " label and "  peak 123.4 MB/s" after the line.
     width = SPARK_WIDTH if settings.width is None else max(10, min(SPARK_WIDTH, settings.width - 24))
     lines = []

@@ -213,3 +213,30 @@ def test_sparkline_averages_into_the_width():
     assert line == "▁" * 5 + "█" * 5
     assert len(render.sparkline(list(range(1000)), 37)) == 37
     assert render.sparkline([None, None, 8, 8], 2) == " █"
+
+
+# -- bars and untrusted text ----------------------------------------------------
+
+
+def test_bar_is_fixed_width_in_eighths():
+    assert render.bar(10, 10, 4) == "████"
+    assert render.bar(5, 10, 4) == "██  "
+    assert render.bar(3, 16, 2) == "▍ "  # 2 cells are 16 eighths: 3 of them
+    assert render.bar(9, 16, 2) == "█▏"
+    assert render.bar(1, 10, 1) == "▏"  # a sliver: some traffic is not none
+    assert render.bar(0.001, 1000, 3) == "▏  "
+    assert render.bar(20, 10, 3) == "███"  # over the top is capped
+
+
+def test_bar_edge_cases():
+    assert render.bar(None, 10, 3) == "   "  # unknown: empty, not a zero bar
+    assert render.bar(0, 10, 3) == "   "
+    assert render.bar(5, 0, 3) == "   "
+    assert render.bar(5, None, 3) == "   "
+    assert render.bar(5, 10, 0) == ""
+
+
+def test_printable_masks_control_characters():
+    assert render.printable("firefox") == "firefox"
+    assert render.printable("a\x1b[2Jb\x07\n") == "a?[2Jb??"
+    assert render.printable("Gärtner 日本") == "Gärtner 日本"
