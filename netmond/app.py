@@ -24,6 +24,7 @@ import psutil
 from . import listener
 from .backends.base import Backend
 from .config import Config, ConfigError, load_config
+from .metrics import MetricsExporter
 from .peercred import resolve_group
 from .server import Server
 from .state import MonitorState, TickChanges
@@ -95,6 +96,8 @@ class Daemon:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
         self._sample_errors = 0
         self.ready = threading.Event()
+        # Prometheus exporter, only when configured (ConfigError: library missing).
+        self.metrics = MetricsExporter.from_config(config)
 
     # -- control (called by handlers, on the loop) --------------------------
     def set_monitoring(self, on: bool) -> None:
@@ -190,6 +193,8 @@ class Daemon:
                     snap = None
                 if snap is not None and self.monitoring:
                     self._publish(self.state.apply(snap))
+                    if self.metrics is not None:
+                        self.metrics.on_tick(self.state, self.backend.name)
                 self.last_tick_seconds = time.monotonic() - t0
             else:
                 self.backend.discard_pending()
@@ -252,6 +257,8 @@ class Daemon:
         try:
             self.backend.start()
             await self.server.start(sock)
+            if self.metrics is not None:
+                self.metrics.start(self.backend.name)
             sampler = asyncio.create_task(self._sampler())
             log.info(
                 "netmond listening on %s (backend %s, interval %gs)",
@@ -269,6 +276,8 @@ class Daemon:
                 log.warning("the tick in progress did not end within %gs; stopping anyway", _STOP_GRACE)
                 sampler.cancel()
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             await self.server.close()
             self.backend.close()
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket-group", metavar="GROUP", help="group allowed to use a root daemon's socket")
     p.add_argument("--max-clients", type=int, metavar="N", help="concurrent clients (default 128)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics there, e.g. 127.0.0.1:9101 (default: off)")
+    p.add_argument("--metrics-textfile", metavar="PATH",
+                   help="write Prometheus metrics to PATH every tick, for node_exporter's textfile collector")
     p.add_argument("--version", action="version", version=f"netmond {__version__}")
     return p
 
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         "socket_group": args.socket_group,
         "max_clients": args.max_clients,
         "log_level": args.log_level,
+        "metrics_listen": args.metrics_listen,
+        "metrics_textfile": args.metrics_textfile,
     }
     try:
         config = load_config(args.config, **overrides)

@@ -1,0 +1,325 @@
+"""Prometheus exporter: `/metrics` over HTTP and/or a node_exporter textfile.
+
+Off by default. `netmond --metrics-listen 127.0.0.1:9101` serves /metrics
+(prometheus_client's HTTP server, in its own thread); `--metrics-textfile
+PATH` writes the same exposition once per tick, atomically (a temporary file
+in the same directory renamed over PATH), for node_exporter's textfile
+collector. prometheus_client is optional (`pip install 'netmon[metrics]'`)
+and imported only when one of them is asked for.
+
+Metrics, in base units; counters are `_total` and count from daemon start;
+no rates (Prometheus computes them), no per-connection, remote-ip or pid
+labels (unbounded cardinality):
+
+    netmon_process_receive_bytes_total{app}     bytes per app, top N + app="other"
+    netmon_process_transmit_bytes_total{app}
+    netmon_process_connections{app}             open connections, same app labels
+    netmon_connections{protocol,state}          open connections
+    netmon_unattributed_receive_bytes_total     interface bytes no socket explains
+    netmon_unattributed_transmit_bytes_total
+    netmon_build_info{version,backend}          always 1
+
+Counters never go backwards, whatever the daemon's own totals do:
+- Per app, the exporter adds up the growth of MonitorState's totals from tick
+  to tick. `netmonctl clear` (totals restart from 0) and apps forgotten by the
+  state are recognised by the totals object being a new one, and count from
+  there; the exported values keep growing (no counter reset to explain).
+- The top N apps (by bytes since start) get their own label; every byte of
+  the others, including apps that exited long ago, goes to app="other". An
+  app that enters the top N appears with all its bytes; one that leaves it
+  stops being exported and its new bytes go to "other". Per-series rate()
+  is right either way; a plain sum() of the raw values can count the bytes
+  an app moved before joining the top N twice (once in "other").
+- Unattributed bytes are accumulated per tick (interface bytes minus what
+  per-socket counters explain) and exported as their running maximum, so
+  that timing jitter between the two kinds of counter never shows as a
+  decrease.
+
+Threads: `on_tick()` runs on the daemon's event loop, builds an immutable
+MetricsSnapshot and swaps one reference; the HTTP thread's `collect()` reads
+that reference once per scrape and builds fresh metric families from it. No
+lock, and no scrape ever reads live state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+from common import __version__
+
+from .config import Config, ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .state import MonitorState
+
+log = logging.getLogger("netmond.metrics")
+
+#: Apps with their own label; the rest are summed under OTHER.
+TOP_APPS = 20
+OTHER = "other"
+#: Apps whose byte counts are remembered; the smallest never-exported ones go first.
+MAX_TRACKED_APPS = 4096
+
+
+@dataclass(frozen=True)
+class AppSeries:
+    """One app label's values."""
+
+    app: str
+    receive_bytes: int
+    transmit_bytes: int
+    connections: int
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Everything a scrape exports, frozen at the end of one tick."""
+
+    apps: tuple[AppSeries, ...] = ()
+    connections: tuple[tuple[str, str, int], ...] = ()  # (protocol, state, count)
+    unattributed_receive_bytes: int = 0
+    unattributed_transmit_bytes: int = 0
+    backend: str = ""
+    version: str = __version__
+
+
+@dataclass
+class Accountant:
+    """Turns MonitorState, tick after tick, into monotonic exported values. Pure."""
+
+    top_n: int = TOP_APPS
+    # app -> [receive, transmit] since daemon start; only ever grows.
+    _cumulative: dict[str, list[int]] = field(default_factory=dict)
+    # app -> (the state's AppTotals object, its bytes_received, its bytes_sent) last tick
+    _previous: dict[str, tuple[Any, int, int]] = field(default_factory=dict)
+    _other: list[int] = field(default_factory=lambda: [0, 0])
+    _ever_exported: set[str] = field(default_factory=set)
+    _last_mono: float | None = None
+    # Unattributed bytes: the raw running sum, and the running max exported.
+    _unattributed_raw: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    _unattributed: list[int] = field(default_factory=lambda: [0, 0])
+
+    def update(self, state: "MonitorState", backend: str) -> MetricsSnapshot:
+        """Fold the state after one tick in; return what scrapes should see now."""
+        deltas = self._app_deltas(state)
+        for app, (rx, tx) in deltas.items():
+            cum = self._cumulative.setdefault(app, [0, 0])
+            cum[0] += rx
+            cum[1] += tx
+        # A process literally named "other" must not collide with the bucket.
+        ranked = sorted(
+            (a for a in self._cumulative if a != OTHER),
+            key=lambda a: (-(self._cumulative[a][0] + self._cumulative[a][1]), a),
+        )[: self.top_n]
+        top = set(ranked)
+        for app, (rx, tx) in deltas.items():
+            if app not in top:
+                self._other[0] += rx
+                self._other[1] += tx
+        self._ever_exported |= top
+        self._forget_small(top)
+
+        per_app: Counter[str] = Counter()
+        per_state: Counter[tuple[str, str]] = Counter()
+        for row in state.connections():
+            per_app[row.app] += 1
+            per_state[(row.protocol, row.state)] += 1
+        apps = [
+            AppSeries(a, self._cumulative[a][0], self._cumulative[a][1], per_app.get(a, 0)) for a in ranked
+        ]
+        other_conns = sum(n for a, n in per_app.items() if a not in top)
+        apps.append(AppSeries(OTHER, self._other[0], self._other[1], other_conns))
+
+        self._account_unattributed(state)
+        return MetricsSnapshot(
+            apps=tuple(apps),
+            connections=tuple((p, s, n) for (p, s), n in sorted(per_state.items())),
+            unattributed_receive_bytes=self._unattributed[0],
+            unattributed_transmit_bytes=self._unattributed[1],
+            backend=backend,
+        )
+
+    def _app_deltas(self, state: "MonitorState") -> dict[str, tuple[int, int]]:
+        deltas: dict[str, tuple[int, int]] = {}
+        current: dict[str, tuple[Any, int, int]] = {}
+        for app, totals in state.apps.items():
+            rx, tx = totals.bytes_received, totals.bytes_sent
+            prev = self._previous.get(app)
+            if prev is not None and prev[0] is totals:
+                d_rx, d_tx = max(0, rx - prev[1]), max(0, tx - prev[2])
+            else:
+                # A new app, or new totals after `clear` or after the state
+                # forgot the app: everything in them moved since our last look.
+                d_rx, d_tx = rx, tx
+            if d_rx or d_tx:
+                deltas[app] = (d_rx, d_tx)
+            # Holding the object itself (not its id) makes `is` above exact.
+            current[app] = (totals, rx, tx)
+        self._previous = current
+        return deltas
+
+    def _forget_small(self, top: set[str]) -> None:
+        if len(self._cumulative) <= MAX_TRACKED_APPS:
+            return
+        # Never forget an app that had its own label: if it came back, its
+        # series would restart lower, which a counter must never do.
+        candidates = sorted(
+            (a for a in self._cumulative if a not in top and a not in self._ever_exported),
+            key=lambda a: self._cumulative[a][0] + self._cumulative[a][1],
+        )
+        for app in candidates[: len(self._cumulative) - MAX_TRACKED_APPS]:
+            del self._cumulative[app]
+
+    def _account_unattributed(self, state: "MonitorState") -> None:
+        # MonitorState gives per-tick rates over the same dt for the counted
+        # interfaces and for what sockets explain; rate * dt is that tick's bytes.
+        mono = state.last_mono
+        if mono is not None and self._last_mono is not None and mono > self._last_mono:
+            dt = mono - self._last_mono
+            self._unattributed_raw[0] += (state.total_download_speed - state.attributed_download_speed) * dt
+            self._unattributed_raw[1] += (state.total_upload_speed - state.attributed_upload_speed) * dt
+            for i in (0, 1):
+                self._unattributed[i] = max(self._unattributed[i], int(self._unattributed_raw[i]))
+        self._last_mono = mono
+
+
+class NetmonCollector:
+    """A prometheus_client custom collector: fresh families from the latest snapshot."""
+
+    def __init__(self, exporter: "MetricsExporter") -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self._exporter.snapshot  # one read: the loop may swap it meanwhile
+        rx = CounterMetricFamily(
+            "netmon_process_receive_bytes", "Bytes received by an app's sockets since netmond started "
+            f"(top {self._exporter.top_n} apps, the rest as app=\"other\").", labels=["app"])
+        tx = CounterMetricFamily(
+            "netmon_process_transmit_bytes", "Bytes sent by an app's sockets (acknowledged by the peer) "
+            f"since netmond started (top {self._exporter.top_n} apps, the rest as app=\"other\").",
+            labels=["app"])
+        conns = GaugeMetricFamily(
+            "netmon_process_connections", "Open connections (listeners included) of an app.", labels=["app"])
+        for s in snap.apps:
+            rx.add_metric([s.app], s.receive_bytes)
+            tx.add_metric([s.app], s.transmit_bytes)
+            conns.add_metric([s.app], s.connections)
+        by_state = GaugeMetricFamily(
+            "netmon_connections", "Open connections by protocol and state.", labels=["protocol", "state"])
+        for protocol, state, n in snap.connections:
+            by_state.add_metric([protocol, state], n)
+        un_rx = CounterMetricFamily(
+            "netmon_unattributed_receive_bytes",
+            "Bytes received on the counted interfaces that no per-socket counter explains (UDP, ...).")
+        un_rx.add_metric([], snap.unattributed_receive_bytes)
+        un_tx = CounterMetricFamily(
+            "netmon_unattributed_transmit_bytes",
+            "Bytes sent on the counted interfaces that no per-socket counter explains (UDP, ...).")
+        un_tx.add_metric([], snap.unattributed_transmit_bytes)
+        info = GaugeMetricFamily(
+            "netmon_build_info", "netmond's version and sampling backend; always 1.",
+            labels=["version", "backend"])
+        info.add_metric([snap.version, snap.backend], 1)
+        yield from (rx, tx, conns, by_state, un_rx, un_tx, info)
+
+
+def _require_prometheus_client() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "metrics need prometheus_client, which is not installed: pip install 'netmon[metrics]'"
+        ) from None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9101' -> ('127.0.0.1', 9101); '[::1]:9101' -> ('::1', 9101)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsExporter:
+    """The exporter's life cycle: start() and stop() around serving, on_tick() per sample."""
+
+    def __init__(self, listen: str | None, textfile: str | None, top_n: int = TOP_APPS) -> None:
+        _require_prometheus_client()  # fail at startup, not at the first scrape
+        self.listen = listen
+        self.textfile = textfile
+        self.top_n = top_n
+        self.snapshot = MetricsSnapshot()
+        self._accountant = Accountant(top_n=top_n)
+        self._registry: Any = None
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
+        self._last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> "MetricsExporter | None":
+        """An exporter if the config asks for one, else None (ConfigError: library missing)."""
+        if not config.metrics_listen and not config.metrics_textfile:
+            return None
+        return cls(config.metrics_listen, config.metrics_textfile)
+
+    def start(self, backend: str) -> None:
+        """Register the collector and start the HTTP server (OSError if the port is taken)."""
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        self.snapshot = MetricsSnapshot(backend=backend)
+        # Our own registry: no process_/python_ collectors of the default one,
+        # only what this daemon measures.
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(NetmonCollector(self))
+        if self.listen:
+            host, port = split_listen(self.listen)
+            try:
+                self._http, self._http_thread = start_http_server(port, addr=host, registry=self._registry)
+            except OSError as exc:
+                raise OSError(exc.errno, f"metrics_listen {self.listen}: {exc.strerror or exc}") from None
+            log.info("serving Prometheus metrics on http://%s/metrics", self.listen)
+        if self.textfile:
+            self._write_textfile()
+            log.info("writing Prometheus metrics to %s every tick", self.textfile)
+
+    def on_tick(self, state: "MonitorState", backend: str) -> None:
+        """After each sample, on the event loop: new snapshot, textfile rewritten."""
+        try:
+            self.snapshot = self._accountant.update(state, backend)
+        except Exception:  # noqa: BLE001 - metrics must never stop sampling
+            self._log_once("metrics update failed", exc_info=True)
+            return
+        if self.textfile:
+            self._write_textfile()
+
+    def _write_textfile(self) -> None:
+        from prometheus_client import write_to_textfile
+
+        try:
+            # Writes PATH.<pid>.<thread> in the same directory, then renames it
+            # over PATH: node_exporter never reads half a file (and ignores
+            # the temporary one, which does not end in .prom).
+            write_to_textfile(self.textfile, self._registry)
+        except OSError as exc:
+            self._log_once(f"cannot write metrics textfile {self.textfile}: {exc.strerror or exc}")
+        else:
+            self._last_error = None
+
+    def _log_once(self, message: str, exc_info: bool = False) -> None:
+        # Once per distinct problem, not once per tick.
+        if message != self._last_error:
+            log.error("%s", message, exc_info=exc_info)
+            self._last_error = message
+
+    def stop(self) -> None:
+        """Stop the HTTP server (the textfile stays: its mtime tells it is stale)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            if self._http_thread is not None:
+                self._http_thread.join(5)
+            self._http = self._http_thread = None
