@@ -1,6 +1,6 @@
 """`netmonctl top` driven in a real terminal, as a person would: tmux.
 
-Each test starts a private tmux server (-L, a unique name) with one
+Each test starts a private tmux server (-S, a socket of its own) with one
 100x30 window running a small script: it prints a marker, runs
 `netmonctl top` against the fixture's daemon, then checks that the tty
 modes are the same as before and records the exit code. The test generates
@@ -47,10 +47,13 @@ class Terminal:
     def __init__(self, directory: str) -> None:
         self.name = f"nmtop-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.directory = directory
+        # The server's socket in the test's own directory (not /tmp/tmux-UID):
+        # removed with it, whatever happens to the server.
+        self.socket = os.path.join(directory, f"{self.name}.tmux")
         self.exit_file = os.path.join(directory, f"{self.name}.exit")
 
     def tmux(self, *args: str) -> str:
-        out = subprocess.run(["tmux", "-u", "-L", self.name, *args], capture_output=True,
+        out = subprocess.run(["tmux", "-u", "-S", self.socket, *args], capture_output=True,
                              text=True, encoding="utf-8", errors="replace", timeout=15)
         assert out.returncode == 0, f"tmux {args[0]} failed: {out.stderr}"
         return out.stdout
@@ -111,7 +114,7 @@ class Terminal:
         raise AssertionError(f"top did not exit within {timeout}s:\n{self.screen()}")
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=15)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=15)
 
 
 @pytest.fixture
