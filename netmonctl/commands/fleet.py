@@ -258,12 +258,6 @@ class Poller:
 # -- output ------------------------------------------------------------------------
 
 
-def _printable(text: str) -> str:
-    # Errors carry remote stderr and top_app a remote process name: either
-    # could hold escape sequences that reprogram the terminal.
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
 def _ago(timestamp: float | None, now: float) -> str:
     if timestamp is None:
         return "never"
@@ -280,20 +274,24 @@ def _columns(now: float) -> tuple[Column, ...]:
         Column("UP", render.field("upload_speed"), fmt=human_rate, align="right"),
         Column("DOWN", render.field("download_speed"), fmt=human_rate, align="right"),
         Column("TOP APP", render.field("top_app"),
-               fmt=lambda v: render.dash(None if v is None else _printable(str(v))), drop=3),
+               fmt=lambda v: render.dash(None if v is None else render.printable(str(v))), drop=3),
         Column("VERSION", render.field("version"), drop=4),
     )
 
 
 def describe(rows: list[dict[str, Any]], settings: Settings, now: float) -> str:
-    """The table, then one line per host that is not online, with its fix-it hint."""
+    """The table, then one line per host that is not online, with its fix-it hint.
+
+    Errors carry remote stderr and top_app a remote process name: both go
+    through render.printable, so no remote text can reprogram the terminal.
+    """
     text = render.table(rows, _columns(now), color=settings.color, width=settings.width)
     notes = []
     for row in rows:
         if row["status"] != "ONLINE" and row.get("error"):
-            notes.append(f"{row['name']}: {_printable(row['error'])}")
+            notes.append(f"{row['name']}: {render.printable(row['error'])}")
             if row.get("hints"):
-                notes.append(f"  {_printable(row['hints'][-1])}")
+                notes.append(f"  {render.printable(row['hints'][-1])}")
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 

@@ -282,6 +282,24 @@ def test_all_online_with_last_seen_kept_and_ssh_connections_shared(fleet: Fleet)
     assert [line.split()[:2] for line in lines[2:]] == [["alpha", "ONLINE"], ["beta", "ONLINE"]]
 
 
+def test_watch_refreshes_until_interrupted(fleet: Fleet):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netmonctl.cli", "fleet", "--watch", "--json", "--interval", "0.5", "--tag", "ok"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fleet.env, cwd=REPO,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        rounds = [json.loads(proc.stdout.readline()) for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert rounds[0]["timestamp"] < rounds[1]["timestamp"] < rounds[2]["timestamp"]
+    for r in rounds:
+        assert [(h["name"], h["status"]) for h in r["hosts"]] == [("alpha", "ONLINE"), ("beta", "ONLINE")]
+    assert rounds[2]["hosts"][0]["checked_at"] > rounds[0]["hosts"][0]["checked_at"]  # polled again
+
+
 def test_stopped_daemon_is_no_daemon_and_keeps_its_last_seen(fleet: Fleet):
     seen = fleet.fleet_json("--tag", "ok")["beta"]["last_seen"]
     fleet.stop_daemon("beta")

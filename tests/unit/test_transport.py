@@ -17,7 +17,8 @@ from common.client import AccessDenied, DaemonUnavailable
 from netmonctl import fleetfile, transport
 from netmonctl.cli import EXIT_ACCESS_DENIED, EXIT_UNREACHABLE, cli, exit_code_for
 from netmonctl.commands.dial_stdio import relay
-from netmonctl.commands.fleet import classify
+from netmonctl.commands.fleet import classify, describe
+from netmonctl.session import Settings
 from netmonctl.transport import (
     RemoteAccessDenied,
     RemoteUnavailable,
@@ -222,6 +223,15 @@ def test_bad_host_value_is_a_usage_error(xdg):
     assert result.exit_code == 2 and "passwords in URLs are refused" in result.output
     result = CliRunner(env={"NETMON_HOST": "nosuchhost"}).invoke(cli, ["status"])
     assert result.exit_code == 2 and "unknown host 'nosuchhost'" in result.output
+
+
+def test_remote_text_cannot_reach_the_terminal_raw():
+    rows = [{"name": "evil", "status": "UNKNOWN", "last_seen": None, "connections": None,
+             "upload_speed": None, "download_speed": None, "top_app": "\x1b]0;pwned\x07app",
+             "version": None, "error": "boom \x1b[2J", "hints": ["remote: \x1b[31mred"]}]
+    text = describe(rows, Settings(no_color=True), 0.0)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "evil: boom ?[2J" in text and "remote: ?[31mred" in text and "?]0;pwned?app" in text
 
 
 # -- hosts.toml, fleet.json ------------------------------------------------------------
