@@ -142,7 +142,8 @@ def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSessio
     flt = _filter(params)
     include_closed = _bool(params, "include_closed")
     now = time.time()
-    rows = flt.apply(row.to_wire(now) for row in daemon.state.connections(include_closed))
+    # Filtered on the rows themselves: only the matches are turned into dicts.
+    rows = [row.to_wire(now) for row in flt.apply(daemon.state.connections(include_closed))]
     wanted = params.get("fields")
     if wanted is not None:
         # Let callers that need a few columns skip serialising the rest.
@@ -163,8 +164,7 @@ def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> 
         # connections, even those with nothing open now.
         needle = flt.proc.lower()
         return {"apps": [a for a in daemon.state.app_usage() if needle in a["process_name"].lower()]}
-    now = time.time()
-    matching = [r for r in daemon.state.connections(True) if flt.matches(r.to_wire(now))]
+    matching = flt.apply(daemon.state.connections(True))
     return {"apps": daemon.state.app_usage_of(matching)}
 
 

@@ -88,6 +88,12 @@ class ConnRow:
     def is_listener(self) -> bool:
         return self.state == "LISTEN" or (self.protocol == "UDP" and self.remote_ip is None)
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """A stored wire field by name, so that `Filter.matches` can judge the
+        row before it is turned into a dict (only matching rows then are).
+        The derived fields (duration, counters) are only in to_wire()."""
+        return getattr(self, name, default)
+
     def to_wire(self, now: float) -> dict[str, Any]:
         """The Connection map of DESIGN §3."""
         end = self.closed_at if self.closed_at is not None else now

@@ -262,3 +262,19 @@ def test_app_usage_over_filtered_rows_counts_only_those_rows():
     assert (usage["bytes_sent"], usage["bytes_received"]) == (100, 10)
     (whole,) = st.app_usage()
     assert whole["pids"] == [1, 2] and whole["bytes_sent"] == 7100
+
+
+def test_filters_judge_rows_as_they_judge_their_wire_dicts():
+    """handlers filter ConnRows before building dicts: the verdicts must agree."""
+    from common.models import Filter
+
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, 1, 1), sock(5001, name="Firefox", pid=7, remote="10.0.0.9"),
+                      sock(5002, state="LISTEN", remote=None, name=None, pid=None),
+                      sock(5003, remote="127.0.0.1")]))
+    rows = list(st.connections(True))
+    for wire in ({"proc": "fire"}, {"pid": 42}, {"state": ["LISTEN"]}, {"scope": "lan"}, {"remote_only": True},
+                 {"listening": False}, {"port": 5001}, {"ip": "10.0.0.0/8"}, {"search": "127.0"},
+                 {"family": 4}, {"proto": "udp"}):
+        flt = Filter.from_wire(wire)
+        assert [r.id for r in flt.apply(rows)] == [d["id"] for d in flt.apply([r.to_wire(5.0) for r in rows])], wire
