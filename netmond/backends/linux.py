@@ -158,8 +158,10 @@ class LinuxBackend(Backend):
         self._owner_history: deque[OwnerTable] = deque(maxlen=OWNER_GENERATIONS)
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
-        # the samples of those that did not change (see _tcp_samples).
+        # the samples of those that did not change (see _tcp_samples), and
+        # their records, which the next dump returns again where equal.
         self._unchanged: dict[int, _Unchanged] = {}
+        self._tcp_records: dict[int, DiagSocket] = {}
         self._dumps: list[tuple[int, int, int]] = list(_TCP_DUMPS + _UDP_DUMPS)
         self._dump_warnings: list[str] = []
         self._attribution_complete = True
@@ -211,7 +213,10 @@ class LinuxBackend(Backend):
         tcp: list[DiagSocket] = []
         udp: list[DiagSocket] = []
         for family, protocol, ext in self._dumps:
-            (tcp if protocol == socket.IPPROTO_TCP else udp).extend(self._dump(family, protocol, ext))
+            if protocol == socket.IPPROTO_TCP:
+                tcp += self._dump(family, protocol, ext, self._tcp_records)
+            else:
+                udp += self._dump(family, protocol, ext)
         # Taken after the dumps, so that a socket destroyed just after the
         # dump listed it is reported closed, not open (its key is removed
         # from `sockets` below).
@@ -239,13 +244,13 @@ class LinuxBackend(Backend):
             monotonic=mono, wall=wall, sockets=sockets, interfaces=sample_interfaces(), closed=closed
         )
 
-    def _dump(self, family: int, protocol: int, ext: int) -> list[DiagSocket]:
+    def _dump(self, family: int, protocol: int, ext: int, known: dict | None = None) -> list[DiagSocket]:
         """One dump, retried once (the dumper reopens its socket after a failure)."""
         try:
-            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK)
+            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK, known)
         except OSError as exc:
             log.info("sock_diag dump failed (%s), retrying once", exc)
-            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK)
+            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK, known)
 
     def _tcp_samples(
         self,
@@ -274,6 +279,7 @@ class LinuxBackend(Backend):
         state_names = TCP_STATES
         last_tick = self._unchanged.get
         this_tick: dict[int, _Unchanged] = {}
+        records_by_cookie: dict[int, DiagSocket] = {}
         out: list[SocketSample] = []
         append = out.append
         for record in records:
@@ -287,8 +293,10 @@ class LinuxBackend(Backend):
                 if info is None:
                     info = owner_info(pid, uid)
                 same = last_tick(cookie)
-                if same is not None and same.record == record and same.owner == info:
+                # The dump returns an unchanged record as last tick's object.
+                if same is not None and same.record is record and same.owner == info:
                     this_tick[cookie] = same
+                    records_by_cookie[cookie] = record
                     append(same.sample)
                     if same.owner_entry is not None:
                         owner_table[same.sample.key] = same.owner_entry
@@ -334,7 +342,9 @@ class LinuxBackend(Backend):
             append(sample)
             if inode and cookie:
                 this_tick[cookie] = _Unchanged(record, info, sample, entry)
+                records_by_cookie[cookie] = record
         self._unchanged = this_tick
+        self._tcp_records = records_by_cookie
         return out
 
     def _udp_samples(self, records: list[DiagSocket], owner_of: _OwnerLookup) -> list[SocketSample]:

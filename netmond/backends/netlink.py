@@ -168,7 +168,9 @@ def parse_tcp_info(buf, start: int, end: int) -> TcpCounters | None:
     return TcpCounters(acked, received, segs_in, None, None)
 
 
-def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]:
+def parse_messages(
+    buf, seq: int | None = None, known: dict[int, DiagSocket] | None = None
+) -> tuple[list[DiagSocket], bool]:
     """Decode one receive buffer of sock_diag messages.
 
     Returns (sockets, done): `done` is True once NLMSG_DONE was seen (the end
@@ -177,6 +179,12 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
     seq=None (multicast destroy events, which carry seq 0) all are taken.
     Raises NetlinkError for NLMSG_ERROR with a non-zero errno, or for a
     message whose length runs past the buffer.
+
+    `known` maps cookies to the records of an earlier dump: a socket whose
+    record is equal to its known one is returned as that very object (the
+    new one is dropped at once). Callers then tell unchanged sockets by
+    identity, and a dump of idle sockets leaves almost nothing new alive,
+    which keeps the garbage collector from running over and over.
     """
     # The hot loop of the backend: one struct call reads the netlink header
     # and the inet_diag_msg together, NamedTuples are built with tuple.__new__
@@ -187,6 +195,7 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
     header_and_msg_unpack = _NLMSGHDR_AND_DIAG_MSG.unpack_from
     info_unpack = _TCPI_ALL.unpack_from
     new, diag_socket, tcp_counters = _tuple_new, DiagSocket, TcpCounters
+    known_get = known.get if known is not None else None
     swap = _PORTS_NEED_SWAP
     full = _NLMSGHDR_AND_DIAG_MSG.size
     layout = layout_unpack = layout_headers = None
@@ -224,7 +233,12 @@ def parse_messages(buf, seq: int | None = None) -> tuple[list[DiagSocket], bool]
                 if swap:
                     sport = ((sport & 0xFF) << 8) | (sport >> 8)
                     dport = ((dport & 0xFF) << 8) | (dport >> 8)
-                append(new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie)))
+                record = new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie))
+                if known is not None:
+                    same = known_get(cookie)
+                    if same is not None and same == record:
+                        record = same
+                append(record)
         elif mtype == NLMSG_DONE:
             return sockets, True
         elif mtype == NLMSG_ERROR:

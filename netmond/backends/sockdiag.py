@@ -64,10 +64,14 @@ class SockDiagDumper:
         self._view = memoryview(self._buffer)
         self._sock: socket.socket | None = None
 
-    def dump(self, family: int, protocol: int, ext: int, states: int) -> list[DiagSocket]:
+    def dump(
+        self, family: int, protocol: int, ext: int, states: int, known: dict[int, DiagSocket] | None = None
+    ) -> list[DiagSocket]:
         """Every socket of (family, protocol) in `states` (a bit mask).
 
         `ext` selects the attributes wanted (INET_DIAG_EXT_INFO: tcp_info).
+        `known`: records of an earlier dump by cookie; equal ones are
+        returned as those objects (see netlink.parse_messages).
         Raises NetlinkError if the kernel refuses, OSError on socket trouble
         or if the dump takes longer than the timeout.
         """
@@ -78,12 +82,12 @@ class SockDiagDumper:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         try:
             sock.send(build_dump_request(family, protocol, ext, states, seq))
-            return self._read_dump(sock, seq)
+            return self._read_dump(sock, seq, known)
         except BaseException:
             self._discard_socket()
             raise
 
-    def _read_dump(self, sock: socket.socket, seq: int) -> list[DiagSocket]:
+    def _read_dump(self, sock: socket.socket, seq: int, known: dict[int, DiagSocket] | None) -> list[DiagSocket]:
         sockets: list[DiagSocket] = []
         view, size = self._view, len(self._buffer)
         deadline = time.monotonic() + self._timeout
@@ -93,7 +97,7 @@ class SockDiagDumper:
                 # Never seen (the kernel caps dump datagrams at 32 KiB); the
                 # rest of that datagram is lost, so this dump cannot be trusted.
                 raise NetlinkError(f"netlink datagram of {n} bytes exceeds the {size}-byte buffer")
-            batch, done = parse_messages(view[:n], seq)
+            batch, done = parse_messages(view[:n], seq, known)
             sockets += batch
             if done:
                 return sockets

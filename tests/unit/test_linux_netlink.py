@@ -159,6 +159,19 @@ def test_sockets_with_different_attribute_layouts_in_one_buffer() -> None:
     assert all(s.counters.bytes_received == s.local_port for s in sockets if s.counters)
 
 
+def test_records_equal_to_known_ones_are_returned_as_those() -> None:
+    def dump(acked):
+        info = tcp_info(acked=acked, received=5, data_segs_in=1, sent=acked, retrans=0)
+        return sock_msg(attrs=rtattr(netlink.INET_DIAG_INFO, info)) + DONE
+
+    [first], _ = parse_messages(dump(10), seq=1)
+    known = {first.cookie: first}
+    [again], _ = parse_messages(dump(10), seq=1, known=known)
+    [moved], _ = parse_messages(dump(11), seq=1, known=known)
+    assert first.cookie and again is first
+    assert moved is not first and moved.counters.bytes_acked == 11
+
+
 def test_ipv6_and_ipv4_mapped_addresses() -> None:
     buf = (
         sock_msg(family=socket.AF_INET6, src=V6_LOOPBACK, dst=V6_DOC, sport=1, dport=2)
@@ -672,10 +685,14 @@ class FakeDumper:
         self.tcp: list[DiagSocket] = []
         self.udp: list[DiagSocket] = []
 
-    def dump(self, family, protocol, ext, states):
+    def dump(self, family, protocol, ext, states, known=None):
         if family != socket.AF_INET:
             return []
-        return list(self.tcp if protocol == socket.IPPROTO_TCP else self.udp)
+        records = self.tcp if protocol == socket.IPPROTO_TCP else self.udp
+        if known is None:
+            return list(records)
+        # As parse_messages does: a record equal to a known one is that one.
+        return [known[r.cookie] if known.get(r.cookie) == r else r for r in records]
 
     def close(self) -> None:
         pass
@@ -861,7 +878,7 @@ def test_ipv4_mapped_key_in_dump_and_destroy_event(crafted) -> None:
     backend, dumper, listener = crafted
     mapped = record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10),
                     family=socket.AF_INET6, src=V4_MAPPED, dst=V4_MAPPED)
-    dumper.dump = lambda family, protocol, ext, states: (
+    dumper.dump = lambda family, protocol, ext, states, known=None: (
         [mapped] if (family, protocol) == (socket.AF_INET6, socket.IPPROTO_TCP) else [])
     [row] = backend.sample().sockets
     key = ("TCP", "::ffff:127.0.0.1", CLIENT_PORT, "::ffff:127.0.0.1", SERVER_PORT)
