@@ -7,18 +7,20 @@ The module's fixture builds a small fleet on 127.0.0.1:
     gamma   sshd whose PATH lacks netmonctl  (NETMON_SOCKET points at alpha's)
 
 plus ssh_config aliases for the failure cases: `wrongkey` (a key that is not
-authorized), `newhost` (a host key nobody accepted yet). The client side
+authorized), `newhost` (a host key nobody accepted yet), and `forced` (a key
+limited to `command="netmonctl dial-stdio",restrict` in authorized_keys). The client side
 reads only that ssh_config, through NETMON_SSH_COMMAND="ssh -F ...": OpenSSH
 takes ~/.ssh from the passwd entry, not $HOME, so a HOME override would not
 isolate it.
 
 Remote logins use a dedicated user whose password field is `*` (no password,
 not locked: with `UsePAM no`, sshd refuses a locked `!` account even for
-keys). That user must be able to run this checkout's Python; where it cannot
-(an interpreter under /root, as with pyenv), the fixture logs in as root by
-key only instead, and prints which it chose. Daemons run as root
-with `--socket-group` of that user, as `sudo netmond --socket-group netmon`
-would in production.
+keys). That user must be able to run this checkout: with this Python, or
+the system Python of the same version and this venv's packages when this
+one lives where the user cannot go (pyenv under /root). If neither works,
+the fixture logs in as root by key only, and prints which it chose.
+Daemons run as root with `--socket-group` of that user, as `sudo netmond
+--socket-group netmon` would in production.
 
 Everything started here is stopped at teardown: shared ssh connections
 (`ssh -O exit`), sshd, netmond, the user, the directory.
@@ -34,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -111,27 +114,47 @@ class Fleet:
                 proc.wait()
 
 
+def _write_wrapper(path: str, python: str, pythonpath: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(f"#!/bin/sh\nPYTHONPATH={pythonpath} exec {python} -m netmonctl.cli \"$@\"\n")
+    os.chmod(path, 0o755)
+
+
 def _make_user(base: str, wrapper: str) -> tuple[str, str | None, str]:
-    """(login, socket group, note): a dedicated user if it can run our Python, else root."""
+    """(login, socket group, note): a dedicated user if it can run netmonctl, else root.
+
+    Writes `wrapper`, the remote `netmonctl`: this checkout, run by this
+    Python or, when the user cannot reach that one (pyenv under /root), by
+    the system Python of the same version with this venv's packages (same
+    ABI, and /work is readable where /root is not).
+    """
     if os.geteuid() != 0 or not shutil.which("useradd"):
         pytest.skip("the sshd fixture needs root (to run sshd and add a test user)")
+    _write_wrapper(wrapper, sys.executable, str(REPO))
     name = f"nmft{os.getpid() % 100000}"
     home = os.path.join(base, "home")
     os.makedirs(home, mode=0o755)
     made = run(["useradd", "--system", "--no-create-home", "--home-dir", home, "--shell", "/bin/sh",
                 "--password", "*", "--user-group", name])
-    if made.returncode == 0:
-        pw = pwd.getpwnam(name)
-        probe = run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
-                     "--", wrapper, "--version"], env={"PATH": "/usr/bin:/bin"})
+    if made.returncode != 0:
+        return "root", None, f"logging in as root: useradd failed ({made.stderr.strip()[:120]})"
+    pw = pwd.getpwnam(name)
+    system_python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [(sys.executable, str(REPO)), (system_python, f"{REPO}:{sysconfig.get_paths()['purelib']}")]
+    tried = []
+    for python, pythonpath in candidates:
+        # Through a shell, as sshd runs it (setpriv's own exec of a path under
+        # an unreadable directory succeeded here where sh's failed).
+        probe = run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--",
+                     "/bin/sh", "-c", 'exec "$@"', "sh",
+                     python, "-c", "import click, msgpack, psutil, tabulate, netmonctl.transport"],
+                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath}, cwd="/")
         if probe.returncode == 0:
-            return name, name, f"logging in as dedicated user {name}"
-        run(["userdel", name])
-        note = (f"logging in as root: user {name} cannot run {sys.executable} "
-                f"({(probe.stderr or probe.stdout).strip()[:120]})")
-    else:
-        note = f"logging in as root: useradd failed ({made.stderr.strip()[:120]})"
-    return "root", None, note
+            _write_wrapper(wrapper, python, pythonpath)
+            return name, name, f"logging in as dedicated user {name}, remote netmonctl run by {python}"
+        tried.append(f"{python}: {(probe.stderr or probe.stdout).strip().splitlines()[-1:]}")
+    run(["userdel", name])
+    return "root", None, f"logging in as root: user {name} cannot run netmonctl ({'; '.join(tried)})"
 
 
 @pytest.fixture(scope="module")
@@ -145,16 +168,15 @@ def fleet() -> Iterator[Fleet]:
         bindir = os.path.join(base, "bin")
         os.makedirs(bindir)
         wrapper = os.path.join(bindir, "netmonctl")
-        with open(wrapper, "w") as fh:
-            fh.write(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m netmonctl.cli \"$@\"\n")
-        os.chmod(wrapper, 0o755)
         user, group, note = _make_user(base, wrapper)
         print(f"\n[fleet fixture] {note}")  # shown with -s, and with a failure
 
-        for key in ("host", "good", "wrong"):
+        for key in ("host", "good", "wrong", "forced"):
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key, "-f", os.path.join(base, f"id_{key}")])
         with open(os.path.join(base, "authorized_keys"), "w") as fh:
             fh.write(Path(base, "id_good.pub").read_text())
+            # A key that can do nothing but reach netmond.
+            fh.write('command="netmonctl dial-stdio",restrict ' + Path(base, "id_forced.pub").read_text())
         host_pub = " ".join(Path(base, "id_host.pub").read_text().split()[:2])
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
 
@@ -195,6 +217,8 @@ def fleet() -> Iterator[Fleet]:
                   for name in HOSTS]
         blocks.append(f"Host wrongkey\n  HostName 127.0.0.1\n  Port {ports['alpha']}\n"
                       f"  IdentityFile {base}/id_wrong\n")
+        blocks.append(f"Host forced\n  HostName 127.0.0.1\n  Port {ports['alpha']}\n"
+                      f"  IdentityFile {base}/id_forced\n")
         blocks.append(f"Host newhost\n  HostName 127.0.0.1\n  Port {ports['alpha']}\n"
                       f"  IdentityFile {base}/id_good\n  UserKnownHostsFile {base}/known_hosts_empty\n")
         blocks.append(
@@ -369,6 +393,17 @@ def test_conns_json_over_ssh_reaches_that_hosts_daemon(fleet: Fleet):
         assert res.returncode == 0, res.stderr
         expected = fleet.sockets["beta"] if target.endswith(".sock") else fleet.sockets["alpha"]
         assert json.loads(res.stdout)["socket"] == expected
+
+
+def test_a_key_forced_to_dial_stdio_reaches_the_daemon_and_nothing_else(fleet: Fleet):
+    res = fleet.netmonctl("-H", "ssh://forced", "status", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["socket"] == fleet.sockets["alpha"]
+    shell = subprocess.run(
+        ["ssh", "-F", f"{fleet.base}/ssh_config", "forced", "echo", "pwned"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    assert "pwned" not in shell.stdout
 
 
 def test_watch_json_over_ssh_streams_events_and_ends_cleanly(fleet: Fleet):
