@@ -24,9 +24,9 @@ Statuses:
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -216,43 +216,61 @@ def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing) -> HostSta
 
 
 class Poller:
-    """Polls hosts on a bounded pool, never two polls of one host at a time."""
+    """Polls hosts on a bounded pool of worker threads, never two polls of one host at once.
+
+    The workers are daemon threads: Ctrl-C ends netmonctl at once instead of
+    waiting for slow hosts (their ssh then sees its stdin close and ends too).
+    """
 
     def __init__(self, entries: Iterable[Any], timeout: float, parallel: int, share: bool = True) -> None:
         self.entries = list(entries)
         self.timeout = timeout
         self.sharing = ConnectionSharing(share)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max(1, min(parallel, len(self.entries) or 1)), thread_name_prefix="fleet-poll"
-        )
-        self._in_flight: dict[str, concurrent.futures.Future[HostStatus]] = {}
+        self._work: queue.Queue[Any] = queue.Queue()
+        self._results: queue.Queue[HostStatus] = queue.Queue()
+        self._in_flight: set[str] = set()
+        self._workers = max(1, min(parallel, len(self.entries)))
+        for i in range(self._workers):
+            threading.Thread(target=self._worker, name=f"fleet-poll-{i}", daemon=True).start()
+
+    def _worker(self) -> None:
+        while True:
+            entry = self._work.get()
+            if entry is None:
+                return
+            self._results.put(poll_host(entry, self.timeout, self.sharing))
 
     def submit_due(self) -> None:
-        """Start a poll of every host that has none running."""
+        """Queue a poll of every host that has none queued or running."""
         for entry in self.entries:
             if entry.name not in self._in_flight:
-                self._in_flight[entry.name] = self._pool.submit(poll_host, entry, self.timeout, self.sharing)
+                self._in_flight.add(entry.name)
+                self._work.put(entry)
 
     def collect(self, wait: float | None) -> list[HostStatus]:
-        """Results that are ready (waiting up to `wait` for the first one)."""
+        """Results that are ready, waiting up to `wait` (None: for ever) for the first one."""
         if not self._in_flight:
             return []
-        done, _ = concurrent.futures.wait(
-            list(self._in_flight.values()), timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
-        )
         out = []
-        for name, fut in list(self._in_flight.items()):
-            if fut in done:
-                del self._in_flight[name]
-                out.append(fut.result())
+        try:
+            out.append(self._results.get(timeout=wait))
+            while True:
+                out.append(self._results.get_nowait())
+        except queue.Empty:
+            pass
+        for res in out:
+            self._in_flight.discard(res.name)
         return out
 
     @property
     def busy(self) -> bool:
+        """True while some poll is queued or running."""
         return bool(self._in_flight)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Let the workers end after their current poll."""
+        for _ in range(self._workers):
+            self._work.put(None)
 
 
 # -- output ------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from common.client import AccessDenied, DaemonUnavailable
 from netmonctl import fleetfile, transport
 from netmonctl.cli import EXIT_ACCESS_DENIED, EXIT_UNREACHABLE, cli, exit_code_for
 from netmonctl.commands.dial_stdio import relay
-from netmonctl.commands.fleet import classify, describe
+from netmonctl.commands import fleet as fleet_module
+from netmonctl.commands.fleet import HostStatus, Poller, classify, describe
 from netmonctl.session import Settings
 from netmonctl.transport import (
     RemoteAccessDenied,
@@ -232,6 +233,44 @@ def test_remote_text_cannot_reach_the_terminal_raw():
     text = describe(rows, Settings(no_color=True), 0.0)
     assert "\x1b" not in text and "\x07" not in text
     assert "evil: boom ?[2J" in text and "remote: ?[31mred" in text and "?]0;pwned?app" in text
+
+
+def test_poller_bounds_parallel_polls_and_never_doubles_one_host(monkeypatch):
+    running: list[str] = []
+    peak = [0]
+    calls: list[str] = []
+    gate = threading.Event()
+    lock = threading.Lock()
+
+    def fake_poll(entry, timeout, sharing):
+        with lock:
+            running.append(entry.name)
+            calls.append(entry.name)
+            peak[0] = max(peak[0], len(running))
+        gate.wait(5)
+        with lock:
+            running.remove(entry.name)
+        return HostStatus(entry.name, entry.url, status="ONLINE")
+
+    monkeypatch.setattr(fleet_module, "poll_host", fake_poll)
+    entries = [fleetfile.HostEntry(f"h{i}", f"ssh://h{i}") for i in range(5)]
+    poller = Poller(entries, timeout=1, parallel=2)
+    try:
+        poller.submit_due()
+        poller.submit_due()  # all still in flight: nothing new is queued
+        assert poller.collect(0.2) == []
+        gate.set()
+        results = []
+        while poller.busy:
+            results += poller.collect(5)
+        assert sorted(r.name for r in results) == [e.name for e in entries]
+        assert sorted(calls) == [e.name for e in entries] and peak[0] == 2
+        poller.submit_due()  # done: the next round polls each host again
+        while poller.busy:
+            poller.collect(5)
+        assert len(calls) == 10
+    finally:
+        poller.close()
 
 
 # -- hosts.toml, fleet.json ------------------------------------------------------------
