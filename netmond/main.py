@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s netmond[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not (config.metrics_listen or config.metrics_textfile):
+        # Nothing to serve but a Unix socket: keep OpenSSL out of the daemon.
+        # asyncio imports ssl when it can (libssl + libcrypto: ~5 MB of RSS)
+        # and runs without it; the Prometheus exporter needs it, hence the if.
+        sys.modules.setdefault("ssl", None)
     from . import app  # after logging is set up; keeps --help/--version fast
 
     app.Daemon.config_path_for_reload = args.config
