@@ -8,9 +8,11 @@ does it as little as possible:
 * only when the dump shows inodes it does not know yet, and never again for
   an inode that a full walk could not find (until `retry_unfound` seconds);
 * the few processes that most recently opened sockets are searched first
-  (every tick if need be), and the search stops as soon as every new inode is
-  found: a new connection almost always belongs to a process that has just
-  opened others;
+  (every tick if need be; one searched for nothing stops being one), and the
+  search stops as soon as every new inode is found: a new connection almost
+  always belongs to a process that has just opened others;
+* a full walk reads the processes holding the fewest sockets first, so that
+  one holding thousands is read only when the new socket is really there;
 * for each process it remembers which fd held which live socket, so a
   repeated search reads only the links of fds it has not seen (a socket fd is
   re-read once its socket is gone, since the fd number may be reused);
@@ -29,6 +31,7 @@ from typing import Callable, Iterable
 
 _SOCKET_LINK_PREFIX = "socket:["
 _INODE_START = len(_SOCKET_LINK_PREFIX)
+_NO_FDS: tuple[float, dict[str, int]] = (0.0, {})
 
 
 class SocketOwners:
@@ -93,7 +96,7 @@ class SocketOwners:
             return
         deadline = now + self._scan_time_budget
         recent = list(self._recent_owners)[-self._recent_owners_searched:][::-1]
-        missing, _ = self._search(recent, missing, live, deadline)
+        missing, _ = self._search(recent, missing, live, deadline, recent=True)
         if missing and now - self._last_full_scan >= self._min_full_scan_interval:
             self._last_full_scan = now
             self.full_scans += 1
@@ -124,7 +127,12 @@ class SocketOwners:
         present = set(pids)
         for pid in [p for p in self._fd_sockets if p not in present]:
             del self._fd_sockets[pid]  # exited: bound the cache
-        return self._search([p for p in pids if p not in skip], missing, live, deadline)
+        # Fewest sockets (at their last search) first: reading the fd
+        # directory of a process holding 10,000 sockets costs ~10 ms, and a
+        # new socket is rarely there (it would have been found as recent).
+        fd_sockets = self._fd_sockets
+        pids = sorted((p for p in pids if p not in skip), key=lambda p: len(fd_sockets.get(p, _NO_FDS)[1]))
+        return self._search(pids, missing, live, deadline)
 
     def _search(
         self,
@@ -132,12 +140,14 @@ class SocketOwners:
         missing: set[int],
         live: set[int],
         deadline: float,
+        recent: bool = False,
     ) -> tuple[set[int], bool]:
         """Scan the fd dirs of `pids` until no inode of `missing` is left.
 
         Returns (inodes still missing, whether every pid was searched): the
         search stops at `deadline`, and what is left is searched for again at
-        a later refresh.
+        a later refresh. `recent`: these are the recent owners, searched
+        first; one that holds none of the missing inodes stops being one.
         """
         clock = self._clock
         for pid in pids:
@@ -161,6 +171,10 @@ class SocketOwners:
             missing.difference_update(found)
             if len(missing) < before:
                 self._note_recent_owner(pid)
+            elif recent:
+                # Searched first for nothing: not the process opening sockets
+                # now. A full walk finds it again when it is.
+                self._recent_owners.pop(pid, None)
         return missing, True
 
     def _note_recent_owner(self, pid: int) -> None:

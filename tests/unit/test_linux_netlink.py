@@ -538,6 +538,43 @@ def test_owner_index_maps_inodes_to_pids(fake_proc) -> None:
     assert index.full_scans == 1
 
 
+def test_owner_index_reads_a_process_holding_many_sockets_only_when_it_must(fake_proc) -> None:
+    # pid 10 holds many sockets; new ones keep appearing in pids 20 and 30.
+    clock = Clock()
+    for fd in range(50):
+        fake_proc.add(10, 100 + fd, f"socket:[{1000 + fd}]")
+    fake_proc.add(20, 3, "socket:[2000]")
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, clock=clock)
+    read: list[int] = []
+    real_socket_fds = index._socket_fds
+    index._socket_fds = lambda pid, live: read.append(pid) or real_socket_fds(pid, live)
+    live = set(range(1000, 1050)) | {2000}
+    index.refresh(live)
+    assert index.owner(1000) == 10 and index.owner(2000) == 20
+    # A socket of another process: pid 10, the biggest recent owner, is
+    # searched first once, for nothing; then walks read it last.
+    fake_proc.add(30, 3, "socket:[3000]")
+    clock.now += 1.0
+    read.clear()
+    index.refresh(live | {3000})
+    assert index.owner(3000) == 30
+    fake_proc.add(30, 4, "socket:[3001]")
+    clock.now += 1.0
+    read.clear()
+    index.refresh(live | {3000, 3001})
+    assert index.owner(3001) == 30 and 10 not in read  # pid 30 is the recent owner now
+    fake_proc.add(20, 4, "socket:[2001]")
+    clock.now += 1.0
+    read.clear()
+    index.refresh(live | {3000, 3001, 2001})
+    assert index.owner(2001) == 20 and 10 not in read  # a walk, fewest sockets first
+    # A new socket of the big process itself is still found.
+    fake_proc.add(10, 200, "socket:[1100]")
+    clock.now += 1.0
+    index.refresh(live | {3000, 3001, 2001, 1100})
+    assert index.owner(1100) == 10
+
+
 def test_owner_index_rescans_only_for_new_inodes_and_at_a_bounded_rate(fake_proc) -> None:
     clock = Clock()
     fake_proc.add(10, 3, "socket:[100]")
