@@ -53,8 +53,9 @@ def apps(
 
     Current rates, and bytes since start or clear (closed connections included).
 
-    With filters, only applications that have a matching open connection are
-    listed (--proc alone also keeps idle ones).
+    With filters, each application's figures are those of its matching
+    connections (open and recently closed), e.g. `apps --pid 123` shows that
+    process only; --proc alone lists whole applications, idle ones included.
     """
     params = {"filter": flt} if flt else {}
     rows = order_rows(call(settings, "apps", params)["apps"], sort_field, reverse, limit)
