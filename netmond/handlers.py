@@ -141,15 +141,18 @@ def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSessio
     _check_keys(params, ("filter", "include_closed", "fields"))
     flt = _filter(params)
     include_closed = _bool(params, "include_closed")
-    now = time.time()
-    # Filtered on the rows themselves: only the matches are turned into dicts.
-    rows = [row.to_wire(now) for row in flt.apply(daemon.state.connections(include_closed))]
     wanted = params.get("fields")
     if wanted is not None:
         # Let callers that need a few columns skip serialising the rest.
         if not isinstance(wanted, (list, tuple)) or not all(f in CONNECTION_FIELDS for f in wanted):
             raise _invalid("fields", f"must be a list of: {', '.join(CONNECTION_FIELDS)}")
-        rows = [{f: r[f] for f in wanted} for r in rows]
+    now = time.time()
+    # Filtered on the rows themselves: only the matches are turned into dicts.
+    matching = flt.apply(daemon.state.connections(include_closed))
+    if wanted is None:
+        rows = [row.to_wire(now) for row in matching]
+    else:  # one full dict at a time, not all of them, before the cut
+        rows = [{f: wire[f] for f in wanted} for wire in (row.to_wire(now) for row in matching)]
     return {"connections": rows}
 
 
