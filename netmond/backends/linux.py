@@ -284,9 +284,6 @@ class LinuxBackend(Backend):
         append = out.append
         for record in records:
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
-            state_name = state_names.get(state)
-            if state_name is None:
-                continue  # a pseudo-state (bound-only sockets) we did not ask for
             if inode:
                 pid = inode_owner(inode)
                 info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
@@ -301,6 +298,9 @@ class LinuxBackend(Backend):
                     if same.owner_entry is not None:
                         owner_table[same.sample.key] = same.owner_entry
                     continue
+            state_name = state_names.get(state)
+            if state_name is None:
+                continue  # a pseudo-state (bound-only sockets) we did not ask for
             texts = addresses[family]
             local_ip = texts.get(src) or format_address(family, src)
             if dport == 0 and dst == UNSPECIFIED_ADDR:
