@@ -14,6 +14,14 @@ Per tick (`sample()`):
 What the counters mean (payload acknowledged by the peer / received, SYN and
 FIN not counted) and how tcp_info is corrected for it: see `tcpbytes.py`.
 
+Cost: most sockets are idle at any given second. A TCP socket whose record
+is equal to the previous dump's (same kernel cookie, state, addresses,
+counters) comes back from the parser as that very record object, and if its
+owner is unchanged too it is handed on as last tick's SocketSample, which
+MonitorState skips. So an idle socket costs its parsing and a few dict
+lookups, and leaves nothing new alive for the garbage collector
+(bench/tick.py measures it).
+
 Keys (`SocketSample.key`):
     ("TCP"|"UDP", local_ip, local_port, remote_ip, remote_port)
 for a socket with a remote end; a socket without one (TCP listener,
