@@ -86,6 +86,13 @@ class ConnRow:
     def is_listener(self) -> bool:
         return self.state == "LISTEN" or (self.protocol == "UDP" and self.remote_ip is None)
 
+    @property
+    def is_remnant(self) -> bool:
+        """A TIME_WAIT socket: the kernel's leftover of a connection its
+        process already closed. Listed, but neither an active connection nor
+        one of an app's."""
+        return self.state == "TIME_WAIT"
+
     def get(self, name: str, default: Any = None) -> Any:
         """A stored wire field by name, so that `Filter.matches` can judge the
         row before it is turned into a dict (only matching rows then are).
@@ -483,6 +490,8 @@ class MonitorState:
         """AppUsage maps: every app with open connections or counted bytes."""
         live: dict[str, dict[str, Any]] = {}
         for row in self.open.values():
+            if row.is_remnant:
+                continue
             entry = live.get(row.app)
             if entry is None:
                 entry = live[row.app] = {"pids": set(), "connections": 0, "up": 0.0, "down": 0.0}
@@ -567,7 +576,9 @@ class MonitorState:
         return {
             "total_upload_speed": self.total_upload_speed,
             "total_download_speed": self.total_download_speed,
-            "active_connections": sum(1 for r in self.open.values() if not r.is_listener),
+            "active_connections": sum(
+                1 for r in self.open.values() if not (r.is_listener or r.is_remnant)
+            ),
             "total_bytes_sent": sum(i["bytes_sent"] for i in counted),
             "total_bytes_received": sum(i["bytes_received"] for i in counted),
             "uptime": uptime,

@@ -278,3 +278,11 @@ def test_filters_judge_rows_as_they_judge_their_wire_dicts():
                  {"family": 4}, {"proto": "udp"}):
         flt = Filter.from_wire(wire)
         assert [r.id for r in flt.apply(rows)] == [d["id"] for d in flt.apply([r.to_wire(5.0) for r in rows])], wire
+
+
+def test_time_wait_remnants_are_listed_but_not_active_nor_an_apps_connection():
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, state="TIME_WAIT", pid=None, name=None), sock(5001)]))
+    assert len(list(st.connections())) == 2
+    assert st.stats(uptime=0, monitoring=True)["active_connections"] == 1
+    assert [(a["process_name"], a["connections"]) for a in st.app_usage()] == [("curl", 1)]
