@@ -28,8 +28,10 @@ daemon: install
 	  for i in $$(seq 50); do $(BIN)/netmonctl status >/dev/null 2>&1 && break; sleep 0.1; done; \
 	  echo "netmond started (log: $$log)"; }
 
+# Ask the daemon that answers for its pid, then SIGTERM it (it removes its socket).
 stop:
-	-@pkill -TERM -f "$(BIN)/netmond" && echo "netmond stopped"
+	@pid=$$($(BIN)/netmonctl status --json 2>/dev/null | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["pid"])' 2>/dev/null) \
+	  && kill -TERM $$pid && echo "netmond (pid $$pid) stopped" || echo "no netmond answers"
 
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
