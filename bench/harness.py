@@ -42,6 +42,29 @@ _READY = "ready"
 _RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
+# -- child processes ---------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """preexec_fn: the child gets SIGTERM when the bench dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux/glibc: the context managers still clean up
+
+
+def popen(argv: Sequence[str], **kw) -> subprocess.Popen:
+    """subprocess.Popen for every process a bench starts: none outlives it."""
+    return subprocess.Popen(list(argv), preexec_fn=_die_with_parent, **kw)
+
+
+# A bench stopped with SIGTERM unwinds like one stopped with Ctrl-C: the
+# `with` blocks stop the daemon and the holders.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 # -- descriptors ---------------------------------------------------------------
 
 
@@ -185,7 +208,7 @@ class Transfer:
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen(
+    proc = popen(
         [sys.executable, os.path.abspath(__file__), *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
@@ -233,7 +256,7 @@ class Daemon:
         self.socket = os.path.join(self.dir, "d.sock")
         config = os.path.join(self.dir, "netmond.toml")
         open(config, "w").close()  # no system config: the defaults, as documented
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             [sys.executable, "-m", "netmond.main", "--config", config, "--socket", self.socket,
              "--interval", str(self.interval), "--log-level", "warning", *self.extra],
             cwd=ROOT, stdin=subprocess.DEVNULL,

@@ -31,7 +31,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Daemon, Holder, Usage, machine_line, max_sockets, mb, raise_fd_limit, ratio, table  # noqa: E402
+from harness import (  # noqa: E402
+    Daemon, Holder, Usage, machine_line, max_sockets, mb, popen, raise_fd_limit, ratio, table,
+)
 
 _PSUTIL_LOOP = """
 import sys, time, psutil
@@ -49,8 +51,8 @@ def bench(sockets: int, seconds: float, interval: float) -> None:
     with Holder(sockets), Daemon(interval) as daemon:
         daemon.wait_ticks(3)
         peers = [
-            subprocess.Popen([sys.executable, "-c", _PSUTIL_LOOP, str(interval)]),
-            subprocess.Popen(["sh", "-c", shell_loop]),
+            popen([sys.executable, "-c", _PSUTIL_LOOP, str(interval)]),
+            popen(["sh", "-c", shell_loop]),
         ]
         try:
             usage = Usage(

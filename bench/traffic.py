@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Daemon, Holder, Transfer, Usage, machine_line, raise_fd_limit, ratio, table  # noqa: E402
+from harness import Daemon, Holder, Transfer, Usage, machine_line, popen, raise_fd_limit, ratio, table  # noqa: E402
 
 
 def start_nethogs() -> tuple[subprocess.Popen | None, str]:
@@ -36,7 +36,7 @@ def start_nethogs() -> tuple[subprocess.Popen | None, str]:
         return None, "nethogs not installed (apt-get install nethogs)"
     if os.geteuid() != 0:
         return None, "nethogs needs root (packet capture)"
-    proc = subprocess.Popen([path, "-t", "-a", "-d", "1", "lo"], stdin=subprocess.DEVNULL,
+    proc = popen([path, "-t", "-a", "-d", "1", "lo"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(1.0)  # it fails at once when it cannot capture
