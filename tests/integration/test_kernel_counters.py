@@ -201,7 +201,8 @@ def test_daemon_without_root_reports_roots_socket_bytes(start_daemon_process, sh
 
         def my_row():
             rows = netmonctl_json(sock_path, "conns", "--port", str(port))["connections"]
-            mine = [r for r in rows if r["local_port"] == port and r["bytes_sent"]]
+            # the sample may predate the last ACKs: wait for the final count
+            mine = [r for r in rows if r["local_port"] == port and r["bytes_sent"] == 200_000]
             return mine[0] if mine else None
 
         row = wait_until(my_row, timeout=10)
