@@ -74,10 +74,14 @@ def test_bulk_transfer_reported_exactly_on_both_ends(kernel_daemon):
         exchange(cli, srv, 5_000_000, 3_000_000)
         port = cli.getsockname()[1]
 
+        c_addr = "%s:%d" % cli.getsockname()
+        s_addr = "%s:%d" % srv.getsockname()
+
         def both_ends():
             rows = netmonctl_json(kernel_daemon.socket, "conns", "--port", str(port))["connections"]
-            ends = {r["local_port"]: r for r in rows if r["state"] == "ESTABLISHED"}
-            c, s = ends.get(port), ends.get(srv.getsockname()[1])
+            # match on the whole 4-tuple: another process may reuse our port
+            ends = {(r["local_addr"], r["remote_addr"]): r for r in rows}
+            c, s = ends.get((c_addr, s_addr)), ends.get((s_addr, c_addr))
             # a sample may predate the last ACKs: wait for one taken after them
             if c and s and (c["bytes_sent"] or 0) >= 4_950_000 and (s["bytes_sent"] or 0) >= 2_970_000 \
                     and c["pid"] and s["pid"]:
@@ -123,12 +127,14 @@ def test_paced_stream_rate_is_reported_while_it_runs(kernel_daemon):
             t.start()
         try:
             port = cli.getsockname()[1]
+            peer = "%s:%d" % srv.getsockname()
             speeds = []
             time.sleep(1.5)  # let two samples see the stream
             deadline = time.monotonic() + duration
             while time.monotonic() < deadline:
                 rows = netmonctl_json(kernel_daemon.socket, "conns", "--port", str(port))["connections"]
-                mine = [r for r in rows if r["local_port"] == port and r["upload_speed"] is not None]
+                mine = [r for r in rows if r["local_port"] == port and r["remote_addr"] == peer
+                        and r["upload_speed"] is not None]
                 if mine:
                     speeds.append(mine[0]["upload_speed"])
                 time.sleep(0.5)
@@ -203,7 +209,8 @@ def test_daemon_without_root_reports_roots_socket_bytes(start_daemon_process, sh
         def my_row():
             rows = netmonctl_json(sock_path, "conns", "--port", str(port))["connections"]
             # the sample may predate the last ACKs: wait for the final count
-            mine = [r for r in rows if r["local_port"] == port and r["bytes_sent"] == 200_000]
+            mine = [r for r in rows if r["local_addr"] == "127.0.0.1:%d" % port
+                    and r["remote_addr"] == "%s:%d" % srv.getsockname() and r["bytes_sent"] == 200_000]
             return mine[0] if mine else None
 
         row = wait_until(my_row, timeout=10)
