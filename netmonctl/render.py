@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, TextIO
@@ -266,9 +267,15 @@ def _buckets(values: list[float | None], width: int) -> list[float | None]:
 # -- machine formats -----------------------------------------------------------
 
 
-def to_json(payload: Any) -> str:
-    """The payload as indented JSON, unchanged."""
-    return json.dumps(payload, indent=2)
+def to_json(payload: Any, pretty: bool = True) -> str:
+    """The payload as JSON, unchanged; indented for a person.
+
+    Compact output is several times faster (json's C encoder does not indent)
+    and is what a pipe into jq wants; a terminal gets the indented form.
+    """
+    if pretty:
+        return json.dumps(payload, indent=2)
+    return json.dumps(payload, separators=(",", ":"))
 
 
 def to_ndjson(rows: Iterable[dict[str, Any]]) -> str:
@@ -315,7 +322,7 @@ def emit(
     csv columns; `human` draws the table form, only when asked for.
     """
     if fmt == "json":
-        text = to_json(payload)
+        text = to_json(payload, pretty=sys.stdout.isatty())
     elif fmt in ("ndjson", "csv"):
         rows = payload[rows_key] if rows_key else [payload]
         text = to_ndjson(rows) if fmt == "ndjson" else to_csv(rows, fields)

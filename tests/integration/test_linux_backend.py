@@ -333,7 +333,9 @@ def test_ipv6_connection(backend) -> None:
 
         def settled(snap):
             rows = by_key(snap.sockets)
-            return ckey in rows and rows[ckey].bytes_sent == 200_000 and rows.get(skey) is not None
+            # both ends, each after its last ACK (the server's 50 kB may be acked later)
+            return (ckey in rows and skey in rows and rows[ckey].bytes_sent == 200_000
+                    and rows[skey].bytes_sent == 50_000)
 
         rows = by_key(sample_until(backend, settled).sockets)
         c, s = rows[ckey], rows[skey]

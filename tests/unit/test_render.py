@@ -176,7 +176,7 @@ def test_emit_dispatches_on_format(fmt, capsys):
                 human=lambda: "HUMAN")
     out = capsys.readouterr().out
     expected = {
-        "json": render.to_json(payload) + "\n",
+        "json": render.to_json(payload, pretty=False) + "\n",  # not a terminal: compact
         "ndjson": '{"timestamp":1.0,"upload":2.0,"download":3.0}\n',
         "csv": "timestamp,upload,download\n1.0,2.0,3.0\n",
         "table": "HUMAN\n",
@@ -240,3 +240,9 @@ def test_printable_masks_control_characters():
     assert render.printable("firefox") == "firefox"
     assert render.printable("a\x1b[2Jb\x07\n") == "a?[2Jb??"
     assert render.printable("Gärtner 日本") == "Gärtner 日本"
+
+
+def test_json_is_indented_for_a_terminal_and_compact_for_a_pipe():
+    payload = {"a": [1, {"b": None}]}
+    assert render.to_json(payload) == '{\n  "a": [\n    1,\n    {\n      "b": null\n    }\n  ]\n}'
+    assert render.to_json(payload, pretty=False) == '{"a":[1,{"b":null}]}'
