@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import socket
 from collections import deque
 from itertools import chain
@@ -88,7 +87,7 @@ from .netlink import (
     DiagSocket,
 )
 from .procfd import SocketOwners
-from .procinfo import ProcessCache
+from .procinfo import ProcessCache, UserNames
 from .sockdiag import DestroyListener, SockDiagDumper
 from .tcpbytes import payload
 
@@ -161,7 +160,6 @@ class LinuxBackend(Backend):
         self._owners = SocketOwners(proc_root)
         self._procs = ProcessCache()
         self._addresses = AddressFormatter()
-        self._user_names = _UserNames()
         # Owner tables of the latest dumps, newest first.
         self._owner_history: deque[OwnerTable] = deque(maxlen=OWNER_GENERATIONS)
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
@@ -236,7 +234,7 @@ class LinuxBackend(Backend):
         self._attribution_complete = is_privileged() or self._only_own_sockets(tcp, udp)
 
         listening_ports = {rec.local_port for rec in tcp if rec.state == TCP_LISTEN}
-        owner_of = _OwnerLookup(self._procs, self._owners, self._user_names)
+        owner_of = _OwnerLookup(self._procs, self._owners)
         owner_table: OwnerTable = {}
         sockets = self._tcp_samples(tcp, listening_ports, owner_of, owner_table)
         sockets += self._udp_samples(udp, owner_of)
@@ -510,26 +508,6 @@ class RecentKeys:
         self._rotated_at = now
 
 
-class _UserNames:
-    """uid -> user name, cached (bounded); the uid as text if it has no name."""
-
-    def __init__(self, limit: int = 4096) -> None:
-        self._names: dict[int, str] = {}
-        self._limit = limit
-
-    def __call__(self, uid: int) -> str:
-        name = self._names.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = str(uid)
-            if len(self._names) >= self._limit:
-                self._names.clear()
-            self._names[uid] = name
-        return name
-
-
 class _OwnerLookup:
     """(pid, process_name, user) of sockets during one tick, each pid looked up once.
 
@@ -539,10 +517,10 @@ class _OwnerLookup:
     full socket.
     """
 
-    def __init__(self, processes: ProcessCache, owners: SocketOwners, user_names: _UserNames) -> None:
+    def __init__(self, processes: ProcessCache, owners: SocketOwners) -> None:
         self._processes = processes
         self._owners = owners
-        self._user_names = user_names
+        self._user_names: UserNames = processes.user_names
         #: What info() answered so far, for hot loops to read inline first.
         self.by_pid: dict[int, tuple] = {}
         self.by_uid: dict[int, tuple] = {}

@@ -8,16 +8,40 @@ process.
 
 from __future__ import annotations
 
+import pwd
+
 import psutil
+
+
+class UserNames:
+    """uid -> user name, cached (bounded); the uid as text if it has no name."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._names: dict[int, str] = {}
+        self._limit = limit
+
+    def __call__(self, uid: int) -> str:
+        name = self._names.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            if len(self._names) >= self._limit:
+                self._names.clear()
+            self._names[uid] = name
+        return name
 
 
 class ProcessCache:
     """Caches (name, user) per pid; revalidates pid reuse by create time."""
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(self, max_entries: int = 65536, user_names: UserNames | None = None) -> None:
         # pid -> (create_time, name, user)
         self._entries: dict[int, tuple[float, str | None, str | None]] = {}
         self._max = max_entries
+        #: uid -> name, shared with whoever names socket owners without a pid.
+        self.user_names = user_names if user_names is not None else UserNames()
 
     def lookup(self, pid: int | None) -> tuple[str | None, str | None]:
         """Return (process_name, user) for pid, or (None, None) if unknown."""
@@ -36,12 +60,10 @@ class ProcessCache:
         try:
             with proc.oneshot():
                 name = proc.name()
-                try:
-                    user = proc.username()
-                except (KeyError, psutil.Error):
-                    # uid with no passwd entry: show the number rather than nothing
-                    user = str(proc.uids().real)
-        except (psutil.Error, OSError, KeyError):
+                # What psutil's username() does, through the shared cache: a
+                # uid with no passwd entry shows as the number.
+                user = self.user_names(proc.uids().real)
+        except (psutil.Error, OSError):
             pass
         if len(self._entries) >= self._max:
             self._entries.clear()  # bounded; refilling is cheap
