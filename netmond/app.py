@@ -186,15 +186,14 @@ class Daemon:
                 t0 = time.monotonic()
                 try:
                     snap = await loop.run_in_executor(self._executor, self.backend.sample)
-                except Exception:  # noqa: BLE001 - a bad tick must not end sampling
+                    if self.monitoring:
+                        self._publish(self.state.apply(snap))
+                        if self.metrics is not None:
+                            self.metrics.on_tick(self.state, self.backend.name)
+                except Exception:  # noqa: BLE001 - a bad tick (sample, apply, publish) must not end sampling
                     self._sample_errors += 1
                     if self._sample_errors <= 5 or self._sample_errors % 100 == 0:
                         log.exception("sample failed (%d so far)", self._sample_errors)
-                    snap = None
-                if snap is not None and self.monitoring:
-                    self._publish(self.state.apply(snap))
-                    if self.metrics is not None:
-                        self.metrics.on_tick(self.state, self.backend.name)
                 self.last_tick_seconds = time.monotonic() - t0
             else:
                 self.backend.discard_pending()
