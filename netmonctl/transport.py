@@ -190,7 +190,10 @@ def resolve(value: str) -> Target:
         )
     from . import fleetfile  # here: most commands never read hosts.toml
 
-    hosts = fleetfile.load_hosts()
+    try:
+        hosts = fleetfile.load_hosts()
+    except fleetfile.FleetFileError as exc:  # unreadable or invalid hosts.toml
+        raise TargetError(str(exc)) from None
     entry = hosts.get(value)
     if entry is None:
         raise TargetError(
