@@ -85,6 +85,21 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
+def safe(value: Any) -> str:
+    """A name that comes from another process (process, app) for a cell:
+    control characters masked (see printable), unknown (None) as '-'."""
+    return "-" if value is None else printable(str(value))
+
+
+def clip(text: str, width: int, ellipsis: str = "…") -> str:
+    """`text` cut to `width` characters, marking the cut."""
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    return text[: width - 1] + ellipsis if width > 1 else text[:width]
+
+
 def state_color(state: Any) -> str | None:
     """The click colour name for a connection state, None for plain."""
     return _STATE_COLORS.get(state) if isinstance(state, str) else None
@@ -96,6 +111,14 @@ def state_color(state: Any) -> str | None:
 def dash(value: Any) -> str:
     """str(value), with unknown (None) shown as '-' and never as 0."""
     return "-" if value is None else str(value)
+
+
+def pids(values: Sequence[int] | None, shown: int) -> str:
+    """At most `shown` pids, then "+N" for the rest: [1, 2, 3], 2 -> '1,2 +1'; none -> '-'."""
+    if not values:
+        return "-"
+    text = ",".join(str(p) for p in values[:shown])
+    return text + (f" +{len(values) - shown}" if len(values) > shown else "")
 
 
 def seconds(value: float | None) -> str:

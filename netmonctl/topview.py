@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from common.units import human_bytes, human_duration, human_rate
 
 from . import render
-from .render import Column, field
+from .render import Column, clip, field
 from .sorting import descending, sort_rows
 
 Row = dict[str, Any]
@@ -182,20 +182,9 @@ FLEX_MIN = 10
 RATE_WIDTH = 10
 
 
-def _pids(pids: Sequence[int] | None) -> str:
-    if not pids:
-        return "-"
-    text = ",".join(str(p) for p in pids[:2])
-    return text + (f" +{len(pids) - 2}" if len(pids) > 2 else "")
-
-
-def _name(value: Any) -> str:
-    return render.printable(str(value)) if value is not None else "-"
-
-
 APP_COLUMNS = (
-    TopColumn(Column("PROCESS", field("process_name"), fmt=_name), 0, ("process_name",)),
-    TopColumn(Column("PIDS", field("pids"), fmt=_pids, drop=4), 11),
+    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 0, ("process_name",)),
+    TopColumn(Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, 2), drop=4), 11),
     TopColumn(Column("CONNS", field("connections"), align="right", drop=2), 5, ("connections",)),
     TopColumn(Column("UP", field("upload_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
               ("speed", "upload_speed")),
@@ -211,7 +200,7 @@ CONN_COLUMNS = (
     TopColumn(Column("REMOTE", field("remote_addr"), drop=3), 21, ("remote_addr",)),
     TopColumn(Column("STATE", field("state"), drop=4), 11, ("state",)),
     TopColumn(Column("PID", field("pid"), align="right", drop=7), 7),
-    TopColumn(Column("PROCESS", field("process_name"), fmt=_name), 0, ("process_name",)),
+    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 0, ("process_name",)),
     TopColumn(Column("UP", field("upload_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
               ("speed", "upload_speed")),
     TopColumn(Column("DOWN", field("download_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
@@ -241,15 +230,6 @@ def fit_columns(columns: Sequence[TopColumn], width: int) -> list[tuple[TopColum
         keep.remove(max(droppable, key=lambda c: c.column.drop))
     spare = max(0, width - needed())
     return [(c, c.width or FLEX_MIN + spare) for c in keep]
-
-
-def clip(text: str, width: int, ellipsis: str = "…") -> str:
-    """`text` cut to `width` characters, marking the cut."""
-    if width <= 0:
-        return ""
-    if len(text) <= width:
-        return text
-    return text[: width - 1] + ellipsis if width > 1 else text[:width]
 
 
 def _cell(text: str, width: int, align: str) -> str:
@@ -325,7 +305,7 @@ def _last_minute(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _summary(model: TopModel, width: int) -> str:
     s = model.stats or {}
     parts = [f"{render.dash(s.get('active_connections'))} active connections"]
-    parts.append(f"top app {_name(s['top_app']) if s.get('top_app') else '-'}")
+    parts.append(f"top app {render.safe(s.get('top_app') or None)}")
     share = unattributed_percent(s)
     parts.append("unattributed " + ("-" if share is None else f"{share:.0f}%"))
     return clip("  ".join(parts), width)

@@ -19,16 +19,9 @@ from ..sorting import order_rows
 SHOWN_PIDS = 3
 
 
-def _pids(pids: list[int] | None) -> str:
-    if not pids:
-        return "-"
-    text = ",".join(str(p) for p in pids[:SHOWN_PIDS])
-    return text + (f" +{len(pids) - SHOWN_PIDS}" if len(pids) > SHOWN_PIDS else "")
-
-
 COLUMNS = (
-    Column("PROCESS", field("process_name")),
-    Column("PIDS", field("pids"), fmt=_pids, drop=2),
+    Column("PROCESS", field("process_name"), fmt=render.safe),
+    Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, SHOWN_PIDS), drop=2),
     Column("CONNS", field("connections"), align="right", drop=1),
     Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
     Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),

@@ -27,7 +27,7 @@ COLUMNS = (
     Column("STATE", field("state"), color=render.state_color),
     Column("PID", field("pid"), align="right", drop=3),
     Column("PROCESS", field("process_name"),
-           fmt=lambda v: render.dash(v if v is None or len(v) <= PROCESS_WIDTH else v[: PROCESS_WIDTH - 1] + "…")),
+           fmt=lambda v: render.clip(render.safe(v), PROCESS_WIDTH)),
     Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
     Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
     Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=4),

@@ -291,8 +291,7 @@ def _columns(now: float) -> tuple[Column, ...]:
         Column("CONNS", render.field("connections"), align="right", drop=2),
         Column("UP", render.field("upload_speed"), fmt=human_rate, align="right"),
         Column("DOWN", render.field("download_speed"), fmt=human_rate, align="right"),
-        Column("TOP APP", render.field("top_app"),
-               fmt=lambda v: render.dash(None if v is None else render.printable(str(v))), drop=3),
+        Column("TOP APP", render.field("top_app"), fmt=render.safe, drop=3),
         Column("VERSION", render.field("version"), drop=4),
     )
 

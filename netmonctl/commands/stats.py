@@ -57,7 +57,7 @@ def _describe(s: dict[str, Any], settings: Settings) -> str:
             ("unattributed", f"up {_share(s.get('unattributed_upload_speed'), up)}, "
                              f"down {_share(s.get('unattributed_download_speed'), down)}"),
             ("connections", f"{render.dash(s.get('active_connections'))} active"),
-            ("top app", s.get("top_app")),
+            ("top app", render.safe(s.get("top_app"))),
             ("monitoring", ("yes" if s.get("monitoring") else "no")
              + f", every {render.seconds(s.get('interval'))}, up {human_duration(s.get('uptime'))}"),
         ]
