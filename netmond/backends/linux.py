@@ -275,8 +275,7 @@ class LinuxBackend(Backend):
         """
         # The backend's hot loop (10,000 sockets a tick): attribute and
         # method lookups are hoisted into locals, caches are read inline.
-        addresses = self._addresses.by_family
-        format_address = self._addresses.format
+        endpoints = self._endpoints
         inode_owner = self._owners.owners.get
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
@@ -307,14 +306,7 @@ class LinuxBackend(Backend):
             state_name = state_names.get(state)
             if state_name is None:
                 continue  # a pseudo-state (bound-only sockets) we did not ask for
-            texts = addresses[family]
-            local_ip = texts.get(src) or format_address(family, src)
-            if dport == 0 and dst == UNSPECIFIED_ADDR:
-                remote_ip = remote_port = None
-                key: tuple = ("TCP", local_ip, sport, None, None, inode)
-            else:
-                remote_ip, remote_port = texts.get(dst) or format_address(family, dst), dport
-                key = ("TCP", local_ip, sport, remote_ip, dport)
+            local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode)
             if inode == 0 and counters is None and state in _TIMEWAIT_STATES:
                 if key in destroyed:
                     continue  # its row already ended at the destroy event
@@ -355,20 +347,12 @@ class LinuxBackend(Backend):
 
     def _udp_samples(self, records: list[DiagSocket], owner_of: _OwnerLookup) -> list[SocketSample]:
         """SocketSamples of a UDP dump: no byte counters exist for UDP."""
-        addresses = self._addresses.by_family
-        format_address = self._addresses.format
+        endpoints = self._endpoints
         inode_owner = self._owners.owners.get
         owner_info = owner_of.info
         out: list[SocketSample] = []
         for family, _state, sport, dport, src, dst, uid, inode, _counters, _cookie in records:
-            texts = addresses[family]
-            local_ip = texts.get(src) or format_address(family, src)
-            if dport == 0 and dst == UNSPECIFIED_ADDR:
-                remote_ip = remote_port = None
-                key: tuple = ("UDP", local_ip, sport, None, None, inode)
-            else:
-                remote_ip, remote_port = texts.get(dst) or format_address(family, dst), dport
-                key = ("UDP", local_ip, sport, remote_ip, dport)
+            local_ip, remote_ip, remote_port, key = endpoints("UDP", family, src, sport, dst, dport, inode)
             pid, name, user = owner_info(inode_owner(inode), uid)
             out.append(SocketSample(key, "UDP", _FAMILY_NAMES[family], local_ip, sport, remote_ip,
                                     remote_port, "NONE", pid, name, user))
@@ -378,7 +362,6 @@ class LinuxBackend(Backend):
         self, events: list[DiagSocket], listening_ports: set[int], owner_of: _OwnerLookup, mono: float
     ) -> list[SocketSample]:
         """SocketSamples (final counters) of the destroy events worth reporting."""
-        fmt = self._addresses.format
         remember_destroyed = self._destroyed.add
         out: list[SocketSample] = []
         for family, state, sport, dport, src, dst, uid, _inode, counters, _cookie in events:
@@ -386,8 +369,7 @@ class LinuxBackend(Backend):
                 continue  # a listener, an aborted socket (zeroed by the kernel), an old kernel
             if counters.bytes_acked == 0 and counters.bytes_received == 0:
                 continue  # never established, nothing moved: a failed connect
-            local_ip, remote_ip = fmt(family, src), fmt(family, dst)
-            key = ("TCP", local_ip, sport, remote_ip, dport)
+            local_ip, remote_ip, _, key = self._endpoints("TCP", family, src, sport, dst, dport, 0)
             known = self._remembered_owner(key)
             if known is not None:
                 pid, name, user, active_open, last_sent, last_received = known
@@ -414,6 +396,21 @@ class LinuxBackend(Backend):
         return out
 
     # -- helpers -----------------------------------------------------------------
+    def _endpoints(
+        self, protocol: str, family: int, src: bytes, sport: int, dst: bytes, dport: int, inode: int
+    ) -> tuple[str, str | None, int | None, tuple]:
+        """(local_ip, remote_ip, remote_port, key) of a dump record or destroy event.
+
+        The one place that builds `SocketSample.key` (see the module docstring):
+        a socket without a remote end gets its inode appended.
+        """
+        texts = self._addresses.by_family[family]
+        local_ip = texts.get(src) or self._addresses.format(family, src)
+        if dport == 0 and dst == UNSPECIFIED_ADDR:
+            return local_ip, None, None, (protocol, local_ip, sport, None, None, inode)
+        remote_ip = texts.get(dst) or self._addresses.format(family, dst)
+        return local_ip, remote_ip, dport, (protocol, local_ip, sport, remote_ip, dport)
+
     def _remembered_owner(self, key: tuple) -> tuple | None:
         """The OwnerTable entry of key in the latest dump that listed it."""
         for table in self._owner_history:
