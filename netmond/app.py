@@ -211,26 +211,28 @@ class Daemon:
 
     def _publish(self, changes: TickChanges) -> None:
         server = self.server
-        if server is None or not server.has_subscribers:
-            return  # nobody listens: do not serialise rows for nobody
+        if server is None:
+            return
+        # Rows and stats are only serialised for a topic someone subscribed to.
         now = time.time()
-        if changes.updated:
+        if changes.updated and server.has_subscribers("connection_update"):
             server.publish(
                 "connection_update",
                 {"connections": [r.to_wire(now) for r in changes.updated]},
                 rows_key="connections",
             )
-        if changes.closed:
+        if changes.closed and server.has_subscribers("connection_closed"):
             server.publish(
                 "connection_closed",
                 {"connections": [r.to_wire(now) for r in changes.closed]},
                 rows_key="connections",
             )
-        server.publish(
-            "stats_update",
-            self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring),
-        )
-        if changes.history_point is not None:
+        if server.has_subscribers("stats_update"):
+            server.publish(
+                "stats_update",
+                self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring),
+            )
+        if changes.history_point is not None and server.has_subscribers("bandwidth_data"):
             server.publish("bandwidth_data", dict(changes.history_point))
 
     # -- life cycle ----------------------------------------------------------

@@ -420,9 +420,9 @@ class Server:
                 packed_all = protocol.pack_notification(topic, payload)
             s.notify(packed_all)
 
-    @property
-    def has_subscribers(self) -> bool:
-        return any(s.topics for s in self.sessions)
+    def has_subscribers(self, topic: str) -> bool:
+        """True if some session is subscribed to topic (else publish() is for nobody)."""
+        return any(topic in s.topics for s in self.sessions)
 
     async def close(self) -> None:
         """Stop listening and close every session."""
