@@ -385,11 +385,12 @@ class SSHBridge:
             self.proc = subprocess.Popen(
                 self.argv, stdin=child, stdout=child, stderr=self._stderr, close_fds=True
             )
-        except FileNotFoundError:
+        except OSError as exc:  # not found, not executable, ...
             parent.close()
             self._stderr.close()
+            what = " not found" if isinstance(exc, FileNotFoundError) else f": {exc.strerror or exc}"
             raise RemoteUnavailable(
-                target, f"{self.argv[0]} not found", "ssh_missing",
+                target, f"{self.argv[0]}{what}", "ssh_missing",
                 [f"install the OpenSSH client, or point {ENV_SSH_COMMAND} at one"],
             ) from None
         finally:
