@@ -3,8 +3,8 @@
     with Client.connect("/run/user/1000/netmond.sock", timeout=5) as c:
         c.hello()
         rows = c.call("connections", {"filter": {"proc": "chrome"}})
-        for note in c.subscribe(["connection_update"]):
-            ...
+        c.call("subscribe", {"topics": ["connection_update"]})
+        note = c.next_notification(timeout=2)
 
 Connection failures are turned into two exceptions a CLI can act on:
 DaemonUnavailable (nothing listens: start the daemon) and AccessDenied (the
@@ -13,12 +13,11 @@ socket exists but its mode refuses us).
 
 from __future__ import annotations
 
-import errno
 import itertools
 import socket
 import time
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 from . import protocol
 from .protocol import Notification, ProtocolError, RPCError, Response
@@ -70,10 +69,8 @@ def open_unix_socket(path: str, timeout: float | None = 5.0) -> socket.socket:
     except socket.timeout:
         sock.close()
         raise DaemonUnavailable(path, "timed out connecting") from None
-    except OSError as exc:
+    except OSError as exc:  # EACCES is PermissionError, above
         sock.close()
-        if exc.errno == errno.EACCES:
-            raise AccessDenied(path, exc.strerror) from None
         raise DaemonUnavailable(path, exc.strerror or str(exc)) from None
     return sock
 
@@ -82,7 +79,7 @@ class Client:
     """One connection to netmond. Not thread-safe; one request at a time.
 
     Notifications that arrive while waiting for a response are queued and
-    handed out by subscribe()/next_notification().
+    handed out by next_notification().
     """
 
     def __init__(self, sock: socket.socket, path: str = "", timeout: float | None = 5.0) -> None:
@@ -158,37 +155,6 @@ class Client:
             # A response to another id cannot happen with one call at a time;
             # ignore it rather than mis-deliver.
 
-    def subscribe(
-        self,
-        topics: list[str],
-        filter: dict[str, Any] | None = None,
-        idle_timeout: float | None = None,
-    ) -> Iterator[Notification]:
-        """Subscribe and yield notifications until the connection ends.
-
-        `idle_timeout`: stop iterating when nothing arrives for that long
-        (None waits forever). The daemon ending the stream raises
-        DaemonUnavailable so callers can reconnect.
-        """
-        params: dict[str, Any] = {"topics": list(topics)}
-        if filter:
-            params["filter"] = filter
-        self.call("subscribe", params)
-        self._sock.settimeout(idle_timeout)
-        try:
-            while True:
-                if self._pending_notes:
-                    yield self._pending_notes.pop(0)
-                    continue
-                try:
-                    msg = self._read_message()
-                except socket.timeout:
-                    return
-                if isinstance(msg, Notification):
-                    yield msg
-        finally:
-            self._sock.settimeout(self.timeout)
-
     def next_notification(self, timeout: float | None) -> Notification | None:
         """One pending or incoming notification, or None after `timeout`."""
         if self._pending_notes:
@@ -217,8 +183,6 @@ class Client:
                 return protocol.decode_message(obj)
             try:
                 chunk = self._sock.recv(256 * 1024)
-            except socket.timeout:
-                raise
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})") from None
             if not chunk:
