@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Holder, machine_line, max_sockets, raise_fd_limit, table  # noqa: E402
+from harness import Holder, machine_line, max_sockets, raise_fd_limit, ratio, table  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -100,8 +100,8 @@ def report(sockets: int, runs: int, rows: list[tuple[str, int, float, float]]) -
         peer = name in ("psutil", "ss -tin")
         out.append((
             name, listed, f"{cpu * 1000:.1f}", f"{wall * 1000:.1f}",
-            f"{ours_cpu / cpu:.2f}x" if peer and cpu > 0 else "",
-            f"{ours_wall / wall:.2f}x" if peer and wall > 0 else "",
+            ratio(ours_cpu, cpu) if peer else "",
+            ratio(ours_wall, wall) if peer else "",
         ))
     table(
         f"Tick cost, {sockets} TCP sockets held (median of {runs})",
