@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import grp
 import logging
 import os
 import socket
@@ -28,6 +27,8 @@ import stat
 import sys
 
 from common import paths
+
+from .peercred import resolve_group
 
 log = logging.getLogger("netmond.listener")
 
@@ -90,8 +91,7 @@ def apply_socket_mode(path: str, group: str | int | None) -> None:
     if group is None:
         os.chmod(path, 0o600)
         return
-    gid = int(group) if isinstance(group, int) or str(group).isdigit() else grp.getgrnam(group).gr_gid
-    os.chown(path, -1, gid)
+    os.chown(path, -1, resolve_group(group))
     os.chmod(path, 0o660)
 
 

@@ -18,7 +18,6 @@ package) they only print what they would do.
 from __future__ import annotations
 
 import argparse
-import grp
 import os
 import plistlib
 import shlex
@@ -28,6 +27,8 @@ import sys
 from dataclasses import dataclass
 
 from common import paths
+
+from .peercred import resolve_group
 
 LABEL = "com.netmon.netmond"
 PLIST_NAME = LABEL + ".plist"
@@ -100,7 +101,7 @@ def default_settings(manager: str, user: bool, group: str | None = None,
     gid = None
     if group is not None:
         try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            gid = resolve_group(group)
         except KeyError:
             gid = MACOS_ADMIN_GID if group == "admin" and manager == "launchd" else None
     socket_path = "/var/run/netmond.sock" if manager == "launchd" else "/run/netmond.sock"
