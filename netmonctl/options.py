@@ -7,6 +7,7 @@
   common.models.Filter (the daemon's own validator, so the CLI and the daemon
   cannot disagree) and handed to the command as one wire map `flt`.
 - sort_options: --sort / --reverse / --limit.
+- duration: the callback of a SECONDS value (1, 0.5, 500ms, 2s, 1m).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from common.models import SCOPES, Filter, FilterError
+from common.units import parse_duration
 
 from .session import FORMATS, Settings
 from .sorting import sort_choices
@@ -64,6 +66,19 @@ def output_options(f: F) -> F:
         help="Print the daemon's JSON as is (same as --format json).",
     )(f)
     return f
+
+
+# -- durations ---------------------------------------------------------------
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Callback for a SECONDS option or argument: '1.5', '500ms', '2s', '1m' -> seconds."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 # -- filters -----------------------------------------------------------------

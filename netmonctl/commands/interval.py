@@ -6,24 +6,13 @@ from typing import Any
 
 import click
 
-from common.units import parse_duration
-
 from .. import render
-from ..options import output_options
+from ..options import duration, output_options
 from ..session import Settings, call, pass_settings
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command()
-@click.argument("seconds", required=False, callback=_duration)
+@click.argument("seconds", required=False, callback=duration)
 @output_options
 @pass_settings
 def interval(settings: Settings, seconds: float | None) -> None:

@@ -27,9 +27,9 @@ from typing import Any
 
 import click
 
-from common.units import human_bytes, human_duration, human_rate, parse_duration
+from common.units import human_bytes, human_duration, human_rate
 
-from .. import render
+from .. import options, render
 from ..options import filter_options, output_options
 from ..session import Settings, pass_settings
 from ..topview import unattributed_percent
@@ -59,13 +59,8 @@ def _events(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if seconds <= 0:
+    seconds = options.duration(ctx, param, value)
+    if seconds is not None and seconds <= 0:
         raise click.BadParameter("must be more than 0")
     return seconds
 
