@@ -394,11 +394,11 @@ def fleet(ctx: click.Context, watch: bool, tags: tuple[str, ...], interval: floa
     settings = ctx.ensure_object(Settings)
     entries = _load(tags)
     if not entries:
-        if settings.format == "json":
-            click.echo(render.to_json({"hosts": []}))
-        else:
+        if settings.format == "table":
             click.echo(f"no hosts{' with that tag' if tags else ''} in {hosts_path()}; "
                        "add one with: netmonctl fleet add NAME ssh://[user@]host", err=True)
+        else:
+            render.emit(settings.format, {"hosts": []}, rows_key="hosts", human=lambda: "")
         return
     seen = load_state()
     poller = Poller(entries, host_timeout, parallel, share=not no_share)
