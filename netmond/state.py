@@ -191,9 +191,7 @@ class MonitorState:
         self.apps: dict[str, AppTotals] = {}
         self._ifaces: dict[str, _IfaceTrack] = {}
         self.history: deque[dict[str, float]] = deque(maxlen=self._history_len())
-        self._last_mono: float | None = None
         self._baseline = True
-        self.last_wall: float | None = None
         self.last_mono: float | None = None
         self.ticks = 0
         # Figures of the last tick, for stats.
@@ -231,14 +229,14 @@ class MonitorState:
     def rebaseline(self) -> None:
         """Next apply() takes current counters as the starting point (resume)."""
         self._baseline = True
-        self._last_mono = None
 
     # -- the tick ----------------------------------------------------------
     def apply(self, snap: Snapshot) -> TickChanges:
         """Fold one snapshot in; return the rows that changed and closed."""
         changes = TickChanges()
         baseline = self._baseline
-        dt = None if self._last_mono is None else snap.monotonic - self._last_mono
+        # Rates need a previous sample, and none counts across a baseline.
+        dt = None if baseline or self.last_mono is None else snap.monotonic - self.last_mono
         if dt is not None and dt <= 0:
             dt = None
         wall = snap.wall
@@ -348,9 +346,7 @@ class MonitorState:
             }
             self.history.append(point)
             changes.history_point = point
-        self._last_mono = snap.monotonic
         self.last_mono = snap.monotonic
-        self.last_wall = wall
         self._baseline = False
         self.ticks += 1
         self._bound_apps()
