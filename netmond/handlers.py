@@ -254,6 +254,3 @@ HANDLERS: dict[str, Handler] = {
     "subscribe": subscribe,
     "unsubscribe": unsubscribe,
 }
-
-#: The methods of DESIGN §2, for the test that checks HANDLERS covers them.
-METHODS = tuple(HANDLERS)
