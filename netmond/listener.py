@@ -87,7 +87,9 @@ def _another_daemon_answers(path: str) -> bool:
 
 
 def apply_socket_mode(path: str, group: str | int | None) -> None:
-    """0600, or 0660 owned by `group` when one is configured."""
+    """0600, or 0660 owned by `group` when one is configured (or by default_group())."""
+    if group is None:
+        group = default_group()
     if group is None:
         os.chmod(path, 0o600)
         return
@@ -104,8 +106,6 @@ def default_group() -> str | None:
 
 def bind_unix_socket(path: str, group: str | int | None = None, backlog: int = 128) -> socket.socket:
     """Create, secure and listen on the daemon socket at path."""
-    if group is None:
-        group = default_group()
     ensure_directory(os.path.dirname(os.path.abspath(path)))
     if os.path.lexists(path):
         st = os.lstat(path)
