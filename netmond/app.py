@@ -70,8 +70,18 @@ def make_backend(config: Config) -> tuple[Backend, list[str]]:
 class Daemon:
     """The running daemon: one backend, one state, one server, one sampler."""
 
-    def __init__(self, config: Config, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend | None = None,
+        *,
+        config_path: str | None = None,
+        cli_overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
+        # What SIGHUP re-reads: the same file, with the same flags on top.
+        self.config_path = config_path
+        self.cli_overrides = dict(cli_overrides or {})
         self.warnings: list[str] = []
         if backend is None:
             backend, self.warnings = make_backend(config)
@@ -133,7 +143,7 @@ class Daemon:
         (socket, backend, metrics) are reported and left as they are.
         """
         try:
-            new = load_config(self.config_path_for_reload, **self.cli_overrides)
+            new = load_config(self.config_path, **self.cli_overrides)
             new_gid = _control_gid(new.socket_group)
         except ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
@@ -172,9 +182,6 @@ class Daemon:
         # from self.config, so swapping it applies those.
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) or "nothing changed")
-
-    config_path_for_reload: str | None = None
-    cli_overrides: dict[str, Any] = {}
 
     # -- sampling ------------------------------------------------------------
     async def _sampler(self) -> None:
@@ -299,14 +306,17 @@ def run(
     backend: Backend | None = None,
     install_signals: bool | None = None,
     on_start: Callable[[Daemon], None] | None = None,
+    config_path: str | None = None,
+    cli_overrides: dict[str, Any] | None = None,
 ) -> int:
     """Run the daemon until stopped; returns the process exit status.
 
     `on_start` receives the Daemon before serving (tests keep it to stop it).
     Signal handlers are installed when running in the main thread.
+    `config_path` and `cli_overrides` are what a SIGHUP reload re-applies.
     """
     try:
-        daemon = Daemon(config, backend)
+        daemon = Daemon(config, backend, config_path=config_path, cli_overrides=cli_overrides)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -339,7 +349,13 @@ def _show(value: Any) -> str:
 
 
 def _control_gid(group: str | int | None) -> int | None:
-    """The configured group as a gid, or a ConfigError that names it."""
+    """The socket's group as a gid, or a ConfigError that names it.
+
+    Control rights follow the socket's group: the configured one, else the
+    platform default a root daemon's socket gets (macOS: admin).
+    """
+    if group is None:
+        group = listener.default_group()
     try:
         return resolve_group(group)
     except KeyError:

@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     _return_large_frees_to_the_os()
     from . import app  # after logging is set up; keeps --help/--version fast
 
-    app.Daemon.config_path_for_reload = args.config
-    app.Daemon.cli_overrides = {k: v for k, v in overrides.items() if v is not None}
-    return app.run(config)
+    return app.run(
+        config,
+        config_path=args.config,
+        cli_overrides={k: v for k, v in overrides.items() if v is not None},
+    )
 
 
 def _return_large_frees_to_the_os() -> None:
