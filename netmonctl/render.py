@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import click
 
+from common.units import human_bytes, human_rate
+
 #: Eight levels of a sparkline, lowest first.
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 #: Partial cells of a horizontal bar, one to eight eighths.
@@ -156,6 +158,19 @@ class Column:
 def field(name: str) -> Callable[[dict[str, Any]], Any]:
     """A Column.value reading one key (missing -> None)."""
     return lambda row: row.get(name)
+
+
+def traffic_columns(bytes_drop: int = 0) -> tuple[Column, Column, Column, Column]:
+    """UP, DOWN, SENT, RECV: the rate and byte columns every table shares.
+
+    `bytes_drop` is the drop order of the two byte totals (0: never dropped).
+    """
+    return (
+        Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
+        Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
+        Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=bytes_drop),
+        Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=bytes_drop),
+    )
 
 
 def table(

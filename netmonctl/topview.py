@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Sequence
 
-from common.units import human_bytes, human_duration, human_rate
+from common.units import human_duration, human_rate
 
 from . import render
 from .render import Column, clip, field
@@ -182,16 +182,22 @@ FLEX_MIN = 10
 RATE_WIDTH = 10
 
 
+def _traffic(bytes_drop: int) -> tuple[TopColumn, ...]:
+    """render.traffic_columns() with top's widths and sort keys."""
+    up, down, sent, recv = render.traffic_columns(bytes_drop)
+    return (
+        TopColumn(up, RATE_WIDTH, ("speed", "upload_speed")),
+        TopColumn(down, RATE_WIDTH, ("speed", "download_speed")),
+        TopColumn(sent, 9, ("bytes",)),
+        TopColumn(recv, 9, ("bytes",)),
+    )
+
+
 APP_COLUMNS = (
     TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 0, ("process_name",)),
     TopColumn(Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, 2), drop=4), 11),
     TopColumn(Column("CONNS", field("connections"), align="right", drop=2), 5, ("connections",)),
-    TopColumn(Column("UP", field("upload_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
-              ("speed", "upload_speed")),
-    TopColumn(Column("DOWN", field("download_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
-              ("speed", "download_speed")),
-    TopColumn(Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=3), 9, ("bytes",)),
-    TopColumn(Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=3), 9, ("bytes",)),
+    *_traffic(3),
 )
 
 CONN_COLUMNS = (
@@ -201,12 +207,7 @@ CONN_COLUMNS = (
     TopColumn(Column("STATE", field("state"), drop=4), 11, ("state",)),
     TopColumn(Column("PID", field("pid"), align="right", drop=7), 7),
     TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 0, ("process_name",)),
-    TopColumn(Column("UP", field("upload_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
-              ("speed", "upload_speed")),
-    TopColumn(Column("DOWN", field("download_speed"), fmt=human_rate, align="right"), RATE_WIDTH,
-              ("speed", "download_speed")),
-    TopColumn(Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=8), 9, ("bytes",)),
-    TopColumn(Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=8), 9, ("bytes",)),
+    *_traffic(8),
     TopColumn(Column("AGE", field("duration"), fmt=human_duration, align="right", drop=9), 7,
               ("duration",)),
 )

@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from common.models import APP_FIELDS
-from common.units import human_bytes, human_rate
 
 from .. import render
 from ..options import filter_options, output_options, sort_options
@@ -23,10 +22,7 @@ COLUMNS = (
     Column("PROCESS", field("process_name"), fmt=render.safe),
     Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, SHOWN_PIDS), drop=2),
     Column("CONNS", field("connections"), align="right", drop=1),
-    Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
-    Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
-    Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right"),
-    Column("RECV", field("bytes_received"), fmt=human_bytes, align="right"),
+    *render.traffic_columns(),
 )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from common.models import CONNECTION_FIELDS
-from common.units import human_bytes, human_duration, human_rate
+from common.units import human_duration
 
 from .. import render
 from ..options import filter_options, output_options, sort_options
@@ -28,10 +28,7 @@ COLUMNS = (
     Column("PID", field("pid"), align="right", drop=3),
     Column("PROCESS", field("process_name"),
            fmt=lambda v: render.clip(render.safe(v), PROCESS_WIDTH)),
-    Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
-    Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
-    Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=4),
-    Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=4),
+    *render.traffic_columns(bytes_drop=4),
     Column("AGE", field("duration"), fmt=human_duration, align="right", drop=5),
 )
 

@@ -15,10 +15,7 @@ from ..session import Settings, call, pass_settings
 
 INTERFACE_COLUMNS = (
     Column("INTERFACE", field("name")),
-    Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
-    Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
-    Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right"),
-    Column("RECV", field("bytes_received"), fmt=human_bytes, align="right"),
+    *render.traffic_columns(),
 )
 
 
