@@ -7,6 +7,7 @@ extra framing.
     response      [1, msgid, error, result]     error = {"code", "message"} or nil
     notification  [2, method, [payload]]
 
+Method names may arrive as msgpack str or bin (decoded as UTF-8).
 The daemon reads with hard Unpacker limits so that no client can make it
 allocate more than about a megabyte, whatever header it sends.
 """
@@ -164,8 +165,10 @@ def decode_message(obj: Any) -> Request | Response | Notification:
     """Classify one unpacked msgpack value as a message, or raise.
 
     Raises ProtocolError when the value is not a msgpack-RPC message at all
-    (the peer speaks something else: disconnect), and RPCError(invalid_params)
-    for a well-formed request whose params are not one map (answerable).
+    (the peer speaks something else: disconnect); BadMessage, for that one
+    message only, when it is shaped right but cannot be served: a request
+    whose params are not one map (invalid_params, answerable), or a method
+    name sent as msgpack bin that is not UTF-8 (protocol_error).
     """
     if not isinstance(obj, (list, tuple)) or not obj:
         raise ProtocolError("message is not a msgpack-RPC array")
@@ -173,29 +176,52 @@ def decode_message(obj: Any) -> Request | Response | Notification:
     if kind == REQUEST:
         if len(obj) != 4 or not isinstance(obj[1], int) or isinstance(obj[1], bool):
             raise ProtocolError("malformed request")
-        msgid, method, params = obj[1], obj[2], obj[3]
-        if not isinstance(method, str):
-            raise ProtocolError("method name is not a string")
-        return Request(msgid, method, _params_map(params, msgid))
+        msgid, params = obj[1], obj[3]
+        return Request(msgid, _method_name(obj[2], msgid), _params_map(params, msgid))
     if kind == RESPONSE:
         if len(obj) != 4:
             raise ProtocolError("malformed response")
         err = RPCError.from_wire(obj[2]) if obj[2] is not None else None
         return Response(obj[1], err, obj[3])
     if kind == NOTIFICATION:
-        if len(obj) != 3 or not isinstance(obj[1], str):
+        if len(obj) != 3 or not isinstance(obj[2], (list, tuple)):
             raise ProtocolError("malformed notification")
-        payload = obj[2][0] if isinstance(obj[2], (list, tuple)) and obj[2] else {}
-        return Notification(obj[1], payload if isinstance(payload, dict) else {})
+        method = _method_name(obj[1], None)
+        payload = obj[2][0] if obj[2] else {}
+        return Notification(method, payload if isinstance(payload, dict) else {})
     raise ProtocolError(f"unknown message type {kind!r}")
 
 
-class BadParams(RPCError):
+def _method_name(raw: Any, msgid: int | None) -> str:
+    # The spec says "string"; some clients (pynvim) send names as msgpack
+    # bin, which the Unpacker hands over as bytes.
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessage(msgid, PROTOCOL_ERROR, "method name is not valid UTF-8") from None
+    raise ProtocolError("method name is not a string")
+
+
+class BadMessage(RPCError):
+    """One message that cannot be served, though the stream is still sound.
+
+    `msgid` is the request's, so that it can be answered; None for a
+    notification, which gets no answer.
+    """
+
+    def __init__(self, msgid: int | None, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.msgid = msgid
+
+
+class BadParams(BadMessage):
     """invalid_params for a request whose msgid is known (so it can be answered)."""
 
     def __init__(self, msgid: int, message: str) -> None:
-        super().__init__(INVALID_PARAMS, message)
-        self.msgid = msgid
+        super().__init__(msgid, INVALID_PARAMS, message)
 
 
 def _params_map(params: Any, msgid: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import msgpack
 
 from common import protocol
 from common.models import Filter
-from common.protocol import BadParams, ProtocolError, Request, RPCError
+from common.protocol import BadMessage, Notification, ProtocolError, Request, RPCError
 
 from .handlers import HANDLERS
 from .peercred import PeerCredentials, may_control, peer_credentials
@@ -95,9 +95,10 @@ class LogBudget:
     end. Suppressed lines are summarised once the period is over.
     """
 
-    def __init__(self, burst: int = 20, period: float = 60.0) -> None:
+    def __init__(self, burst: int = 20, period: float = 60.0, summary_level: int = logging.WARNING) -> None:
         self.burst = burst
         self.period = period
+        self.summary_level = summary_level
         self._start = time.monotonic()
         self._count = 0
         self._suppressed = 0
@@ -106,8 +107,8 @@ class LogBudget:
         now = time.monotonic()
         if now - self._start >= self.period:
             if self._suppressed:
-                log.warning("%d more client problems were not logged in the last %.0fs",
-                            self._suppressed, now - self._start)
+                log.log(self.summary_level, "%d more client problems were not logged in the last %.0fs",
+                        self._suppressed, now - self._start)
             self._start, self._count, self._suppressed = now, 0, 0
         if self._count < self.burst:
             self._count += 1
@@ -127,9 +128,14 @@ class ClientSession:
         peer: PeerCredentials | None,
         queue_size: int,
         note: LogBudget,
+        debug_note: LogBudget | None = None,
     ) -> None:
         self.daemon = daemon
         self.note = note
+        # Harmless oddities (ignored notifications) have their own budget, so
+        # that they never crowd out a warning.
+        self.debug_note = debug_note or LogBudget(summary_level=logging.DEBUG)
+        self.ignored_notifications = 0
         self.reader = reader
         self.writer = writer
         self.peer = peer
@@ -299,14 +305,23 @@ class ClientSession:
         """Answer one message; False when the client must be dropped."""
         try:
             msg = protocol.decode_message(obj)
-        except BadParams as exc:
-            await self._respond(exc.msgid, exc, None)
+        except BadMessage as exc:
+            if exc.msgid is None:  # a notification: never answered
+                self._ignore_notification()
+            else:
+                await self._respond(exc.msgid, exc, None)
             return True
         except ProtocolError as exc:
             await self._fatal(protocol.PROTOCOL_ERROR, "not a msgpack-RPC request", detail=str(exc))
             return False
+        if isinstance(msg, Notification):
+            # The spec lets either side notify and forbids an answer. netmond
+            # defines no client notifications (pynvim opens with
+            # nvim_set_client_info): ignore them, keep the client.
+            self._ignore_notification()
+            return True
         if not isinstance(msg, Request):
-            await self._fatal(protocol.PROTOCOL_ERROR, "clients may only send requests")
+            await self._fatal(protocol.PROTOCOL_ERROR, "clients may only send requests and notifications")
             return False
         handler = HANDLERS.get(msg.method)
         if handler is None:
@@ -324,6 +339,11 @@ class ClientSession:
             return True
         await self._respond(msg.msgid, None, result)
         return True
+
+    def _ignore_notification(self) -> None:
+        self.ignored_notifications += 1
+        self.debug_note(logging.DEBUG, "client %s sent a notification; ignored (%d so far on this connection)",
+                        self.label, self.ignored_notifications)
 
     async def _respond(self, msgid: int, error: RPCError | None, result: Any) -> None:
         self.writer.write(protocol.pack_response(msgid, error, result))
@@ -354,6 +374,7 @@ class Server:
         self.sessions: set[ClientSession] = set()
         self._server: asyncio.base_events.Server | None = None
         self.note = LogBudget()
+        self.debug_note = LogBudget(summary_level=logging.DEBUG)
 
     @property
     def client_count(self) -> int:
@@ -392,7 +413,8 @@ class Server:
                 pass
             writer.close()
             return
-        session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue, self.note)
+        session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue, self.note,
+                                self.debug_note)
         self.sessions.add(session)
         try:
             await session.serve()

@@ -168,7 +168,9 @@ def test_a_slow_but_honest_sender_is_answered(start_daemon_thread):
     [0, True, "status", [{}]],  # a bool is not a msgid
     [0, 1, 5, [{}]],  # method not a string
     [0, 1, "status", [{}], "extra"],
-    [2, "status", [{}]],  # clients do not send notifications
+    [2, "status", {}],  # a notification's params must be an array
+    [2, 5, []],  # ... and its method a string
+    [1, 1, None, {}],  # clients answer nothing: netmond sends no requests
     [7, 1, "status", [{}]],
     ["SECRET-PAYLOAD-MARKER", 1],
 ])
@@ -185,6 +187,50 @@ def test_valid_msgpack_that_is_no_request_is_a_protocol_error(start_daemon_threa
     lines = [r.getMessage() for r in caplog.records if r.name == "netmond.server"]
     assert len(lines) == 1, lines
     assert "SECRET" not in lines[0] and "protocol_error" in lines[0]
+
+
+def test_client_notifications_get_no_answer_and_keep_the_connection(start_daemon_thread, caplog):
+    # The spec lets a client notify and forbids an answer (pynvim opens with one).
+    d = start_daemon_thread()
+    payload = b"".join([
+        msgpack.packb([2, b"nvim_set_client_info", ["x", {}, "remote", {}, {}]], use_bin_type=True),
+        msgpack.packb([2, "SECRET-PAYLOAD-MARKER", []]),
+        msgpack.packb([2, b"\xff\xfe", []], use_bin_type=True),  # not UTF-8: still only ignored
+        protocol.pack_request(3, "status"),
+    ])
+    with caplog.at_level(logging.DEBUG, logger="netmond"):
+        msgs, ended = exchange_until_eof(d.socket, payload)
+    assert ended and len(msgs) == 1 and msgs[0][1] == 3 and msgs[0][2] is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "netmond.server"]
+    assert [r.levelno for r in caplog.records if r.name == "netmond.server"] == [logging.DEBUG] * 3, lines
+    assert "3 so far" in lines[-1] and not any("SECRET" in line for line in lines)
+
+
+def test_a_flood_of_notifications_is_logged_within_a_budget(start_daemon_thread, caplog):
+    d = start_daemon_thread()
+    payload = msgpack.packb([2, "ping", [{}]]) * 500 + protocol.pack_request(4, "status")
+    with caplog.at_level(logging.DEBUG, logger="netmond"):
+        msgs, ended = exchange_until_eof(d.socket, payload)
+    assert ended and [m[1] for m in msgs] == [4]
+    lines = [r for r in caplog.records if r.name == "netmond.server"]
+    assert len(lines) == d.daemon.server.debug_note.burst
+    assert d.daemon.server.note._count == 0  # and no warning budget spent
+
+
+def test_method_names_sent_as_bin_are_utf8(start_daemon_thread):
+    d = start_daemon_thread()
+    payload = b"".join([
+        msgpack.packb([0, 1, "status".encode(), [{}]], use_bin_type=True),
+        msgpack.packb([0, 2, b"\xc3\x28", [{}]], use_bin_type=True),  # invalid UTF-8
+        msgpack.packb([0, 3, "h\u00e9llo".encode(), [{}]], use_bin_type=True),
+        protocol.pack_request(4, "hello"),
+    ])
+    msgs, ended = exchange_until_eof(d.socket, payload)
+    assert ended and [m[1] for m in msgs] == [1, 2, 3, 4]
+    assert msgs[0][2] is None and "monitoring" in msgs[0][3]
+    assert msgs[1][2]["code"] == protocol.PROTOCOL_ERROR  # that message only
+    assert msgs[2][2]["code"] == protocol.UNKNOWN_METHOD and "h\u00e9llo" in msgs[2][2]["message"]
+    assert msgs[3][2] is None
 
 
 def test_garbage_is_logged_as_one_line_without_payload(start_daemon_thread, caplog):

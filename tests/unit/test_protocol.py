@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from common import protocol
-from common.protocol import BadParams, Notification, ProtocolError, Request, Response, RPCError
+from common.protocol import BadMessage, BadParams, Notification, ProtocolError, Request, Response, RPCError
 
 
 def roundtrip(data: bytes):
@@ -36,10 +36,26 @@ def test_params_that_are_not_one_map_are_invalid_params_with_msgid():
     assert exc.value.msgid == 9 and exc.value.code == protocol.INVALID_PARAMS
 
 
-@pytest.mark.parametrize("obj", [5, "x", [], [9, 1, 2], [0, "id", "m", []], [0, 1, 5, []], {"a": 1}])
+@pytest.mark.parametrize("obj", [5, "x", [], [9, 1, 2], [0, "id", "m", []], [0, 1, 5, []], {"a": 1},
+                                 [2, "m", {}], [2, 5, []], [2, "m"]])
 def test_values_that_are_not_messages_are_protocol_errors(obj):
     with pytest.raises(ProtocolError):
         protocol.decode_message(obj)
+
+
+def test_method_names_may_be_bin_holding_utf8():
+    assert protocol.decode_message([0, 1, b"status", []]) == Request(1, "status", {})
+    assert protocol.decode_message([2, b"nvim_set_client_info", ["a", 1]]) == Notification("nvim_set_client_info", {})
+    assert protocol.decode_message([2, "ping", []]) == Notification("ping", {})
+
+
+def test_a_bin_method_name_that_is_not_utf8_spoils_that_message_only():
+    with pytest.raises(BadMessage) as exc:
+        protocol.decode_message([0, 6, b"\xff", []])
+    assert exc.value.msgid == 6 and exc.value.code == protocol.PROTOCOL_ERROR
+    with pytest.raises(BadMessage) as exc:
+        protocol.decode_message([2, b"\xff", []])
+    assert exc.value.msgid is None  # a notification: nothing to answer
 
 
 def test_array_header_claiming_4g_items_is_refused_without_allocating():
