@@ -1,5 +1,6 @@
 # netmon: `make run` sets up and starts netmond + opens `netmonctl top`;
 # `make test` sets up and runs the whole test suite (what CI runs).
+# The commands live in $(VENV)/bin: `. .venv/bin/activate` puts them on PATH.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -15,18 +16,34 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Start the daemon in the background (user mode unless run as root) if none
-# answers yet, then open the live view.
-run: install daemon
-	$(BIN)/netmonctl top
+# Start the daemon in the background (user mode unless run as root) unless one
+# answers already, then open the live view. `make run` stops before `top` when
+# netmond did not come up; quitting `top` leaves the daemon running (make stop).
+run: daemon
+	@$(BIN)/netmonctl top; rc=$$?; \
+	  echo "netmond keeps running in the background: 'make stop' stops it"; exit $$rc
 
+# NETMON_SOCKET, if set, is the socket netmond listens on and netmonctl asks.
+# Fails, with the log's last line, if netmond exits or does not answer within
+# DAEMON_WAIT seconds (then it is stopped: a daemon nobody reaches is no use).
+DAEMON_WAIT ?= 15
 daemon: install
-	@$(BIN)/netmonctl status >/dev/null 2>&1 || { \
-	  mkdir -p "$${XDG_STATE_HOME:-$$HOME/.local/state}/netmon"; \
-	  log="$${XDG_STATE_HOME:-$$HOME/.local/state}/netmon/netmond.log"; \
-	  nohup $(BIN)/netmond >>"$$log" 2>&1 & \
-	  for i in $$(seq 50); do $(BIN)/netmonctl status >/dev/null 2>&1 && break; sleep 0.1; done; \
-	  echo "netmond started (log: $$log)"; }
+	@if $(BIN)/netmonctl status >/dev/null 2>&1; then echo "netmond already answers"; exit 0; fi; \
+	  state="$${XDG_STATE_HOME:-$$HOME/.local/state}/netmon"; log="$$state/netmond.log"; \
+	  mkdir -p "$$state" || exit 1; \
+	  echo "--- make daemon $$(date '+%F %T')" >>"$$log"; \
+	  nohup $(BIN)/netmond $${NETMON_SOCKET:+--socket "$$NETMON_SOCKET"} >>"$$log" 2>&1 & pid=$$!; \
+	  end=$$(( $$(date +%s) + $(DAEMON_WAIT) )); \
+	  while kill -0 $$pid 2>/dev/null && [ $$(date +%s) -le $$end ]; do \
+	    if $(BIN)/netmonctl status >/dev/null 2>&1; then \
+	      echo "netmond started (pid $$pid, log: $$log)"; exit 0; fi; \
+	    sleep 0.2; \
+	  done; \
+	  if kill -0 $$pid 2>/dev/null; then \
+	    kill -TERM $$pid; why="did not answer within $(DAEMON_WAIT) s (stopped it)"; \
+	  else why="exited"; fi; \
+	  echo "netmond $$why; last line of $$log:" >&2; \
+	  tail -n 1 "$$log" >&2; exit 1
 
 # Ask the daemon that answers for its pid, then SIGTERM it (it removes its socket).
 stop:
