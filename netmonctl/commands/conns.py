@@ -35,7 +35,7 @@ COLUMNS = (
 
 @click.command()
 @filter_options
-@click.option("--closed", is_flag=True, help="Also list recently closed connections (after the open ones).")
+@click.option("--closed", is_flag=True, help="Also list recently closed connections, sorted with the open ones.")
 @sort_options(CONNECTION_FIELDS)
 @output_options
 @pass_settings
@@ -61,11 +61,9 @@ def conns(
     params: dict[str, Any] = {"include_closed": closed}
     if flt:
         params["filter"] = flt
-    rows = order_rows(call(settings, "connections", params)["connections"], sort_field, reverse, None)
-    # Closed rows stay after open ones, as the daemon lists them (stable sort).
-    rows.sort(key=lambda row: row.get("closed_at") is not None)
-    if limit is not None:
-        rows = rows[:limit]
+    # One order over open and closed rows: the biggest closed transfer must be
+    # able to reach the top (a closed row's rate is 0: under `speed` it ranks with idle rows, by bytes).
+    rows = order_rows(call(settings, "connections", params)["connections"], sort_field, reverse, limit)
     render.emit(
         settings.format,
         {"connections": rows},

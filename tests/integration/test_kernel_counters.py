@@ -219,3 +219,32 @@ def test_daemon_without_root_reports_roots_socket_bytes(start_daemon_process, sh
     assert row["pid"] is None and row["counters"] == "kernel"
     assert status["privileged"] is False and status["attribution_complete"] is False
     assert any("without root" in w for w in status["warnings"]), status["warnings"]
+
+
+def test_closed_rows_sort_with_the_open_ones(kernel_daemon):
+    """`conns --closed --sort bytes`: a big closed transfer comes before a small open one
+    (issue 13: closed rows used to be put after every open row, whatever the sort)."""
+    with tcp_pair() as (_lst, small_cli, small_srv):
+        exchange(small_cli, small_srv, 10_000, 0)
+        small = "%s:%d" % small_cli.getsockname()
+        with tcp_pair() as (_lst2, big_cli, big_srv):
+            exchange(big_cli, big_srv, 3_000_000, 0)
+            big = "%s:%d" % big_cli.getsockname()
+
+            def counted() -> bool:
+                rows = netmonctl_json(kernel_daemon.socket, "conns", "--port", big.rsplit(":", 1)[1])
+                return any(r["local_addr"] == big and (r["bytes_sent"] or 0) >= 2_900_000
+                           for r in rows["connections"])
+
+            wait_until(counted, timeout=10)
+        # big pair closed here; the small one stays open.
+
+        def ordered() -> list[str] | None:
+            rows = netmonctl_json(kernel_daemon.socket, "conns", "--closed", "--sort", "bytes",
+                                  "--ip", "127.0.0.1")["connections"]
+            mine = [(r["local_addr"], r["closed_at"] is not None) for r in rows
+                    if r["local_addr"] in (big, small)]
+            return mine if (big, True) in mine and (small, False) in mine else None
+
+        mine = wait_until(ordered, timeout=10)
+    assert mine.index((big, True)) < mine.index((small, False)), mine
