@@ -74,7 +74,8 @@ class NetmonGroup(click.Group):
             raise  # click's own: usage errors (2), --help, Ctrl-C
         except Exception as exc:
             settings = ctx.ensure_object(Settings)
-            mapped = exit_code_for(exc, settings.host or settings.socket_path)
+            mapped = exit_code_for(exc, settings.host or settings.socket_path,
+                                   explicit=bool(settings.host or settings.socket))
             if mapped is None:
                 raise  # a bug: let the traceback show
             code, lines = mapped
@@ -83,10 +84,14 @@ class NetmonGroup(click.Group):
             ctx.exit(code)
 
 
-def exit_code_for(exc: BaseException, socket_path: str | None = None) -> tuple[int, list[str]] | None:
+def exit_code_for(
+    exc: BaseException, socket_path: str | None = None, explicit: bool = True
+) -> tuple[int, list[str]] | None:
     """(exit code, stderr lines) for a failure talking to the daemon; None if not one.
 
-    `socket_path` is the socket that was tried, for the fix-it lines.
+    `socket_path` is the socket that was tried, for the fix-it lines;
+    `explicit` says whether the user chose it (--socket, NETMON_SOCKET) or
+    netmonctl did (then starting the default daemon is the fix).
     """
     # Imported here: only needed on failure, and they pull in msgpack.
     from common.client import AccessDenied, DaemonUnavailable
@@ -95,13 +100,15 @@ def exit_code_for(exc: BaseException, socket_path: str | None = None) -> tuple[i
     # Failures over ssh (netmonctl.transport) bring their own fix-it lines.
     hints = getattr(exc, "hints", None)
     if isinstance(exc, DaemonUnavailable):
-        return EXIT_UNREACHABLE, [str(exc), *(_start_hint(exc.path) if hints is None else hints)]
+        if hints is not None:
+            return EXIT_UNREACHABLE, [str(exc), *hints]
+        return EXIT_UNREACHABLE, _unreachable_lines(exc, explicit)
     if isinstance(exc, AccessDenied):
-        return EXIT_ACCESS_DENIED, [str(exc), *([_access_hint(exc.path)] if hints is None else hints)]
+        return EXIT_ACCESS_DENIED, [str(exc), *([_access_hint(exc.path, explicit)] if hints is None else hints)]
     if isinstance(exc, RPCError):
         line = f"{exc.code}: {exc.message}"
         if exc.code == ACCESS_DENIED:
-            return EXIT_ACCESS_DENIED, [line, _access_hint(socket_path)]
+            return EXIT_ACCESS_DENIED, [line, _access_hint(socket_path, explicit)]
         if exc.code == INVALID_PARAMS:
             return EXIT_USAGE, [line]
         return EXIT_DAEMON_ERROR, [line]
@@ -117,29 +124,105 @@ def exit_code_for(exc: BaseException, socket_path: str | None = None) -> tuple[i
     return None
 
 
-def _start_hint(path: str) -> list[str]:
-    from common.paths import default_daemon_socket, system_socket_path
+# -- fix-it lines -------------------------------------------------------------------
+# Every command in them must work as written, pasted into a shell on this
+# machine: the commands are named by absolute path when PATH (or sudo's PATH)
+# would not find this installation's, and paths are shell-quoted.
 
-    system = path == system_socket_path()
-    lines = [f"start the daemon with: {'sudo netmond' if system else f'netmond --socket {path}'} &"]
-    if system:
-        service = (
-            "sudo systemctl start netmond" if sys.platform.startswith("linux")
-            else "sudo launchctl kickstart -k system/com.netmon.netmond"
-        )
-        lines.append(f"  or as a service: {service}")
-    if path == default_daemon_socket():
-        lines.append("  or, in a netmon checkout: make daemon")
-    lines.append("or point netmonctl at a running daemon with --socket PATH or NETMON_SOCKET=PATH")
-    return lines
+#: Where sudo's secure_path usually looks; a command elsewhere is named by its path under sudo.
+_SUDO_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-def _access_hint(path: str | None) -> str:
-    # Who owns the socket tells who can grant access.
+def command_for(name: str, sudo: bool = False) -> str:
+    """How to type `name` (netmond, netmonctl) of this installation in a shell here."""
+    import shlex
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), name)  # the venv's or the system's bin
+    own = beside if os.access(beside, os.X_OK) else None
+    found = shutil.which(name)
+    if own is None:
+        if found is None:  # installed without scripts: run the module
+            module = {"netmond": "netmond.main", "netmonctl": "netmonctl.cli"}[name]
+            return f"{'sudo ' if sudo else ''}{shlex.quote(sys.executable)} -m {module}"
+        own = found
+    on_path = found is not None and os.path.realpath(found) == os.path.realpath(own)
+    if sudo:
+        typed = name if on_path and os.path.dirname(found) in _SUDO_PATH else shlex.quote(own)
+        return f"sudo {typed}"
+    return name if on_path else shlex.quote(own)
+
+
+def _unreachable_lines(exc: Any, explicit: bool) -> list[str]:
+    """Why no daemon answers at exc.path, and the commands that start one there."""
+    import shlex
+    import stat
+
+    from common.paths import client_socket_candidates, default_daemon_socket, is_root, system_socket_path
+
+    path = exc.path
     try:
-        owner = os.stat(path).st_uid if path else None
+        mode = os.stat(path).st_mode
     except OSError:
-        owner = None  # its directory refuses us too: treat as a root daemon's
+        mode = None
+    if mode is not None and not stat.S_ISSOCK(mode):
+        kind = "directory" if stat.S_ISDIR(mode) else "regular file" if stat.S_ISREG(mode) else "file"
+        return [
+            f"cannot reach netmond at {path}: that is a {kind}, not a socket",
+            "point netmonctl at the daemon's socket with --socket PATH or NETMON_SOCKET=PATH "
+            f"(without them it looks for {' and '.join(client_socket_candidates())})",
+        ]
+    first = str(exc)
+    candidates = client_socket_candidates()
+    if not explicit and mode is None and len(candidates) > 1:
+        first = f"cannot reach netmond: no socket at {' or '.join(candidates)} (daemon not running)"
+    netmond = command_for("netmond")
+    directory = os.path.dirname(os.path.abspath(path))
+    if path == system_socket_path() and not is_root():
+        # -b: sudo asks for the password first, then puts the daemon in the background.
+        lines = [f"start the system daemon with: {command_for('netmond', sudo=True).replace('sudo ', 'sudo -b ', 1)}"]
+    elif not explicit or path == default_daemon_socket():
+        # netmonctl without --socket finds the default daemon of whoever starts it.
+        lines = [f"start the daemon with: {netmond} &   (it listens on {default_daemon_socket()})"]
+    elif os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK):
+        lines = [f"{directory} is not writable for you, so no daemon of yours can listen there: "
+                 f"start yours with: {netmond} &   (it listens on {default_daemon_socket()}; "
+                 "then leave out --socket / NETMON_SOCKET)"]
+    else:
+        start = f"{netmond} --socket {shlex.quote(path)} &"
+        if not os.path.isdir(directory):
+            start = f"mkdir -p {shlex.quote(directory)} && {start}"
+        lines = [f"start the daemon with: {start}"]
+    if (is_root() and not explicit) or path == system_socket_path():
+        lines.append(f"  or as a service: {_service_start()}")
+    lines.append("or point netmonctl at a running daemon with --socket PATH or NETMON_SOCKET=PATH")
+    return [first, *lines]
+
+
+def _service_start() -> str:
+    """The command that starts the system service: its manager's if installed, else the installer."""
+    from common.paths import is_root
+
+    sudo = "" if is_root() else "sudo "
+    if sys.platform.startswith("linux") and os.path.exists("/etc/systemd/system/netmond.service"):
+        return f"{sudo}systemctl start netmond.socket netmond.service"
+    if sys.platform == "darwin" and os.path.exists("/Library/LaunchDaemons/com.netmon.netmond.plist"):
+        return f"{sudo}launchctl kickstart -k system/com.netmon.netmond"
+    return f"{command_for('netmond', sudo=not is_root())} service install"
+
+
+def _access_hint(path: str | None, explicit: bool = True) -> str:
+    # Who owns the socket tells who can grant access.
+    import grp
+
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None  # its directory refuses us too: treat as a root daemon's
+    owner = st.st_uid if st else None
+    own_daemon = f"{command_for('netmond')} &" + (
+        "  (then leave out --socket / NETMON_SOCKET)" if explicit else ""
+    )
     if owner == os.geteuid() and owner != 0:
         return (
             f"the socket {path} is yours but its mode refuses you: restart netmond "
@@ -148,11 +231,22 @@ def _access_hint(path: str | None) -> str:
     if owner not in (None, 0):
         return (
             f"the daemon at {path} belongs to uid {owner}: run netmonctl as that user, "
-            "or start your own with: netmond --socket PATH &"
+            f"or start your own with: {own_daemon}"
+        )
+    sudo_ctl = command_for("netmonctl", sudo=True)
+    if st is not None and st.st_gid != 0:
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        return (
+            f"the daemon runs as root and lets group {group} in: ask an admin to add you "
+            f"(sudo usermod -aG {group} $USER, then log in again), or use {sudo_ctl} ..."
         )
     return (
-        "the daemon runs as root: ask an admin to add you to the socket group "
-        "(netmond --socket-group GROUP) or use sudo"
+        "the daemon runs as root: ask an admin to restart it with a socket group "
+        f"(netmond --socket-group GROUP) and add you to it, or use {sudo_ctl} ..., "
+        f"or start your own with: {own_daemon}"
     )
 
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from common.client import AccessDenied, DaemonUnavailable
 from common.protocol import ProtocolError, RPCError
 from netmonctl import cli as cli_module
-from netmonctl.cli import COMMANDS, cli, exit_code_for
+from netmonctl.cli import COMMANDS, cli, command_for, exit_code_for
 from netmonctl.options import FILTER_KEYS, build_filter, filter_options, output_options
 from netmonctl.session import Settings, pass_settings
 from netmonctl.sorting import order_rows, sort_rows
@@ -195,16 +195,62 @@ def test_unreachable_daemon_is_exit_3_with_how_to_start_it(tmp_path):
     assert code == 3
     text = "\n".join(lines)
     assert path in lines[0]
-    assert f"netmond --socket {path} &" in text
+    assert f"{command_for('netmond')} --socket {path} &" in text
     assert "NETMON_SOCKET" in text
 
 
-def test_system_socket_hint_uses_sudo():
-    from common.paths import system_socket_path
-
-    path = system_socket_path()
+def test_unreachable_hint_creates_a_missing_directory(tmp_path):
+    path = str(tmp_path / "sub" / "none.sock")
     code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
-    assert code == 3 and "sudo netmond" in "\n".join(lines)
+    assert f"mkdir -p {tmp_path / 'sub'} && {command_for('netmond')} --socket {path} &" in lines[1]
+
+
+def test_a_path_that_is_not_a_socket_is_not_called_stale(tmp_path):
+    path = tmp_path / "plain"
+    path.write_text("x")
+    code, lines = exit_code_for(DaemonUnavailable(str(path), "connection refused (stale socket)"), str(path))
+    assert code == 3
+    assert lines[0].endswith("that is a regular file, not a socket")
+    assert "start the daemon" not in "\n".join(lines)  # no daemon can listen on a file
+
+
+def test_default_path_hint_starts_the_default_daemon(monkeypatch):
+    from common.paths import client_socket_candidates, default_daemon_socket
+
+    monkeypatch.delenv("NETMON_SOCKET", raising=False)
+    path = client_socket_candidates()[0]
+    if os.path.exists(path):
+        pytest.skip(f"{path} exists here")
+    code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path, explicit=False)
+    # As root the default daemon listens on the system path, not the user path tried first.
+    assert lines[1] == f"start the daemon with: {command_for('netmond')} &   (it listens on {default_daemon_socket()})"
+    assert "--socket" not in lines[1]
+
+
+def test_system_socket_hint_uses_sudo_for_others(monkeypatch):
+    from common import paths
+
+    monkeypatch.setattr(paths, "is_root", lambda: False)
+    path = paths.system_socket_path()
+    code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
+    assert code == 3 and lines[1].startswith("start the system daemon with: sudo -b ")
+
+
+def test_sudo_names_a_command_outside_sudos_path_by_its_path(monkeypatch, tmp_path):
+    import shutil
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("python", "netmond"):
+        (bindir / name).write_text("#!/bin/sh\n")
+        (bindir / name).chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bindir / "python"))
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    assert command_for("netmond") == "netmond"  # on PATH: the name
+    assert command_for("netmond", sudo=True) == f"sudo {bindir}/netmond"  # sudo's PATH lacks bindir
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert command_for("netmond") == f"{bindir}/netmond"
+    assert shutil.which("netmond") is None or command_for("netmond") != "netmond"
 
 
 def test_access_denied_is_exit_4_with_how_to_get_access():
