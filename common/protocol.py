@@ -142,8 +142,18 @@ def new_unpacker(limited: bool = True, pure: bool = False) -> msgpack.Unpacker:
 
 
 def pack(obj: Any) -> bytes:
-    """Serialise one message."""
-    return msgpack.packb(obj, use_bin_type=True)
+    """Serialise one message.
+
+    A str that cannot be encoded (a lone surrogate, from OS bytes that were
+    not UTF-8) must never make a reply fail: the daemon decodes OS strings
+    with common.ostext at the source, and should one slip through, it is
+    sent with '?' in place of what does not encode (msgpack's slower
+    error-handling path, only on that rare message).
+    """
+    try:
+        return msgpack.packb(obj, use_bin_type=True)
+    except UnicodeEncodeError:
+        return msgpack.packb(obj, use_bin_type=True, unicode_errors="replace")
 
 
 def pack_request(msgid: int, method: str, params: dict[str, Any] | None = None) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import psutil
 
+from common.ostext import os_text
+
 from .base import InterfaceSample
 
 _LOOPBACK_NAMES = ("lo", "lo0")
@@ -20,6 +22,6 @@ def sample_interfaces() -> list[InterfaceSample]:
     except (OSError, psutil.Error):
         return []
     return [
-        InterfaceSample(name, c.bytes_sent, c.bytes_recv, _is_loopback(name))
+        InterfaceSample(os_text(name), c.bytes_sent, c.bytes_recv, _is_loopback(name))
         for name, c in counters.items()
     ]

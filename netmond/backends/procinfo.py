@@ -4,6 +4,11 @@ Keying on create_time as well as pid means a recycled pid is never given the
 previous owner's name. Lookups that fail because the process exited or access
 was denied return (None, None) and are not fatal: a tick must never break on one
 process.
+
+Names and users are decoded with common.ostext.os_text: any user can give a
+process a name that is not UTF-8, and such a name must still travel in
+replies, notifications, logs and metrics (shown with U+FFFD where the bytes
+were invalid).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import pwd
 
 import psutil
+
+from common.ostext import os_text
 
 
 class UserNames:
@@ -24,7 +31,7 @@ class UserNames:
         name = self._names.get(uid)
         if name is None:
             try:
-                name = pwd.getpwuid(uid).pw_name
+                name = os_text(pwd.getpwuid(uid).pw_name)
             except KeyError:
                 name = str(uid)
             if len(self._names) >= self._limit:
@@ -59,7 +66,7 @@ class ProcessCache:
         name = user = None
         try:
             with proc.oneshot():
-                name = proc.name()
+                name = os_text(proc.name())
                 # What psutil's username() does, through the shared cache: a
                 # uid with no passwd entry shows as the number.
                 user = self.user_names(proc.uids().real)
