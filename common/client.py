@@ -6,20 +6,31 @@
         c.call("subscribe", {"topics": ["connection_update"]})
         note = c.next_notification(timeout=2)
 
-Connection failures are turned into two exceptions a CLI can act on:
-DaemonUnavailable (nothing listens: start the daemon) and AccessDenied (the
-socket exists but its mode refuses us).
+Connection failures are turned into exceptions a CLI can act on:
+DaemonUnavailable (nothing listens: start the daemon), AccessDenied (the
+socket exists but its mode refuses us) and UntrustedSocket (an AccessDenied:
+the socket, or the daemon behind it, is another user's).
+
+Trust (issue 10): before connecting, the socket's path is checked
+(common.paths.socket_trust_problem: every directory and symlink on the way,
+and the socket, belong to root or the caller, and none is writable by
+others). Once connected, a socket found by default (not named with --socket
+or NETMON_SOCKET) must also be served by a daemon running as root or as the
+caller, by the kernel's word (SO_PEERCRED / LOCAL_PEERCRED): otherwise
+another user who got a socket there first would answer root's netmonctl.
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import struct
+import sys
 import time
 import warnings
 from typing import Any
 
-from . import protocol
+from . import paths, protocol
 from .protocol import Notification, ProtocolError, RPCError, Response
 
 from . import __version__ as CLIENT_VERSION
@@ -43,16 +54,45 @@ class AccessDenied(Exception):
         self.reason = reason
 
 
+class UntrustedSocket(AccessDenied):
+    """The socket or the daemon behind it belongs to a user we do not trust."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        Exception.__init__(self, f"refusing to use {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket, if the OS says."""
+    try:
+        if sys.platform.startswith("linux"):
+            _pid, uid, _gid = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            return uid
+        if sys.platform == "darwin":
+            # LOCAL_PEERCRED (SOL_LOCAL 0, option 1): struct xucred {u_int version; uid_t uid; ...}
+            _version, uid = struct.unpack_from("=II", sock.getsockopt(0, 1, 76))
+            return uid
+    except (OSError, struct.error):
+        return None
+    return None
+
+
 class VersionMismatchWarning(UserWarning):
     """The daemon speaks another protocol or release than this client."""
 
 
-def open_unix_socket(path: str, timeout: float | None = 5.0) -> socket.socket:
+def open_unix_socket(path: str, timeout: float | None = 5.0, explicit: bool = True) -> socket.socket:
     """A stream socket connected to the daemon at path.
 
-    Failures become DaemonUnavailable or AccessDenied, so that Client.connect
-    and a raw byte bridge (`netmonctl dial-stdio`) report them alike.
+    Failures become DaemonUnavailable or AccessDenied (UntrustedSocket), so
+    that Client.connect and a raw byte bridge (`netmonctl dial-stdio`) report
+    them alike. `explicit`: the user named this path; a daemon found by
+    default must run as root or as the caller (see the module docstring).
     """
+    problem = paths.socket_trust_problem(path, explicit)
+    if problem is not None:
+        raise UntrustedSocket(path, problem)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -72,6 +112,12 @@ def open_unix_socket(path: str, timeout: float | None = 5.0) -> socket.socket:
     except OSError as exc:  # EACCES is PermissionError, above
         sock.close()
         raise DaemonUnavailable(path, exc.strerror or str(exc)) from None
+    if not explicit:
+        uid = peer_uid(sock)
+        if uid is not None and uid not in paths.trusted_uids():
+            sock.close()
+            raise UntrustedSocket(path, f"the daemon there runs as uid {uid}, neither root nor you "
+                                        "(name the socket with --socket to use it anyway)")
     return sock
 
 
@@ -93,9 +139,9 @@ class Client:
         self.server_info: dict[str, Any] | None = None
 
     @classmethod
-    def connect(cls, path: str, timeout: float | None = 5.0) -> "Client":
+    def connect(cls, path: str, timeout: float | None = 5.0, explicit: bool = True) -> "Client":
         """Connect to the daemon's Unix socket, mapping failures to our exceptions."""
-        return cls(open_unix_socket(path, timeout), path, timeout)
+        return cls(open_unix_socket(path, timeout, explicit), path, timeout)
 
     # -- context manager -------------------------------------------------
     def __enter__(self) -> "Client":

@@ -94,7 +94,7 @@ def exit_code_for(
     netmonctl did (then starting the default daemon is the fix).
     """
     # Imported here: only needed on failure, and they pull in msgpack.
-    from common.client import AccessDenied, DaemonUnavailable
+    from common.client import AccessDenied, DaemonUnavailable, UntrustedSocket
     from common.protocol import ACCESS_DENIED, INVALID_PARAMS, ProtocolError, RPCError
 
     # Failures over ssh (netmonctl.transport) bring their own fix-it lines.
@@ -103,6 +103,9 @@ def exit_code_for(
         if hints is not None:
             return EXIT_UNREACHABLE, [str(exc), *hints]
         return EXIT_UNREACHABLE, _unreachable_lines(exc, explicit)
+    if isinstance(exc, UntrustedSocket):  # another user's socket or daemon: never used
+        return EXIT_ACCESS_DENIED, [str(exc), "another user may have put it there: check who owns it, "
+                                    "or name the daemon you mean with --socket PATH"]
     if isinstance(exc, AccessDenied):
         return EXIT_ACCESS_DENIED, [str(exc), *([_access_hint(exc.path, explicit)] if hints is None else hints)]
     if isinstance(exc, RPCError):

@@ -77,7 +77,10 @@ def connect(settings: Settings) -> Iterator["Client"]:
 
         opened = open_host(settings.host, settings.timeout)
     else:
-        opened = Client.connect(settings.socket_path, timeout=settings.timeout)
+        from common.paths import socket_named_explicitly
+
+        opened = Client.connect(settings.socket_path, timeout=settings.timeout,
+                                explicit=socket_named_explicitly(settings.socket))
     with opened as client:
         _hello(client)
         yield client

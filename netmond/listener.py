@@ -45,30 +45,45 @@ class UnsafeDirectory(OSError):
 
 
 def ensure_directory(directory: str) -> None:
-    """Create the socket's directory if needed; refuse one others control."""
+    """Create the socket's directory if needed; refuse one others control.
+
+    Every component of the path is checked with lstat (common.paths.
+    directory_trust_problem), not stat: `--socket /tmp/link/n.sock` where
+    /tmp/link is another user's symlink to a root directory was accepted
+    before, and its owner could re-point the link later and answer root's
+    clients. Symlinks and directories on the way must belong to root or to
+    us, and none may be writable by others unless sticky.
+    """
+    trusted = {0, os.geteuid()}
     private = directory == paths.user_runtime_dir() and not os.environ.get("XDG_RUNTIME_DIR")
+    parent = os.path.dirname(os.path.abspath(directory))
+    problem = paths.directory_trust_problem(parent, trusted)
+    if problem is None and not os.path.lexists(directory):
+        try:
+            os.makedirs(directory, mode=0o755 if paths.is_root() else 0o700, exist_ok=True)
+        except OSError as exc:
+            raise UnsafeDirectory(
+                f"cannot create the socket directory {directory}: {exc.strerror or exc}; "
+                "create it, or choose another place with --socket PATH"
+            ) from None
+    if problem is None:
+        problem = paths.directory_trust_problem(directory, trusted)
+    if problem is None and private:
+        st = os.lstat(directory)
+        # Our private dir must be ours alone; elsewhere root's directories are fine.
+        if stat.S_ISLNK(st.st_mode):
+            problem = f"{directory} is a symlink"
+        elif st.st_uid != os.geteuid():
+            problem = f"{directory} belongs to uid {st.st_uid}"
+        elif stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(directory, 0o700)
+    if problem is not None:
+        raise UnsafeDirectory(
+            f"{problem}: another user could replace the socket there; refusing to put it in "
+            f"{directory}. Use a directory only you (or root) control, with --socket PATH"
+        )
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o755 if paths.is_root() else 0o700, exist_ok=True)
-    st = os.lstat(directory) if private else os.stat(directory)
-    if private and stat.S_ISLNK(st.st_mode):
-        raise UnsafeDirectory(f"{directory} is a symlink; refusing to put the socket there")
-    # Our private dir must be ours alone; elsewhere root's directories are fine.
-    if st.st_uid not in ((os.geteuid(),) if private else (0, os.geteuid())):
-        raise UnsafeDirectory(
-            f"{directory} belongs to uid {st.st_uid}; refusing to put the socket there"
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    # Others who may write here could rename our socket away and put theirs
-    # in its place (unless the sticky bit stops them). Group write is trusted
-    # on root's directories only: macOS /var/run is root:daemon 0775.
-    risky = 0o002 if st.st_uid == 0 else 0o022
-    if private and mode & 0o077:
-        os.chmod(directory, 0o700)
-    elif mode & risky and not mode & stat.S_ISVTX:
-        raise UnsafeDirectory(
-            f"{directory} is writable by other users (mode {mode:04o}); "
-            "they could replace the socket: use a directory only you (or root) can write"
-        )
+        raise UnsafeDirectory(f"{directory} is not a directory; choose another place with --socket PATH")
 
 
 def _another_daemon_answers(path: str) -> bool:

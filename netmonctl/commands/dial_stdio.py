@@ -40,11 +40,12 @@ CHUNK = 256 * 1024
 def dial_stdio(settings: Settings, socket_path: str | None) -> None:
     """Relay stdin/stdout to the local daemon's socket (for netmonctl -H ssh://)."""
     from common.client import open_unix_socket
-    from common.paths import resolve_client_socket
+    from common.paths import resolve_client_socket, socket_named_explicitly
 
-    path = resolve_client_socket(socket_path or settings.socket)
-    # Raises DaemonUnavailable / AccessDenied: exit 3 / 4 with the usual lines.
-    sock = open_unix_socket(path, timeout=settings.timeout)
+    named = socket_path or settings.socket
+    path = resolve_client_socket(named)
+    # Raises DaemonUnavailable / AccessDenied (UntrustedSocket too): exit 3 / 4 with the usual lines.
+    sock = open_unix_socket(path, timeout=settings.timeout, explicit=socket_named_explicitly(named))
     sock.settimeout(None)  # `watch` streams may idle for a long time
     try:
         relay(sock, 0, 1)

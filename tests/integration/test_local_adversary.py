@@ -173,3 +173,197 @@ def test_hole1_a_non_utf8_process_name_never_blinds_the_daemon(start_daemon_thre
     assert netmonctl(d.socket, "apps").returncode == 0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         assert resp.status == 200
+
+
+# -- a fake daemon another user runs ----------------------------------------------------
+
+# Answers every request from a JSON file of canned results ({method: result};
+# "control" answers {"monitoring": false}) and prints each method it served.
+FAKE_DAEMON = r"""
+import json, os, socket, sys
+import msgpack
+path, canned, listen_fd = sys.argv[1], json.load(open(sys.argv[2])), int(sys.argv[3])
+if listen_fd >= 0:
+    srv = socket.socket(fileno=listen_fd)
+else:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    os.chmod(path, 0o777)
+srv.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    unpacker = msgpack.Unpacker(raw=False)
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        unpacker.feed(data)
+        for msg in unpacker:
+            print("served", msg[2], flush=True)
+            conn.sendall(msgpack.packb([1, msg[1], None, canned.get(msg[2], {"monitoring": False})]))
+    conn.close()
+"""
+
+
+def canned_replies(d: Any, directory: str, **changes: Any) -> str:
+    """Real replies of a real daemon, some changed; written where nobody can read them."""
+    with d.client() as c:
+        canned = {m: c.call(m) for m in ("hello", "status", "connections", "apps", "stats")}
+    for method, edit in changes.items():
+        edit(canned[method])
+    path = os.path.join(directory, "canned.json")
+    with open(path, "w") as fh:
+        json.dump(canned, fh)
+    os.chmod(path, 0o644)
+    return path
+
+
+def start_fake_daemon(argv: list[str], path: str, canned: str, listen_fd: int | None = None) -> subprocess.Popen:
+    fds = () if listen_fd is None else (listen_fd,)
+    fake = subprocess.Popen([*argv, "-c", FAKE_DAEMON, path, canned, str(-1 if listen_fd is None else listen_fd)],
+                            env=nobody_env(), cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, pass_fds=fds)
+    assert fake.stdout.readline().strip() == "ready", fake.stderr.read()
+    return fake
+
+
+def served(fake: subprocess.Popen) -> list[str]:
+    """What the fake daemon answered (it is stopped first)."""
+    stop_out = []
+    if fake.poll() is None:
+        fake.kill()
+    out, _ = fake.communicate(timeout=10)
+    stop_out = [line.split()[1] for line in out.splitlines() if line.startswith("served")]
+    return stop_out
+
+
+def sticky_tmp(short_dir: str) -> str:
+    """A directory like /tmp (root's, 1777) to stand in for it through TMPDIR."""
+    tmp = os.path.join(short_dir, "tmp")
+    os.mkdir(tmp)
+    os.chmod(tmp, 0o1777)
+    return tmp
+
+
+def root_env(tmp: str, home: str) -> dict[str, str]:
+    """root's environment under sudo/cron/su: no XDG_RUNTIME_DIR, no NETMON_SOCKET."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR" and not k.startswith("NETMON_")}
+    return {**env, "TMPDIR": tmp, "HOME": home, "PYTHONPATH": str(REPO)}
+
+
+# -- hole 2: another user's socket answers root's netmonctl -----------------------------------
+
+@needs_setpriv
+def test_hole2_a_socket_another_user_planted_never_answers_root(start_daemon_thread, short_dir, as_nobody_argv):
+    d = start_daemon_thread()
+    canned = canned_replies(d, short_dir, connections=lambda r: r["connections"][:0] or r["connections"].append(
+        {**(r["connections"] or [{}])[0], "process_name": "FAKE-ROW"}) or None)
+    tmp = sticky_tmp(short_dir)
+    home = os.path.join(short_dir, "roothome")
+    os.mkdir(home, 0o700)
+    planted = os.path.join(tmp, "netmon-0", "netmond.sock")  # what root's netmonctl looked at first
+    fake = start_fake_daemon(as_nobody_argv, planted, canned)
+    try:
+        assert os.stat(planted).st_uid == NOBODY
+        env = root_env(tmp, home)
+        results = {}
+        for cmd in (["status"], ["conns"], ["stop"]):
+            ran = subprocess.run(netmonctl_cmd(*cmd), capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+            results[cmd[0]] = ran
+            assert "FAKE-ROW" not in ran.stdout and "monitoring stopped" not in ran.stdout, (cmd, ran.stdout)
+            assert ran.returncode != 0, (cmd, ran.stdout)
+    finally:
+        answered = served(fake)
+    assert answered == [], f"the planted daemon answered root: {answered}"
+    # Named explicitly, the same socket is the user's choice: it is used.
+    os.mkdir(os.path.join(short_dir, "nobody"), 0o755)
+    os.chown(os.path.join(short_dir, "nobody"), NOBODY, NOBODY)
+    fake = start_fake_daemon(as_nobody_argv, os.path.join(short_dir, "nobody", "n.sock"), canned)
+    try:
+        ran = netmonctl(os.path.join(short_dir, "nobody", "n.sock"), "conns", env={"HOME": home})
+        assert ran.returncode == 0 and "FAKE-ROW" in ran.stdout, ran.stderr
+    finally:
+        assert served(fake)[-1] == "connections"
+
+
+@needs_setpriv
+def test_hole2_a_daemon_running_as_another_user_is_refused_by_its_credentials(start_daemon_thread, short_dir,
+                                                                              as_nobody_argv):
+    # Path checks alone are not enough: here the socket file and its directory
+    # are root's, but the process listening on it is nobody's (it called listen()).
+    d = start_daemon_thread()
+    canned = canned_replies(d, short_dir)
+    tmp = sticky_tmp(short_dir)
+    home = os.path.join(short_dir, "roothome")
+    os.mkdir(home, 0o700)
+    os.mkdir(os.path.join(tmp, "netmon-0"), 0o700)
+    path = os.path.join(tmp, "netmon-0", "netmond.sock")
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(path)
+    fake = start_fake_daemon(as_nobody_argv, path, canned, listen_fd=bound.fileno())
+    bound.close()
+    try:
+        ran = subprocess.run(netmonctl_cmd("status"), capture_output=True, text=True, timeout=60, cwd=REPO,
+                             env=root_env(tmp, home))
+        assert ran.returncode == 4, (ran.returncode, ran.stdout, ran.stderr)
+        assert f"runs as uid {NOBODY}" in ran.stderr
+    finally:
+        answered = served(fake)
+    assert answered == []
+
+
+@needs_setpriv
+def test_hole2_a_users_own_daemon_is_not_blocked_by_a_directory_another_user_made(short_dir, as_nobody_argv):
+    # uid 12345 creates <tmp>/netmon-65534 first; nobody's own daemon and
+    # netmonctl move to ~/.netmon together instead of failing.
+    tmp = sticky_tmp(short_dir)
+    home = os.path.join(short_dir, "nobodyhome")
+    os.mkdir(home, 0o700)
+    os.chown(home, NOBODY, NOBODY)
+    squat = subprocess.run(["setpriv", "--reuid=12345", "--regid=12345", "--clear-groups",
+                            "mkdir", "-m", "0777", os.path.join(tmp, f"netmon-{NOBODY}")], capture_output=True)
+    assert squat.returncode == 0, squat.stderr
+    env = {**nobody_env(TMPDIR=tmp, HOME=home)}
+    daemon = subprocess.Popen([*as_nobody_argv, "-m", "netmond.main", "--backend", "portable", "--interval", "0.2"],
+                              env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sock = os.path.join(home, ".netmon", "netmond.sock")
+        wait_until(lambda: os.path.exists(sock) or daemon.poll() is not None, timeout=30)
+        assert daemon.poll() is None, daemon.stdout.read()
+        ran = subprocess.run([*as_nobody_argv, "-m", "netmonctl.cli", "status", "--json"], env=env, cwd="/",
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["socket"] == sock
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+        daemon.stdout.close()
+
+
+# -- hole 6: the socket directory reached through another user's symlink -----------------------
+
+@needs_setpriv
+def test_hole6_a_socket_path_through_another_users_symlink_is_refused(start_daemon_process, short_dir,
+                                                                       as_nobody_argv):
+    tmp = sticky_tmp(short_dir)
+    rootdir = os.path.join(short_dir, "rootdir")
+    os.mkdir(rootdir, 0o755)
+    link = os.path.join(tmp, "link")
+    made = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           "ln", "-s", rootdir, link], capture_output=True)
+    assert made.returncode == 0 and os.lstat(link).st_uid == NOBODY
+    d = start_daemon_process("--backend", "portable", socket_path=os.path.join(link, "n.sock"), wait=False)
+    assert d.proc.wait(30) == 1, d.log()
+    assert f"{link} is a symlink that belongs to uid {NOBODY}" in d.log(), d.log()
+    assert "Traceback" not in d.log() and os.listdir(rootdir) == []
+    # root's netmonctl refuses that path too, even named explicitly: the
+    # link's owner could point it anywhere between two calls.
+    real = start_daemon_process("--backend", "portable", socket_path=os.path.join(rootdir, "n.sock"))
+    assert netmonctl(real.socket, "status").returncode == 0
+    ran = netmonctl(os.path.join(link, "n.sock"), "status")
+    assert ran.returncode == 4 and f"belongs to uid {NOBODY}" in ran.stderr, (ran.returncode, ran.stderr)
+    # A root-owned symlink (like /var/run -> /run) is fine.
+    os.symlink(rootdir, os.path.join(short_dir, "rootlink"))
+    assert netmonctl(os.path.join(short_dir, "rootlink", "n.sock"), "status").returncode == 0
