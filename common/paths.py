@@ -180,8 +180,8 @@ def socket_trust_problem(path: str, explicit: bool = False) -> str | None:
         if os.path.islink(target):
             return f"{path}: too many levels of symbolic links"
         return socket_trust_problem(target, explicit)
-    if not stat.S_ISSOCK(st.st_mode):
-        return f"{path} is not a socket"
+    # A file that is not a socket is left to connect() ("not a socket"):
+    # only who controls it is a question of trust.
     if st.st_uid not in trusted:
         return f"{path} belongs to uid {st.st_uid}"
     return None
