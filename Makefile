@@ -6,7 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run daemon stop test test-fast bench clean
+BPF_OBJ := netmond/backends/ebpf/netmon.bpf.o
+
+.PHONY: install run daemon stop test test-fast bench clean bpf
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,metrics]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) bpf
+
+# eBPF root mode's object (needs clang + libbpf-dev; skipped with a note without them).
+bpf: $(BPF_OBJ)
+
+$(BPF_OBJ): netmond/backends/ebpf/netmon.bpf.c netmond/backends/ebpf/build.py
+	$(PYTHON) netmond/backends/ebpf/build.py
 
 # Start the daemon in the background (user mode unless run as root) unless one
 # answers already, then open the live view. `make run` stops before `top` when
@@ -57,4 +65,4 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(BPF_OBJ)
