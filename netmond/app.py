@@ -24,7 +24,7 @@ import psutil
 from . import listener
 from .backends.base import Backend
 from .config import Config, ConfigError, load_config
-from .metrics import MetricsExporter
+from .metrics import Health, MetricsExporter
 from .peercred import resolve_group
 from .server import Server
 from .state import MonitorState, TickChanges
@@ -116,6 +116,8 @@ class Daemon:
             self._wake_sampler()
         self.monitoring = on
         log.info("monitoring %s", "started" if on else "stopped")
+        if self.metrics is not None:
+            self.metrics.on_health(self._health())
 
     def set_interval(self, interval: float) -> None:
         old = self.state.interval
@@ -125,6 +127,22 @@ class Daemon:
             set_backend_interval(interval)
         self._wake_sampler()
         log.info("interval changed from %gs to %gs", old, interval)
+        if self.metrics is not None:
+            self.metrics.on_health(self._health())
+
+    def _health(self, tick_seconds: float | None = None) -> Health:
+        """What the Prometheus exporter says about the daemon itself."""
+        last = self.state.last_mono
+        wall = None if last is None else time.time() - (time.monotonic() - last)
+        try:
+            lost = self.backend.status().events_lost
+        except Exception:  # noqa: BLE001 - a backend's status must not break a tick
+            lost = self.metrics.health.events_lost if self.metrics is not None else 0
+        return Health(
+            sampling=self.monitoring, interval=self.state.interval, last_sample_mono=last,
+            last_sample_wall=wall, tick_seconds=tick_seconds, events_lost=lost,
+            sample_errors=self._sample_errors,
+        )
 
     def _wake_sampler(self) -> None:
         if self._wake is not None:
@@ -195,13 +213,13 @@ class Daemon:
                     snap = await loop.run_in_executor(self._executor, self.backend.sample)
                     if self.monitoring:
                         self._publish(self.state.apply(snap))
-                        if self.metrics is not None:
-                            self.metrics.on_tick(self.state, self.backend.name)
                 except Exception:  # noqa: BLE001 - a bad tick (sample, apply, publish) must not end sampling
                     self._sample_errors += 1
                     if self._sample_errors <= 5 or self._sample_errors % 100 == 0:
                         log.exception("sample failed (%d so far)", self._sample_errors)
                 self.last_tick_seconds = time.monotonic() - t0
+                if self.metrics is not None:
+                    self.metrics.on_tick(self.state, self.backend.name, self._health(self.last_tick_seconds))
             else:
                 self.backend.discard_pending()
             now = time.monotonic()
@@ -266,7 +284,7 @@ class Daemon:
             self.backend.start()
             await self.server.start(sock)
             if self.metrics is not None:
-                self.metrics.start(self.backend.name)
+                self.metrics.start(self.backend.name, self._health())
             sampler = asyncio.create_task(self._sampler())
             log.info(
                 "netmond listening on %s (backend %s, interval %gs)",

@@ -19,6 +19,19 @@ labels (unbounded cardinality):
     netmon_unattributed_transmit_bytes_total
     netmon_build_info{version,backend}          always 1
 
+and the daemon's own health (see Health below):
+
+    netmon_sampling                             1 sampling, 0 paused (netmonctl stop)
+    netmon_sample_interval_seconds
+    netmon_last_sample_timestamp_seconds        epoch seconds of the latest sample
+    netmon_last_sample_age_seconds              its age when scraped (or written)
+    netmon_tick_duration_seconds                histogram: sample + account + publish
+    netmon_destroy_events_lost_total            TCP close events the kernel dropped
+    netmon_sample_errors_total                  ticks that failed (logged)
+    netmond_process_cpu_seconds_total, netmond_process_resident_memory_bytes, ...
+                                                netmond itself (prefixed: a textfile's
+                                                process_* would clash with node_exporter's own)
+
 Counters never go backwards, whatever the daemon's own totals do:
 - Per app, the exporter adds up the growth of MonitorState's totals from tick
   to tick. `netmonctl clear` (totals restart from 0) and apps forgotten by the
@@ -44,9 +57,13 @@ lock, and no scrape ever reads live state.
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import sys
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from common import __version__
@@ -85,6 +102,45 @@ class MetricsSnapshot:
     unattributed_transmit_bytes: int = 0
     backend: str = ""
     version: str = __version__
+
+
+#: Upper bounds of netmon_tick_duration_seconds' buckets: a tick takes a few
+#: ms at 100 sockets, ~40 ms at 10,000; seconds mean trouble.
+TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Health:
+    """How the daemon itself is doing, handed over by the daemon (app.py)."""
+
+    sampling: bool = False
+    interval: float = 0.0
+    # When the latest sample was taken, on both clocks: the monotonic one
+    # for its age (immune to clock changes), the wall one for the timestamp
+    # (the only one that means something in a textfile read later).
+    last_sample_mono: float | None = None
+    last_sample_wall: float | None = None
+    # How long the tick that just ended took; None when no tick ended.
+    tick_seconds: float | None = None
+    events_lost: int = 0
+    sample_errors: int = 0
+
+
+@dataclass(frozen=True)
+class TickHistogram:
+    """Cumulative bucket counts of tick durations (immutable: one per tick)."""
+
+    buckets: tuple[int, ...] = (0,) * len(TICK_BUCKETS)  # count <= each bound
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> "TickHistogram":
+        """A new histogram with one more observation."""
+        return TickHistogram(
+            tuple(n + (seconds <= bound) for n, bound in zip(self.buckets, TICK_BUCKETS)),
+            self.count + 1,
+            self.total + seconds,
+        )
 
 
 @dataclass
@@ -229,6 +285,94 @@ class NetmonCollector:
         yield from (rx, tx, conns, by_state, un_rx, un_tx, info)
 
 
+class HealthCollector:
+    """The daemon's own health, from the latest Health and tick histogram."""
+
+    def __init__(self, exporter: "MetricsExporter") -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        health, ticks = self._exporter.health, self._exporter.ticks  # one read each
+        yield GaugeMetricFamily(
+            "netmon_sampling", "1 while netmond samples, 0 while sampling is paused (netmonctl stop).",
+            value=1 if health.sampling else 0)
+        yield GaugeMetricFamily(
+            "netmon_sample_interval_seconds", "Sampling interval.", value=health.interval)
+        if health.last_sample_mono is not None and health.last_sample_wall is not None:
+            yield GaugeMetricFamily(
+                "netmon_last_sample_timestamp_seconds", "When the latest sample was taken (Unix time).",
+                value=health.last_sample_wall)
+            yield GaugeMetricFamily(
+                "netmon_last_sample_age_seconds",
+                "Age of the latest sample when this was scraped (in a textfile: when it was written).",
+                value=max(0.0, time.monotonic() - health.last_sample_mono))
+        yield HistogramMetricFamily(
+            "netmon_tick_duration_seconds", "Wall time of one tick: sample, accounting, notifications.",
+            buckets=[(floatToGoString(b), n) for b, n in zip(TICK_BUCKETS, ticks.buckets)] + [("+Inf", ticks.count)],
+            sum_value=ticks.total)
+        yield CounterMetricFamily(
+            "netmon_destroy_events_lost", "TCP close events the kernel dropped (netlink buffer overflow): "
+            "bytes of those short-lived connections are not counted. Always 0 without a destroy socket.",
+            value=health.events_lost)
+        yield CounterMetricFamily(
+            "netmon_sample_errors", "Ticks that failed (the daemon logs why).", value=health.sample_errors)
+
+
+#: Prefix of the daemon's own process metrics. Not plain process_*: in a
+#: textfile those would clash with node_exporter's own, and its scrape fails.
+PROCESS_NAMESPACE = "netmond"
+
+
+class PsutilProcessCollector:
+    """netmond_process_cpu_seconds_total & co. where prometheus_client's
+    ProcessCollector has nothing to read (it reads /proc: Linux only; netmond
+    also runs on macOS). Same names and meanings, so one dashboard fits both."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+
+    def collect(self) -> Iterator[Any]:
+        import psutil
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        p = self._process
+        try:
+            with p.oneshot():
+                cpu = p.cpu_times()
+                mem = p.memory_info()
+                started = p.create_time()
+                fds = p.num_fds()
+        except psutil.Error:
+            return
+        prefix = f"{PROCESS_NAMESPACE}_process_"
+        yield CounterMetricFamily(prefix + "cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+                                  value=cpu.user + cpu.system)
+        yield GaugeMetricFamily(prefix + "resident_memory_bytes", "Resident memory size in bytes.", value=mem.rss)
+        yield GaugeMetricFamily(prefix + "virtual_memory_bytes", "Virtual memory size in bytes.", value=mem.vms)
+        yield GaugeMetricFamily(prefix + "start_time_seconds",
+                                "Start time of the process since unix epoch in seconds.", value=started)
+        yield GaugeMetricFamily(prefix + "open_fds", "Number of open file descriptors.", value=fds)
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            yield GaugeMetricFamily(prefix + "max_fds", "Maximum number of open file descriptors.", value=soft)
+
+
+def register_process_collector(registry: Any) -> None:
+    """netmond's own CPU, memory and descriptors: prometheus_client's
+    ProcessCollector where /proc has them, else the psutil equivalent."""
+    from prometheus_client import ProcessCollector
+
+    if sys.platform.startswith("linux") and os.path.exists("/proc/self/stat"):
+        ProcessCollector(namespace=PROCESS_NAMESPACE, registry=registry)
+    else:
+        registry.register(PsutilProcessCollector())
+
+
 def _require_prometheus_client() -> None:
     try:
         import prometheus_client  # noqa: F401
@@ -253,6 +397,8 @@ class MetricsExporter:
         self.textfile = textfile
         self.top_n = top_n
         self.snapshot = MetricsSnapshot()
+        self.health = Health()
+        self.ticks = TickHistogram()
         self._accountant = Accountant(top_n=top_n)
         self._registry: Any = None
         self._http: Any = None
@@ -266,15 +412,19 @@ class MetricsExporter:
             return None
         return cls(config.metrics_listen, config.metrics_textfile)
 
-    def start(self, backend: str) -> None:
-        """Register the collector and start the HTTP server (OSError if the port is taken)."""
+    def start(self, backend: str, health: Health | None = None) -> None:
+        """Register the collectors and start the HTTP server (OSError if the port is taken)."""
         from prometheus_client import CollectorRegistry, start_http_server
 
         self.snapshot = MetricsSnapshot(backend=backend)
-        # Our own registry: no process_/python_ collectors of the default one,
-        # only what this daemon measures.
+        if health is not None:
+            self.health = health
+        # Our own registry: what this daemon measures, and the process
+        # metrics of the default one (not its python_ ones).
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(NetmonCollector(self))
+        self._registry.register(HealthCollector(self))
+        register_process_collector(self._registry)
         if self.listen:
             host, port = split_listen(self.listen)
             try:
@@ -286,8 +436,10 @@ class MetricsExporter:
             self._write_textfile()
             log.info("writing Prometheus metrics to %s every tick", self.textfile)
 
-    def on_tick(self, state: "MonitorState", backend: str) -> None:
-        """After each sample, on the event loop: new snapshot, textfile rewritten."""
+    def on_tick(self, state: "MonitorState", backend: str, health: Health | None = None) -> None:
+        """After each tick, on the event loop: new snapshot, textfile rewritten."""
+        if health is not None:
+            self._set_health(health)
         try:
             self.snapshot = self._accountant.update(state, backend)
         except Exception:  # noqa: BLE001 - metrics must never stop sampling
@@ -295,6 +447,18 @@ class MetricsExporter:
             return
         if self.textfile:
             self._write_textfile()
+
+    def on_health(self, health: Health) -> None:
+        """Sampling paused or resumed, interval changed: between ticks, so the
+        textfile (not rewritten while paused) is brought up to date now."""
+        self._set_health(replace(health, tick_seconds=None))
+        if self.textfile and self._registry is not None:
+            self._write_textfile()
+
+    def _set_health(self, health: Health) -> None:
+        if health.tick_seconds is not None:
+            self.ticks = self.ticks.observe(health.tick_seconds)
+        self.health = health
 
     def _write_textfile(self) -> None:
         from prometheus_client import write_to_textfile

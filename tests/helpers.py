@@ -1,8 +1,10 @@
-"""Helpers for tests: polling with a deadline, loopback connections."""
+"""Helpers for tests: polling with a deadline, loopback connections, promtool."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +44,16 @@ def tcp_pair(host: str = "127.0.0.1") -> Iterator[tuple[socket.socket, socket.so
         for s in (cli, srv, lst):
             if s is not None:
                 s.close()
+
+
+#: Prometheus' own linter; .ci/run installs it (from Debian's prometheus package).
+PROMTOOL = shutil.which("promtool")
+NO_PROMTOOL = "promtool not installed (.ci/run extracts it from Debian's prometheus package)"
+
+
+def promtool_check_metrics(text: str) -> None:
+    """Fail unless `promtool check metrics` accepts the exposition without a remark."""
+    assert PROMTOOL is not None, NO_PROMTOOL
+    out = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (
+        f"promtool check metrics: exit {out.returncode}\n{out.stdout}{out.stderr}")

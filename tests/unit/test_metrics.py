@@ -14,8 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from netmond import metrics  # noqa: E402
 from netmond.backends.base import InterfaceSample, Snapshot, SocketSample  # noqa: E402
 from netmond.config import build_config  # noqa: E402
-from netmond.metrics import OTHER, Accountant, MetricsExporter  # noqa: E402
+from netmond.metrics import OTHER, TICK_BUCKETS, Accountant, Health, MetricsExporter, TickHistogram  # noqa: E402
 from netmond.state import MonitorState  # noqa: E402
+from tests.helpers import NO_PROMTOOL, PROMTOOL, promtool_check_metrics  # noqa: E402
+
+HEALTH_NAMES = {
+    "netmon_sampling", "netmon_sample_interval_seconds", "netmon_last_sample_timestamp_seconds",
+    "netmon_last_sample_age_seconds", "netmon_tick_duration_seconds_bucket", "netmon_tick_duration_seconds_count",
+    "netmon_tick_duration_seconds_sum", "netmon_destroy_events_lost_total", "netmon_sample_errors_total",
+}
 
 
 def sock(port: int, name: str, sent: int | None, recv: int | None, *, proto: str = "TCP",
@@ -141,7 +148,7 @@ def test_the_exposition_parses_with_the_documented_names(tmp_path):
     exporter.on_tick(st, "linux")
     st.apply(snap(1, [sock(1, "curl", 123_456_789, 987_654_321),
                       sock(2, "dns", None, None, proto="UDP", state="NONE")]))
-    exporter.on_tick(st, "linux")
+    exporter.on_tick(st, "linux", Health(True, 1.0, 1.0, 1_000_001.0, 0.01))
     got = _exposition(exporter)
     assert got[("netmon_process_receive_bytes_total", (("app", "curl"),))] == 987_654_321
     assert got[("netmon_process_transmit_bytes_total", (("app", "curl"),))] == 123_456_789
@@ -152,13 +159,16 @@ def test_the_exposition_parses_with_the_documented_names(tmp_path):
     assert got[("netmon_unattributed_receive_bytes_total", ())] == 0
     assert got[("netmon_build_info", (("backend", "linux"), ("version", metrics.__version__)))] == 1
     names = {name for name, _ in got}
-    assert names == {
+    assert {n for n in names if n.startswith("netmon_")} == {
         "netmon_process_receive_bytes_total", "netmon_process_transmit_bytes_total",
         "netmon_process_connections", "netmon_connections", "netmon_unattributed_receive_bytes_total",
         "netmon_unattributed_transmit_bytes_total", "netmon_build_info",
+        *HEALTH_NAMES,
     }
+    assert {"netmond_process_cpu_seconds_total", "netmond_process_resident_memory_bytes"} <= names
+    assert not any(n.startswith("process_") for n in names)  # would clash with node_exporter's
     # No per-connection, address or pid labels anywhere.
-    assert {k for _, labels in got for k, _ in labels} <= {"app", "protocol", "state", "version", "backend"}
+    assert {k for _, labels in got for k, _ in labels} <= {"app", "protocol", "state", "version", "backend", "le"}
     # The textfile holds the same exposition, and no temporary file is left.
     text = (tmp_path / "netmon.prom").read_text()
     assert 'netmon_process_receive_bytes_total{app="curl"} 9.87654321e+08' in text
@@ -198,3 +208,91 @@ def test_off_unless_configured_and_a_clear_message_without_the_library(monkeypat
 def test_listen_addresses():
     assert metrics.split_listen("127.0.0.1:9101") == ("127.0.0.1", 9101)
     assert metrics.split_listen("[::1]:9101") == ("::1", 9101)
+
+
+# -- the daemon's own health --------------------------------------------------------
+
+
+def test_tick_histogram_buckets_are_cumulative():
+    h = TickHistogram()
+    for seconds in (0.001, 0.02, 0.02, 3.0, 60.0):
+        h = h.observe(seconds)
+    by_bound = dict(zip(TICK_BUCKETS, h.buckets))
+    assert (by_bound[0.005], by_bound[0.025], by_bound[2.5], by_bound[5.0], by_bound[10.0]) == (1, 3, 3, 4, 4)
+    assert h.count == 5 and h.total == pytest.approx(63.041)
+    assert list(h.buckets) == sorted(h.buckets)
+
+
+def test_health_is_exported_and_a_pause_reaches_the_textfile_without_a_tick(tmp_path):
+    import time
+
+    path = tmp_path / "netmon.prom"
+    exporter = MetricsExporter(None, str(path))
+    exporter.start("linux", Health(sampling=True, interval=1.0))
+    got = _exposition(exporter)
+    assert got[("netmon_sampling", ())] == 1 and got[("netmon_sample_interval_seconds", ())] == 1.0
+    assert ("netmon_last_sample_age_seconds", ()) not in got  # no sample yet: no age, rather than a made-up one
+    assert got[("netmon_tick_duration_seconds_count", ())] == 0
+
+    st = MonitorState()
+    st.apply(snap(0))
+    mono, wall = time.monotonic(), time.time()
+    for tick_seconds in (0.004, 0.03, 0.7):
+        exporter.on_tick(st, "linux", Health(True, 0.5, mono - 2.0, wall - 2.0, tick_seconds, events_lost=3,
+                                             sample_errors=1))
+    got = _exposition(exporter)
+    assert got[("netmon_sample_interval_seconds", ())] == 0.5
+    assert got[("netmon_last_sample_timestamp_seconds", ())] == pytest.approx(wall - 2.0)
+    assert 2.0 <= got[("netmon_last_sample_age_seconds", ())] < 60  # the age at scrape time
+    assert got[("netmon_tick_duration_seconds_bucket", (("le", "0.005"),))] == 1
+    assert got[("netmon_tick_duration_seconds_bucket", (("le", "0.05"),))] == 2
+    assert got[("netmon_tick_duration_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert got[("netmon_tick_duration_seconds_sum", ())] == pytest.approx(0.734)
+    assert got[("netmon_destroy_events_lost_total", ())] == 3
+    assert got[("netmon_sample_errors_total", ())] == 1
+
+    # `netmonctl stop`: no more ticks, yet the textfile must say so at once.
+    exporter.on_health(Health(False, 0.5, mono - 2.0, wall - 2.0, tick_seconds=0.9))
+    text = path.read_text()
+    assert "netmon_sampling 0.0" in text
+    assert "netmon_tick_duration_seconds_count 3.0" in text  # a pause is no tick
+    exporter.stop()
+
+
+def test_process_metrics_without_proc_come_from_psutil():
+    import psutil
+    from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+    fallback = {m.name: m.samples[0].value for m in metrics.PsutilProcessCollector().collect()}
+    native = {m.name: m.samples[0].value
+              for m in ProcessCollector(namespace=metrics.PROCESS_NAMESPACE, registry=None).collect()}
+    # The same names (prometheus_client drops the _total of a counter's family name) ...
+    assert set(fallback) == set(native) == {"netmond_process_" + n for n in (
+        "cpu_seconds", "resident_memory_bytes", "virtual_memory_bytes", "start_time_seconds", "open_fds",
+        "max_fds")}
+    # ... and, measuring the same process, about the same values.
+    p = "netmond_process_"
+    assert fallback[p + "start_time_seconds"] == pytest.approx(native[p + "start_time_seconds"], abs=2)
+    assert fallback[p + "resident_memory_bytes"] == pytest.approx(psutil.Process().memory_info().rss, rel=0.5)
+    assert fallback[p + "cpu_seconds"] == pytest.approx(native[p + "cpu_seconds"], abs=1)
+    assert fallback[p + "max_fds"] == native[p + "max_fds"]
+    registry = CollectorRegistry()
+    registry.register(metrics.PsutilProcessCollector())
+    if PROMTOOL:
+        promtool_check_metrics(generate_latest(registry).decode())
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
+def test_promtool_accepts_the_exposition(tmp_path):
+    path = tmp_path / "netmon.prom"
+    exporter = MetricsExporter(None, str(path), top_n=2)
+    exporter.start("linux", Health(sampling=True, interval=1.0))
+    st = MonitorState()
+    st.apply(snap(0, [sock(1, "curl", 0, 0), sock(2, 'we"ird\\app\nname', 0, 0), sock(3, "ssh", 0, 0)]))
+    st.apply(snap(1, [sock(1, "curl", 10, 20), sock(2, 'we"ird\\app\nname', 30, 40), sock(3, "ssh", 1, 1)]))
+    exporter.on_tick(st, "linux", Health(True, 1.0, 1.0, 1_000_001.0, 0.01))
+    promtool_check_metrics(path.read_text())
+    from prometheus_client import generate_latest
+
+    promtool_check_metrics(generate_latest(exporter._registry).decode())
+    exporter.stop()
