@@ -123,6 +123,29 @@ def pids(values: Sequence[int] | None, shown: int) -> str:
     return text + (f" +{len(values) - shown}" if len(values) > shown else "")
 
 
+def pids_fit(values: Sequence[int] | None, width: int) -> str:
+    """As many pids as fit in `width` characters, then "+N" for the rest (see pids)."""
+    if not values:
+        return "-"
+    for shown in range(len(values), 0, -1):
+        text = pids(values, shown)
+        if len(text) <= width:
+            return text
+    return clip(pids(values, 1), width)
+
+
+def clip_address(text: str, width: int) -> str:
+    """An "addr:port" cut to `width` on the address's left, never on its port:
+    '[::ffff:127.0.0.1]:54321' at 20 -> '…ffff:127.0.0.1]:54321'."""
+    if len(text) <= width:
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or width < len(port) + 3:
+        return clip(text, width)
+    keep = width - len(port) - 2  # the ellipsis and the colon
+    return "…" + host[len(host) - keep:] + ":" + port
+
+
 def seconds(value: float | None) -> str:
     """A short number of seconds for settings and ages: 0.2 -> '0.2s'; None -> '-'."""
     return "-" if value is None else f"{value:.3g}s"

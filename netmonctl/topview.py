@@ -23,7 +23,7 @@ important columns are dropped on narrow terminals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from common.units import human_duration, human_rate
 
@@ -44,9 +44,9 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
 SPARK_SECONDS = 60.0
 
 #: Line styles; commands/top.py maps them to curses attributes.
-STYLES = ("normal", "title", "header", "alert", "dim")
+STYLES = ("normal", "title", "header", "alert", "dim", "selected")
 
-KEY_HELP = "q:quit a:apps c:conns s:sort r:reverse /:filter p:pause +/-:interval ?:help"
+KEY_HELP = "q:quit a/c:view s:sort r:reverse /:filter j/k:scroll p:pause +/-:interval ?:help"
 
 HELP_LINES = (
     "Keys",
@@ -55,6 +55,8 @@ HELP_LINES = (
     "  a / c    applications / connections",
     "  s        next sort column: speed, up, down, bytes, ...",
     "  r        reverse the order",
+    "  j / k    move the selection down / up (also the arrow keys);",
+    "           PgDn / PgUp (Space) a page, Home / End (g / G) first / last row",
     "  /        filter by text: process, ip or port (Enter keeps it, Esc clears it)",
     "  p        pause the display (data keeps arriving)",
     "  + / -    the daemon's sampling interval x2 / /2 (slower / faster);",
@@ -93,6 +95,8 @@ class TopModel:
     #: Seconds without any update while connected, once that is unusual
     #: (monitoring stopped, or the daemon stuck); None otherwise.
     silent_for: float | None = None
+    #: The line under the table: the selected row's process command line.
+    detail: str | None = None
 
 
 @dataclass
@@ -110,6 +114,9 @@ class ViewState:
     message: str = ""
     #: Draw with ASCII only (the terminal's encoding has no block characters).
     ascii: bool = False
+    #: The selected row (index into the visible rows) and the first row shown.
+    selected: int = 0
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,17 +176,43 @@ def unattributed_percent(stats: dict[str, Any] | None) -> float | None:
 @dataclass(frozen=True)
 class TopColumn:
     """A table column of top: render.Column (value, format, align, drop
-    priority: highest dropped first, 0 never) with a fixed width; width 0
-    means the flexible column that takes what is left (at least FLEX_MIN)."""
+    priority: highest dropped first, 0 never) with its widths.
+
+    `width` is the least it gets, `ideal` what its content usually needs:
+    spare room brings columns to their ideal, most important (lowest drop)
+    first; what is left goes to the `flex` column(s). Widths depend only on
+    the terminal's width (a live view whose columns jump as values change is
+    unreadable). `cell` formats a value for a given width (default: the
+    column's format, clipped)."""
 
     column: Column
     width: int
     sorts: tuple[str, ...] = ()  # sort keys that this column shows
+    ideal: int = 0
+    flex: bool = False
+    cell: Callable[[Any, int], str] | None = None
+
+    def text(self, row: Row, width: int) -> str:
+        value = self.column.value(row)
+        if self.cell is not None:
+            return self.cell(value, width)
+        return clip(self.column.fmt(value), width)
 
 
-FLEX_MIN = 10
 #: "999.9 kB/s"; the rare "1000.0 kB/s" (rounding up) is cut by one character.
 RATE_WIDTH = 10
+#: An IPv4 address with its port: "255.255.255.255:65535".
+ADDR_MIN = 21
+#: A full IPv6 address with its port: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".
+ADDR_IDEAL = 47
+
+
+def _addr_cell(value: Any, width: int) -> str:
+    return "-" if value is None else render.clip_address(render.safe(value), width)
+
+
+def _pids_cell(value: Any, width: int) -> str:
+    return render.pids_fit(value, width)
 
 
 def _traffic(bytes_drop: int) -> tuple[TopColumn, ...]:
@@ -194,43 +227,63 @@ def _traffic(bytes_drop: int) -> tuple[TopColumn, ...]:
 
 
 APP_COLUMNS = (
-    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 0, ("process_name",)),
-    TopColumn(Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, 2), drop=4), 11),
+    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 10, ("process_name",),
+              ideal=24, flex=True),
+    TopColumn(Column("PIDS", field("pids"), drop=4), 11, ideal=30, cell=_pids_cell),
     TopColumn(Column("CONNS", field("connections"), align="right", drop=2), 5, ("connections",)),
     *_traffic(3),
 )
 
 CONN_COLUMNS = (
     TopColumn(Column("PROTO", field("protocol"), drop=5), 5),
-    TopColumn(Column("LOCAL", field("local_addr"), drop=6), 21),
-    TopColumn(Column("REMOTE", field("remote_addr"), drop=3), 21, ("remote_addr",)),
+    TopColumn(Column("LOCAL", field("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell),
+    TopColumn(Column("REMOTE", field("remote_addr"), drop=3), ADDR_MIN, ("remote_addr",),
+              ideal=ADDR_IDEAL, cell=_addr_cell),
     TopColumn(Column("STATE", field("state"), drop=4), 11, ("state",)),
     TopColumn(Column("PID", field("pid"), align="right", drop=7), 7),
-    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 0, ("process_name",)),
+    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 10, ("process_name",),
+              ideal=24, flex=True),
     *_traffic(8),
     TopColumn(Column("AGE", field("duration"), fmt=human_duration, align="right", drop=9), 7,
               ("duration",)),
 )
 
 
-def fit_columns(columns: Sequence[TopColumn], width: int) -> list[tuple[TopColumn, int]]:
-    """The columns that fit `width`, each with its width (the flexible one gets the rest).
+def fit_columns(columns: Sequence[TopColumn], width: int, sort: str = "") -> list[tuple[TopColumn, int]]:
+    """The columns that fit `width`, each with its width.
 
-    Columns are dropped by priority until the fixed ones plus FLEX_MIN fit;
-    when even the undroppable ones do not fit, lines are simply cut.
+    The columns that show `sort` are never dropped. Others are dropped by
+    priority, all columns of the same priority together (SENT and RECV go as
+    a pair), until the least widths fit; when even the undroppable ones do
+    not fit, lines are simply cut. Spare room then goes to ideals, then to
+    the flexible columns.
     """
     keep = list(columns)
 
+    def least(c: TopColumn) -> int:  # room for the header's sort arrow too
+        return max(c.width, len(c.column.header) + 2) if sort in c.sorts else c.width
+
     def needed() -> int:
-        return sum(c.width or FLEX_MIN for c in keep) + len(_GAP) * (len(keep) - 1)
+        return sum(least(c) for c in keep) + len(_GAP) * (len(keep) - 1)
 
     while needed() > width:
-        droppable = [c for c in keep if c.column.drop]
+        droppable = [c for c in keep if c.column.drop and sort not in c.sorts]
         if not droppable:
             break
-        keep.remove(max(droppable, key=lambda c: c.column.drop))
+        worst = max(c.column.drop for c in droppable)
+        keep = [c for c in keep if c not in droppable or c.column.drop != worst]
+    widths = [least(c) for c in keep]
     spare = max(0, width - needed())
-    return [(c, c.width or FLEX_MIN + spare) for c in keep]
+    for i in sorted(range(len(keep)), key=lambda i: keep[i].column.drop):  # stable: left first
+        grow = min(spare, max(0, keep[i].ideal - widths[i]))
+        widths[i] += grow
+        spare -= grow
+    flexible = [i for i, c in enumerate(keep) if c.flex]
+    for n, i in enumerate(flexible):
+        share = spare // (len(flexible) - n)
+        widths[i] += share
+        spare -= share
+    return list(zip(keep, widths))
 
 
 def _cell(text: str, width: int, align: str) -> str:
@@ -245,16 +298,13 @@ def table_lines(
 
     The columns that show the sort key get ▼ (largest first) or ▲.
     """
-    fitted = fit_columns(columns, width)
+    fitted = fit_columns(columns, width, sort)
     arrow = "▼" if descending(sort, reverse) else "▲"
     header = _GAP.join(
         _cell(c.column.header + (" " + arrow if sort in c.sorts else ""), w, c.column.align)
         for c, w in fitted
     )
-    lines = [
-        _GAP.join(_cell(c.column.fmt(c.column.value(row)), w, c.column.align) for c, w in fitted)
-        for row in rows
-    ]
+    lines = [_GAP.join(_cell(c.text(row, w), w, c.column.align) for c, w in fitted) for row in rows]
     return header, lines
 
 
@@ -312,7 +362,11 @@ def _summary(model: TopModel, width: int) -> str:
     return clip("  ".join(parts), width)
 
 
-def _status(model: TopModel, ui: ViewState, shown: int, total: int, width: int) -> Line:
+#: How the status line names the pseudo sort keys: totals over both directions.
+_SORT_LABELS = {"speed": "speed (up+down)", "bytes": "bytes (sent+recv)"}
+
+
+def _status(model: TopModel, ui: ViewState, first: int, shown: int, total: int, width: int) -> Line:
     if not model.connected:
         retry = "" if model.retry_in is None else f" in {model.retry_in:.1f}s"
         reason = model.outage or "connection lost"
@@ -327,12 +381,73 @@ def _status(model: TopModel, ui: ViewState, shown: int, total: int, width: int) 
                 "(monitoring stopped? see netmonctl status)")
         return Line(clip(text, width), "alert")
     noun = "apps" if ui.view == "apps" else "connections"
-    text = f"{total} {noun}" + (f", {shown} shown" if shown < total else "")
+    text = f"{total} {noun}"
+    if shown < total:
+        text += f", rows {first + 1}-{first + shown} shown"
     if ui.filter_text:
         text += f"  filter '{ui.filter_text}'"
     order = "▼" if descending(ui.sort, ui.reverse) else "▲"
-    text += f"  sort: {ui.sort} {order}"
+    text += f"  sort: {_SORT_LABELS.get(ui.sort, ui.sort)} {order}"
     return Line(clip(text, width), "dim")
+
+
+# -- scrolling -------------------------------------------------------------------
+
+
+def window(selected: int, offset: int, total: int, room: int) -> tuple[int, int]:
+    """(selected, offset) clamped: the selection on a row, and visible among
+    the `room` rows shown from `offset`, with no blank rows below the last
+    while rows remain above the first."""
+    if total <= 0:
+        return 0, 0
+    selected = min(max(selected, 0), total - 1)
+    if room <= 0:
+        return selected, selected
+    offset = min(max(offset, selected - room + 1), selected)
+    return selected, max(0, min(offset, total - room))
+
+
+def _frame(height: int) -> tuple[int, int, bool]:
+    """(lines above the status line, lines below the rows, tiny) for a screen `height` tall."""
+    if height < _HEAD_LINES + 5:
+        return 1, 0, True  # a tiny terminal: the title, the status and what rows fit
+    return _HEAD_LINES, 2, False  # the detail line and the key line below the rows
+
+
+def table_room(height: int) -> int:
+    """How many table rows a screen `height` lines tall shows (what PgDn moves by)."""
+    above, below, _tiny = _frame(height)
+    return max(0, height - above - 2 - below)  # 2: status + table header
+
+
+def scroll(ui: ViewState, key: str, total: int, room: int) -> None:
+    """Move the selection for a scrolling key: up, down, pgup, pgdn, home, end."""
+    step = {"up": -1, "down": 1, "pgup": -max(1, room), "pgdn": max(1, room)}
+    if key == "home":
+        ui.selected = 0
+    elif key == "end":
+        ui.selected = total - 1
+    else:
+        ui.selected += step[key]
+        if key in ("pgup", "pgdn"):
+            ui.offset += step[key]  # a page turns the window, not just the selection
+    ui.selected, ui.offset = window(ui.selected, ui.offset, total, room)
+
+
+def selected_row(model: TopModel, ui: ViewState) -> Row | None:
+    """The row under the selection, if any."""
+    rows = visible_rows(model, ui)
+    if not rows:
+        return None
+    return rows[min(max(ui.selected, 0), len(rows) - 1)]
+
+
+def _detail(model: TopModel, width: int) -> Line:
+    text = model.detail if model.detail is not None else ""
+    return Line(clip(render.printable(text), width), "dim")
+
+
+_HEAD_LINES = 4  # title, up, down, summary
 
 
 def layout(model: TopModel, ui: ViewState, width: int, height: int) -> list[Line]:
@@ -343,36 +458,40 @@ def layout(model: TopModel, ui: ViewState, width: int, height: int) -> list[Line
     s = model.stats or {}
     rows = visible_rows(model, ui)
     columns = APP_COLUMNS if ui.view == "apps" else CONN_COLUMNS
-    header, row_lines = table_lines(rows, columns, width, ui.sort, ui.reverse)
+    room = table_room(height)
+    selected, offset = window(ui.selected, ui.offset, len(rows), room)
+    window_rows = rows[offset : offset + room]
+    header, row_lines = table_lines(window_rows, columns, width, ui.sort, ui.reverse)
 
     title = Line(_title(model, ui, width).ljust(width), "title")
-    head = [
-        title,
-        Line(_spark_line("up", "upload", s.get("total_upload_speed"), history, width)),
-        Line(_spark_line("down", "download", s.get("total_download_speed"), history, width)),
-        Line(_summary(model, width)),
-    ]
-    footer = [Line(clip(KEY_HELP, width), "dim")]
-    if height < len(head) + 4:
-        # A tiny terminal: the title, the status and what rows fit.
-        head, footer = [title], []
-    room = max(0, height - len(head) - 2 - len(footer))  # 2: status + table header
+    _above, _below, tiny = _frame(height)
+    head = [title]
+    footer = []
+    if not tiny:
+        head += [
+            Line(_spark_line("up", "upload", s.get("total_upload_speed"), history, width)),
+            Line(_spark_line("down", "download", s.get("total_download_speed"), history, width)),
+            Line(_summary(model, width)),
+        ]
+        footer = [_detail(model, width), Line(clip(KEY_HELP, width), "dim")]
 
     if ui.help:
         body = [Line(clip(text, width)) for text in HELP_LINES][: room + 1]
         lines = head + [Line(clip("help: any key returns", width), "dim")] + body
     else:
-        shown = min(len(row_lines), room)
-        status = _status(model, ui, shown, len(rows), width)
+        status = _status(model, ui, offset, len(row_lines), len(rows), width)
         body = [Line(clip(header, width).ljust(width), "header")]
-        body += [Line(clip(text, width), "dim" if not model.connected else "normal")
-                 for text in row_lines[:room]]
+        for i, text in enumerate(row_lines):
+            style = "dim" if not model.connected else "normal"
+            if offset + i == selected and not tiny and model.connected:
+                style, text = "selected", text.ljust(width)
+            body.append(Line(clip(text, width), style))
         if not row_lines and room:
             empty = "no rows match the filter" if ui.filter_text else "waiting for data..."
             body.append(Line(clip(empty, width), "dim"))
         lines = head + [status] + body
     lines = lines[: height - len(footer)]
-    # The key line sits at the bottom of the screen, wherever the rows end.
+    # The detail and key lines sit at the bottom of the screen, wherever the rows end.
     lines += [Line("")] * (height - len(footer) - len(lines)) + footer
     if ui.ascii:
         lines = [Line(line.text.translate(_ASCII), line.style) for line in lines]

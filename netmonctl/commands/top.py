@@ -36,7 +36,19 @@ import click
 from .. import render
 from ..options import filter_options, output_options
 from ..session import Settings, pass_settings
-from ..topview import SORT_KEYS, SPARK_SECONDS, VIEWS, TopModel, ViewState, layout, next_sort
+from ..topview import (
+    SORT_KEYS,
+    SPARK_SECONDS,
+    VIEWS,
+    TopModel,
+    ViewState,
+    layout,
+    next_sort,
+    scroll,
+    table_room,
+    visible_rows,
+    window,
+)
 
 NOT_A_TERMINAL = "top needs a terminal; use `netmonctl watch` or `netmonctl conns`"
 DENIED = "changing the interval needs root, the daemon's user, or its group"
@@ -78,6 +90,7 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
       q quit            a / c  applications / connections
       s sort column     r      reverse order
       / filter by text (process, ip, port)
+      j / k, arrows, PgUp / PgDn, Home / End   scroll
       p pause display   + / -  daemon interval x2 / /2 (needs control rights)
       ? help
 
@@ -212,6 +225,19 @@ class TopApp:
         self.ui.message = f"sampling interval set to {render.seconds(result['interval'])}"
 
     # -- keys --------------------------------------------------------------------
+    def _scroll_key(self, key: str | int) -> str | None:
+        """The scroll action of a key (see topview.scroll), None if it is not one."""
+        import curses
+
+        return {
+            curses.KEY_DOWN: "down", "j": "down", curses.KEY_UP: "up", "k": "up",
+            curses.KEY_NPAGE: "pgdn", " ": "pgdn", curses.KEY_PPAGE: "pgup",
+            curses.KEY_HOME: "home", "g": "home", curses.KEY_END: "end", "G": "end",
+        }.get(key)
+
+    def _shown_model(self) -> TopModel:
+        return self.frozen if self.ui.paused and self.frozen is not None else self.model
+
     def on_key(self, key: str | int) -> None:
         """Apply one key (a str, or a curses KEY_* int) to the view state."""
         import curses
@@ -228,18 +254,26 @@ class TopApp:
             if key not in ("q", "Q"):
                 return
         ui.message = ""
-        if key in ("q", "Q"):
+        action = self._scroll_key(key)
+        if action is not None:
+            total = len(visible_rows(self._shown_model(), ui))
+            scroll(ui, action, total, table_room(self.screen.getmaxyx()[0] if self.screen else 24))
+        elif key in ("q", "Q"):
             self.quit = True
         elif key in ("a", "c"):
             ui.view = "apps" if key == "a" else "conns"
             if ui.sort not in SORT_KEYS[ui.view]:
                 ui.sort = "speed"
+            ui.selected = ui.offset = 0
         elif key == "s":
             ui.sort = next_sort(ui.view, ui.sort)
+            ui.selected = ui.offset = 0
         elif key == "r":
             ui.reverse = not ui.reverse
+            ui.selected = ui.offset = 0
         elif key == "/":
             ui.editing_filter = True
+            ui.selected = ui.offset = 0
         elif key == "\x1b":
             ui.filter_text = ""
         elif key == "p":
@@ -335,6 +369,7 @@ class TopApp:
             "header": curses.A_REVERSE,
             "dim": curses.A_DIM,
             "alert": curses.A_BOLD,
+            "selected": curses.A_REVERSE,
         }
         if curses.has_colors() and render.color_enabled(self.no_color, sys.stdout):  # NO_COLOR too
             try:
@@ -352,14 +387,17 @@ class TopApp:
         import curses
 
         height, width = self.screen.getmaxyx()
-        shown = self.frozen if self.ui.paused and self.frozen is not None else self.model
         shown = replace(
-            shown,
+            self._shown_model(),
             connected=self.feed.connected,
             outage=self.feed.lost_reason,
             retry_in=None if self.feed.connected else self.feed.due_in(),
             silent_for=self._silence(),
         )
+        # Rows come and go: keep the selection on a row and in view.
+        ui = self.ui
+        ui.selected, ui.offset = window(ui.selected, ui.offset, len(visible_rows(shown, ui)),
+                                        table_room(height))
         self.screen.erase()
         for y, line in enumerate(layout(shown, self.ui, width, height)):
             try:

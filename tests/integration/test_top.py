@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import psutil
@@ -196,7 +196,7 @@ def test_top_shows_live_rates_and_answers_every_key(start_daemon_process, termin
         terminal.keys("r")
         terminal.wait_for(lambda s: "sort: upload_speed ▲" in s, "reversed order")
         terminal.keys("r", "s", "s", "s", "s", "s")  # back round to speed, descending
-        terminal.wait_for(lambda s: "sort: speed ▼" in s, "sorting by speed again")
+        terminal.wait_for(lambda s: "sort: speed (up+down) ▼" in s, "sorting by speed again")
 
         # /: filter by text; only matching rows stay; Esc clears it.
         terminal.keys("c", "/")
@@ -290,3 +290,47 @@ def test_top_refuses_without_a_terminal(short_dir):
     assert out.returncode == 2
     assert "top needs a terminal; use `netmonctl watch` or `netmonctl conns`" in out.stderr
     assert out.stdout == ""
+
+
+SHOWN = re.compile(r"(\d+) connections, rows (\d+)-(\d+) shown")
+
+
+def shown_range(text: str) -> tuple[int, int, int] | None:
+    """(total, first, last) from the status line, when not every row fits."""
+    match = SHOWN.search(text)
+    return tuple(int(g) for g in match.groups()) if match else None  # type: ignore[return-value]
+
+
+def test_top_scrolls_through_more_rows_than_the_screen(start_daemon_process, terminal):
+    daemon = start_daemon_process(*DAEMON_ARGS)
+    with ExitStack() as stack:
+        for _ in range(30):  # 90 sockets of this process: more than four screens at 100x30
+            stack.enter_context(tcp_pair())
+        terminal.start(daemon.socket, "--view", "conns", "--sort", "process_name")
+        first = terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[0] >= 90 and r[1] == 1,
+                                  "rows 1-N of at least 90 connections")
+        _total, _, page = shown_range(first)
+        top_row = table_line(first, "TCP")
+
+        terminal.keys("NPage")  # PgDn: the next page
+        second = terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[1] == page + 1,
+                                   "the second page")
+        assert table_line(second, "TCP") != top_row
+        terminal.keys("j", "Down", "k")  # the selection moves within the page
+        terminal.keys("End")
+        terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[2] == r[0] and r[1] > 1,
+                          "the last page")
+        terminal.keys("Home")
+        terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[1] == 1, "the first page again")
+        terminal.keys("G")  # vi-style End
+        terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[2] == r[0], "the end via G")
+        terminal.keys("PPage")
+        terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[2] < r[0], "a page up")
+        terminal.keys("g")
+        terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[1] == 1, "the top via g")
+        for _ in range(page + 3):  # past the first page one row at a time: row page+4 selected
+            terminal.keys("j")
+        terminal.wait_for(lambda s: (r := shown_range(s)) is not None and r[1] == 5 and r[2] == page + 4,
+                          "the window following the selection")
+        terminal.keys("q")
+        assert terminal.exit_code() == 0

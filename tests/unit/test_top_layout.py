@@ -88,9 +88,10 @@ def check_bounds(lines: list[Line], width: int, height: int) -> None:
 
 
 def table_rows(lines: list[Line]) -> list[str]:
-    """The lines between the table header and the footer that have text."""
+    """The lines between the table header and the footer (detail and key lines) that have text."""
     start = next(i for i, line in enumerate(lines) if line.style == "header")
-    return [line.text for line in lines[start + 1 : -1] if line.text.strip()]
+    end = -2 if lines[-1].text.startswith("q:quit") else len(lines)
+    return [line.text.rstrip() for line in lines[start + 1 : end] if line.text.strip()]
 
 
 # -- whole screens ----------------------------------------------------------------
@@ -129,8 +130,9 @@ def test_connections_at_100x30_shows_addresses_and_cuts_long_ones():
     rows = table_rows(lines)
     assert "142.250.1.1:443" in rows[0] and "firefox" in rows[0]
     assert "127.0.0.1:80" in rows[1] and "python" in rows[1]
-    ipv6 = next(r for r in rows if "2001:db8" in r)
-    assert "…" in ipv6  # 47 characters do not fit in 21
+    ipv6 = next(r for r in rows if "bbbb:aaaa]:443" in r)
+    assert "…" in ipv6  # 47 characters do not fit in 21: cut on the left, the port kept
+    assert ipv6.split()[2].endswith("]:443") and ipv6.split()[1].endswith("]:51000")
     assert "5 connections" in screen(lines)
 
 
@@ -167,8 +169,8 @@ def test_rows_beyond_the_screen_are_counted():
     many = [app(f"app{i:03}", [i], 1, float(i), 0.0, i, i) for i in range(100)]
     lines = layout(model(apps=many), ViewState(), 80, 24)
     check_bounds(lines, 80, 24)
-    assert len(table_rows(lines)) == 24 - 4 - 2 - 1
-    assert "100 apps, 17 shown" in screen(lines)
+    assert len(table_rows(lines)) == 24 - 4 - 2 - 2 == topview.table_room(24)
+    assert "100 apps, rows 1-16 shown" in screen(lines)
     assert table_rows(lines)[0].startswith("app099")
 
 
@@ -279,3 +281,100 @@ def test_unattributed_share():
     assert topview.unattributed_percent({**STATS, "total_upload_speed": 0, "total_download_speed": 0}) is None
     assert topview.unattributed_percent(None) is None
     assert topview.unattributed_percent({"total_upload_speed": 5.0}) is None  # unknown, not 0%
+
+
+# -- scrolling (issue 13 item 3) ------------------------------------------------------
+
+
+def test_window_keeps_the_selection_visible_and_the_screen_full():
+    assert topview.window(0, 0, 0, 10) == (0, 0)
+    assert topview.window(5, 0, 100, 10) == (5, 0)
+    assert topview.window(15, 0, 100, 10) == (15, 6)  # scrolled just enough
+    assert topview.window(3, 6, 100, 10) == (3, 3)  # back up
+    assert topview.window(99, 0, 100, 10) == (99, 90)
+    assert topview.window(500, 95, 100, 10) == (99, 90)  # rows went away: clamped, no blank tail
+    assert topview.window(-3, -1, 100, 10) == (0, 0)
+
+
+def test_scroll_keys_move_selection_and_pages():
+    many = [app(f"app{i:03}", [i], 1, float(i), 0.0, i, i) for i in range(100)]
+    ui = ViewState(sort="process_name")
+    room = topview.table_room(24)
+    for key, selected, offset in (("down", 1, 0), ("pgdn", 1 + room, room), ("end", 99, 100 - room),
+                                  ("up", 98, 100 - room), ("pgup", 98 - room, 100 - 2 * room),
+                                  ("home", 0, 0)):
+        topview.scroll(ui, key, len(many), room)
+        assert (ui.selected, ui.offset) == (selected, offset), key
+    topview.scroll(ui, "pgdn", len(many), room)
+    lines = layout(model(apps=many), ui, 80, 24)
+    rows = table_rows(lines)
+    assert rows[0].startswith(f"app{room:03}") and len(rows) == room
+    assert f"100 apps, rows {room + 1}-{2 * room} shown" in screen(lines)
+    chosen = [line for line in lines if line.style == "selected"]
+    assert len(chosen) == 1 and chosen[0].text.startswith(f"app{room:03}")  # the first after a page
+    topview.scroll(ui, "end", len(many), room)
+    assert table_rows(layout(model(apps=many), ui, 80, 24))[-1].startswith("app099")
+    assert topview.selected_row(model(apps=many), ui)["process_name"] == "app099"
+
+
+def test_the_detail_line_sits_above_the_keys():
+    lines = layout(model(detail="pid 4242  python3 -m http.server 8000"), ViewState(), 80, 24)
+    assert lines[-2].text == "pid 4242  python3 -m http.server 8000" and lines[-2].style == "dim"
+    assert lines[-1].text.startswith("q:quit")
+
+
+# -- column widths and priorities (issue 13 item 4) -----------------------------------
+
+MAPPED = conn("TCP", "[::ffff:127.0.0.1]:54321", "[::ffff:127.0.0.1]:8080", "ESTABLISHED", 13333,
+              "python3", 1000.0, 2000.0, 3000, 4000)
+MANY_PIDS = app("python3", list(range(13333, 13345)), 4, 1000.0, 2000.0, 5000, 6000)
+
+
+def header_of(lines: list[Line]) -> list[str]:
+    text = next(line.text for line in lines if line.style == "header")
+    return text.replace("▼", "").replace("▲", "").split()
+
+
+def test_apps_at_120_share_the_width_between_process_and_pids():
+    lines = layout(model(apps=[MANY_PIDS]), ViewState(), 120, 24)
+    row = table_rows(lines)[0]
+    pids = row.split()[1]
+    assert pids.startswith("13333,13334,13335,13336") and row.split()[2].startswith("+")  # whole pids, "+N"
+    widths = dict(((c.column.header, w) for c, w in topview.fit_columns(topview.APP_COLUMNS, 120, "speed")))
+    assert widths["PROCESS"] <= 40 and widths["PIDS"] >= 24
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 160, 200])
+def test_addresses_never_lose_their_port(width):
+    lines = layout(model(connections=[MAPPED, *CONNS]), ViewState(view="conns"), width, 24)
+    check_bounds(lines, width, 24)
+    header = header_of(lines)
+    rows = table_rows(lines)
+    mapped = next(r for r in rows if "13333" in r or "python3" in r).split()
+    for name, port in (("LOCAL", ":54321"), ("REMOTE", ":8080")):
+        if name in header:
+            assert mapped[header.index(name)].endswith(port), (width, mapped)
+    assert "REMOTE" in header
+    if width >= 160:
+        assert "[::ffff:127.0.0.1]:8080" in " ".join(mapped)  # enough room: shown whole
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 140, 160])
+@pytest.mark.parametrize("view", topview.VIEWS)
+def test_sent_and_recv_go_together_and_the_sort_column_always_shows(width, view):
+    for sort in topview.SORT_KEYS[view]:
+        header = header_of(layout(model(), ViewState(view=view, sort=sort), width, 24))
+        assert ("SENT" in header) == ("RECV" in header), (width, sort, header)
+        shows = {c.column.header for c in (topview.APP_COLUMNS if view == "apps" else topview.CONN_COLUMNS)
+                 if sort in c.sorts}
+        assert shows <= set(header), (width, sort, header)
+
+
+def test_status_says_bytes_and_speed_are_totals():
+    assert "sort: bytes (sent+recv) ▼" in screen(layout(model(), ViewState(sort="bytes"), 80, 24))
+    assert "sort: speed (up+down) ▼" in screen(layout(model(), ViewState(), 80, 24))
+
+
+def test_conns_at_80_sorted_by_age_shows_age():
+    lines = layout(model(), ViewState(view="conns", sort="duration"), 80, 24)
+    assert "AGE" in header_of(lines)
