@@ -41,14 +41,16 @@ it (Swift, Ruby, Rust, TypeScript and Python monitors on GitHub).
   endpoint parser works it out from the colon count, so it is safe either
   way. Bracketed `[v6]:port` and host names (output taken without `-n`)
   are accepted too.
-* `state` is nettop's CamelCase TCP state. Seen in captures: `Established`,
-  `Listen` (and `CloseWait` in one parser's fixture). Inferred, from the
-  same pattern applied to xnu's TCPS_* states: `SynSent`, `SynReceived`,
-  `FinWait1`, `FinWait2`, `LastAck`, `Closing`, `TimeWait`, `Closed`.
-  Because of that, matching ignores case and punctuation ("FIN_WAIT_1"
-  works too). They map to netmon's names (ESTABLISHED, LISTEN, SYN_SENT,
-  ...). UDP rows have an empty state and get "NONE", and so does an
-  unknown state; the raw text is kept in `raw_state`.
+* `state` is nettop's CamelCase TCP state. The NetworkStatistics framework
+  that nettop is built on names eleven: Closed, Listen, SynSent,
+  SynReceived, Established, CloseWait, FinWait1, Closing, LastAck,
+  FinWait2, TimeWait (xnu's TCPS_* states, bsd/netinet/tcp_fsm.h, in that
+  order). Captures show Established, Listen, CloseWait and FinWait2.
+  Matching ignores case and punctuation ("FIN_WAIT_1" works too). They
+  map to netmon's names (ESTABLISHED, LISTEN, SYN_SENT, ...). UDP rows
+  have an empty state and get "NONE". A state that is none of these is
+  kept as printed (a new macOS may add one): shown, never dropped; the
+  raw text is also in `raw_state`.
 * `bytes_in`/`bytes_out` are cumulative counters (no `-d`), raw numbers
   with `-x`. Listening sockets print them empty: that is "unknown" (None),
   not 0. On socket rows they are the socket's counters; on process rows
@@ -111,10 +113,19 @@ _COLUMN_NAME = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
 def map_state(raw: str | None) -> str:
-    """netmon's name for a nettop TCP state; "NONE" when empty or unknown."""
-    if not raw:
+    """netmon's name for a nettop TCP state; "NONE" when empty.
+
+    A state that is none of the eleven is kept as nettop printed it, so
+    that it shows (and can be reported) instead of vanishing into "NONE".
+    """
+    if not raw or not raw.strip():
         return "NONE"
-    return _STATES.get(_NON_ALNUM.sub("", raw.lower()), "NONE")
+    return _STATES.get(_NON_ALNUM.sub("", raw.lower()), raw.strip())
+
+
+def is_header_line(line: str) -> bool:
+    """True for a nettop CSV header line (has bytes_in and bytes_out)."""
+    return _is_header(line.strip().split(","))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +157,7 @@ class NettopFlow:
     transport: str = ""  # as printed: "tcp4", "udp6", "quic4", ...
     raw_state: str | None = None  # nettop's own text, "" -> None
     retransmitted: int | None = None  # the "re-tx" column, where present
+    duplicate_in: int | None = None  # the "rx_dupe" column, where present
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +201,7 @@ class _Columns:
     bytes_in: int
     bytes_out: int
     retransmitted: int | None
+    duplicate_in: int | None
 
     @classmethod
     def from_header(cls, names: list[str]) -> _Columns | None:
@@ -209,6 +222,7 @@ class _Columns:
             bytes_in=index["bytes_in"],
             bytes_out=index["bytes_out"],
             retransmitted=index.get("re-tx"),
+            duplicate_in=index.get("rx_dupe"),
         )
 
     @property
@@ -482,6 +496,7 @@ class NettopParser:
 
         raw_state = column(cols.state)
         retx = column(cols.retransmitted)
+        dupe = column(cols.duplicate_in)
         proc = self._process
         return NettopFlow(
             protocol=parts.protocol,
@@ -499,6 +514,7 @@ class NettopParser:
             transport=parts.transport,
             raw_state=raw_state,
             retransmitted=_lenient_counter(retx) if retx else None,
+            duplicate_in=_lenient_counter(dupe) if dupe else None,
         )
 
 

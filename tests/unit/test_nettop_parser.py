@@ -103,6 +103,7 @@ def test_ipv4_connection(mixed):
         transport="tcp4",
         raw_state="Established",
         retransmitted=0,
+        duplicate_in=0,
     )
 
 
@@ -512,8 +513,33 @@ def test_parse_endpoint_rejects(text):
         ("time-wait", "TIME_WAIT"),
         ("", "NONE"),
         (None, "NONE"),
-        ("Frobnicating", "NONE"),
+        # not one of the eleven: kept as printed, shown, never dropped
+        ("Frobnicating", "Frobnicating"),
+        (" ", "NONE"),
     ],
 )
 def test_map_state(raw, state):
     assert map_state(raw) == state
+
+
+# The eleven TCP states of Apple's NetworkStatistics framework, in xnu's
+# TCPS_* order (bsd/netinet/tcp_fsm.h); nettop prints them CamelCase.
+ELEVEN = [
+    ("Closed", "CLOSE"), ("Listen", "LISTEN"), ("SynSent", "SYN_SENT"),
+    ("SynReceived", "SYN_RECV"), ("Established", "ESTABLISHED"),
+    ("CloseWait", "CLOSE_WAIT"), ("FinWait1", "FIN_WAIT1"), ("Closing", "CLOSING"),
+    ("LastAck", "LAST_ACK"), ("FinWait2", "FIN_WAIT2"), ("TimeWait", "TIME_WAIT"),
+]
+
+
+def test_all_eleven_states_and_an_unknown_one_reach_the_socket_rows():
+    from netmond.backends.darwin import sockets_from_sample
+
+    header = "time,,interface,state,bytes_in,bytes_out,"
+    rows = [f"t,tcp4 10.0.0.1:{40000 + i}<->10.0.0.2:443,en0,{raw},1,2," for i, (raw, _) in enumerate(ELEVEN)]
+    rows.append("t,tcp4 10.0.0.1:50000<->10.0.0.2:443,en0,Reticulating,3,4,")
+    (sample,) = parse_text("\n".join([header, "t,curl.7,,,0,0,", *rows]) + "\n")
+    assert sample.skipped == 0
+    states = [s.state for s in sockets_from_sample(sample)]
+    assert states == [name for _, name in ELEVEN] + ["Reticulating"]
+    assert sample.flows[-1].raw_state == "Reticulating"
