@@ -113,6 +113,8 @@ def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -
     return {
         "monitoring": daemon.monitoring,
         "interval": state.interval,
+        # What the OS source really samples at (nettop: whole seconds).
+        "effective_interval": bst.effective_interval if bst.effective_interval is not None else state.interval,
         "uptime": mono - daemon.started_mono,
         "backend": daemon.backend.name,
         "per_socket_bytes": daemon.backend.per_socket_bytes,
@@ -212,7 +214,11 @@ def configure(daemon: "Daemon", params: dict[str, Any], session: "ClientSession"
     interval = _positive_number(params, "interval", 0.1, 3600)
     _require_control(session)
     daemon.set_interval(interval)
-    return {"interval": daemon.state.interval}
+    result: dict[str, Any] = {"interval": daemon.state.interval}
+    effective = daemon.backend.status().effective_interval
+    if effective is not None and abs(effective - daemon.state.interval) > 1e-6:
+        result["effective_interval"] = effective  # only where it differs (nettop)
+    return result
 
 
 def _topics(params: dict[str, Any]) -> list[str]:

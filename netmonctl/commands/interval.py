@@ -21,10 +21,23 @@ def interval(settings: Settings, seconds: float | None) -> None:
     SECONDS: e.g. 1, 0.5, 500ms, 2s. Setting it needs control rights.
     """
     if seconds is None:
-        result: dict[str, Any] = {"interval": call(settings, "status")["interval"]}
+        status = call(settings, "status")
+        result: dict[str, Any] = {"interval": status["interval"]}
+        effective = status.get("effective_interval")
+        if effective is not None and abs(effective - status["interval"]) > 1e-6:
+            result["effective_interval"] = effective
         message = f"sampling interval: {render.seconds(result['interval'])}"
     else:
         # The daemon checks the range and answers invalid_params (exit 2).
         result = call(settings, "configure", {"interval": seconds})
         message = f"sampling interval set to {render.seconds(result['interval'])}"
+    message += _effective_note(result)
     render.emit(settings.format, result, human=lambda: message)
+
+
+def _effective_note(result: dict[str, Any]) -> str:
+    """Where the OS source can't sample as asked (macOS nettop: whole seconds)."""
+    effective = result.get("effective_interval")
+    if effective is None or abs(effective - result["interval"]) < 1e-6:
+        return ""
+    return f" (the backend samples every {render.seconds(effective)}: nettop takes whole seconds)"

@@ -34,6 +34,9 @@ def _describe(s: dict[str, Any]) -> str:
     monitoring = "yes" if s.get("monitoring") else "no (resume with: netmonctl start)"
     if s.get("monitoring"):
         monitoring += f", every {render.seconds(s.get('interval'))}"
+        effective = s.get("effective_interval")
+        if effective is not None and s.get("interval") is not None and abs(effective - s["interval"]) > 1e-6:
+            monitoring += f" (the backend samples every {render.seconds(effective)})"
         if s.get("sample_age") is not None:
             monitoring += f", last sample {render.seconds(s.get('sample_age'))} ago"
     cpu = s.get("cpu_percent")

@@ -87,6 +87,9 @@ class BackendStatus:
     # Destroy events the kernel dropped (ENOBUFS) since start: bytes of those
     # short-lived connections are missing from per-socket totals.
     events_lost: int = 0
+    # The interval the OS source really samples at, where it differs from
+    # the one asked (nettop takes whole seconds); None: as asked.
+    effective_interval: float | None = None
 
 
 class Backend:

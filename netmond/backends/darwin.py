@@ -23,25 +23,31 @@ How it runs:
   next header arrives or, sooner, when the stream has been quiet for
   QUIET_FLUSH seconds: nettop prints a sample in one burst and then
   sleeps, so a quiet stream means the sample is over.
+* Its stdin is a pipe that stays open and silent for its whole life: at
+  EOF or /dev/null nettop spins at 100-150 % CPU (exelban/stats PR #1854;
+  Ffinnis/OpenActivity). NSUnbufferedIO=YES is set as stats does.
 * If nettop exits, it is restarted with exponential backoff (1 s, 2 s, ...
   30 s; back to 1 s once a run has produced a sample), and status() says so.
+  If it gives no sample for max(3 x -s, 5 s) it has hung (seen in the wild;
+  exelban/stats kills theirs after 5 s): it is killed, restarted the same
+  way, and status() says so. nettop answers a flag it does not know with
+  its usage text and exit status 0, so a run whose first line is not a
+  CSV header is reported in status() with what it printed.
   close() terminates it (SIGTERM, bounded wait, SIGKILL). It stays in our
   process group so that launchd, which kills a job's process group when
   the job stops, takes it down too if netmond dies without close().
 
-What the numbers mean: `bytes_sent` is nettop's bytes_out and
-`bytes_received` its bytes_in, counted by the kernel for the socket and
-cumulative in nettop's logging mode (no -d). bytes_out is taken to count
-what the socket handed to the network, retransmissions included; that is
-an assumption (nettop's docs don't say), resting on nettop listing
-retransmissions in a column of their own (re-tx, kept as
-NettopFlow.retransmitted) rather than subtracting them.
-Listening sockets have no counters (None, never 0). Should a restarted
-nettop count a socket from zero again, the counter goes backwards, which
-state.py takes for a new socket: never a negative rate. nettop reports no
-destroy events, so a connection that opens and closes between two samples
-is never seen: Snapshot.closed stays empty, and its bytes show up only in
-the interface totals, as unattributed.
+What the numbers mean (nettop_counters.py has the details and sources):
+bytes are counted from the first frame nettop gives (a connection open
+before netmond started counts only what it moves afterwards), continue
+across nettop restarts, and are payload: `bytes_sent` is bytes_out minus
+re-tx, `bytes_received` bytes_in minus rx_dupe (xnu adds retransmitted and
+duplicate payload to both). Listening sockets have no counters (None,
+never 0). nettop reports no destroy events: a socket that vanishes from a
+complete frame is reported in Snapshot.closed, with the last bytes its
+process row recovered for it where the process row keeps closed sockets.
+A connection that opens and closes between two frames is never seen: its
+bytes show up only in the interface totals, as unattributed.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ from .base import (
     now,
 )
 from .interfaces import sample_interfaces
-from .nettop_parser import NettopParser, NettopSample
+from .nettop_counters import MAX_PENDING_CLOSED, NettopAccounting
+from .nettop_parser import NettopParser, NettopSample, is_header_line
 from .procinfo import ProcessCache
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,13 @@ QUIET_FLUSH = 0.25
 RESTART_NOTICE_SECONDS = 300.0
 #: A line longer than this is garbage (bounds the reader's memory).
 MAX_LINE_BYTES = 1 << 20
+#: A nettop that gives no sample for max(HANG_FACTOR x its -s, HANG_MIN_SECONDS)
+#: has hung and is killed (then restarted with the usual backoff). nettop
+#: has been seen to hang outright; exelban/stats kills theirs after 5 s.
+HANG_FACTOR = 3
+HANG_MIN_SECONDS = 5.0
+#: Lines of non-CSV output (nettop's usage text) kept for status().
+NOT_CSV_LINES = 3
 #: Bounded waits for nettop to go away.
 TERMINATE_TIMEOUT = 2.0
 REAP_TIMEOUT = 5.0
@@ -100,6 +114,19 @@ def nettop_seconds(interval: float) -> int:
     """nettop's -s for a sampling interval: whole seconds, rounded up, >= 1."""
     # The epsilon keeps 1.0000000001 (float noise from a config) at 1.
     return max(1, math.ceil(interval - 1e-9))
+
+
+def interval_note(interval: float) -> str | None:
+    """A line for status/interval output when nettop can't sample at `interval`."""
+    seconds = nettop_seconds(interval)
+    if abs(seconds - interval) < 1e-6:
+        return None
+    # deg/beads-utils measured that `-s 0.2` gives no samples at all, so
+    # the interval is rounded up rather than passed on as a fraction.
+    return (
+        f"nettop samples every {seconds}s, not every {interval:g}s as asked: "
+        "its -s takes whole seconds (a fraction gives no samples at all)"
+    )
 
 
 def nettop_command(path: str, interval: float) -> list[str]:
@@ -229,27 +256,38 @@ class _Child:
     out_fd: int
     err_fd: int
     pty_master: int | None
+    #: Our end of nettop's stdin: held open, never written (see _spawn).
+    stdin_w: int | None = None
 
     def close_fds(self) -> None:
         if self.pty_master is not None:
             os.close(self.pty_master)
+            self.pty_master = None
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+
+    def close_stdin(self) -> None:
+        """Only once nettop has exited: EOF on its stdin makes it spin."""
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+            self.stdin_w = None
 
 
 class NettopRunner:
     """Keeps one nettop running and hands each complete sample to `on_sample`.
 
     All the work happens in one daemon thread: spawn, read, parse, respawn.
-    `on_sample` is called from that thread, with samples in order; a
-    sample flushed early and then continued arrives again, merged.
+    `on_sample(sample, run, replaces)` is called from that thread, with
+    samples in order; `run` counts the nettop processes started (1, 2,
+    ...); a sample flushed early and then continued arrives again, merged,
+    with `replaces` True.
     """
 
     def __init__(
         self,
         interval: float,
-        on_sample: Callable[[NettopSample], None],
+        on_sample: Callable[[NettopSample, int, bool], None],
         nettop_path: str | None = None,
         use_pty: bool = True,
     ) -> None:
@@ -274,6 +312,10 @@ class NettopRunner:
         self._samples = 0
         self._last_sample_at: float | None = None
         self._stderr_tail = b""
+        self._hang_note: str | None = None  # why the running nettop was killed
+        self._hangs = 0
+        self._runs = 0  # nettop processes started so far
+        self._not_csv: str | None = None  # what nettop printed instead of CSV
 
     # -- control (any thread) ---------------------------------------------
 
@@ -326,6 +368,12 @@ class NettopRunner:
             return self._exits
 
     @property
+    def hangs(self) -> int:
+        """How many times nettop hung and was killed."""
+        with self._lock:
+            return self._hangs
+
+    @property
     def skipped_lines(self) -> int:
         with self._lock:
             return self._skipped_lines
@@ -344,19 +392,30 @@ class NettopRunner:
                 ago = t - self._last_exit_at
                 if ago < RESTART_NOTICE_SECONDS:
                     out.append(
-                        f"nettop exited {self._exits} time(s) and was restarted; "
+                        f"nettop exited or hung {self._exits} time(s) and was restarted; "
                         f"last: {self._last_exit}, {ago:.0f}s ago"
                     )
             if running and self._last_sample_at is not None:
                 silent = t - self._last_sample_at
                 if silent > 3 * nettop_seconds(self._interval) + 5:
                     out.append(f"no sample from nettop for {silent:.0f}s; data is stale")
+            if self._not_csv is not None:
+                out.append(self._not_csv)
             if self._skipped_lines:
                 out.append(
                     f"{self._skipped_lines} line(s) of nettop output could not be parsed "
                     "and were skipped"
                 )
+            effective = interval_note(self._interval)
+            if effective:
+                out.append(effective)
         return out
+
+    @property
+    def effective_interval(self) -> float:
+        """The interval nettop really samples at (whole seconds)."""
+        with self._lock:
+            return float(nettop_seconds(self._interval))
 
     def _retry_note(self, t: float) -> str:
         if self._next_start_at is None:
@@ -410,6 +469,8 @@ class NettopRunner:
             self._child = child.process
             self._problem = None
             self._stderr_tail = b""
+            self._runs += 1
+            self._latest = None
             stopping = self._stopping.is_set()
         log.info("nettop started (pid %d): %s", child.process.pid, " ".join(argv))
         if stopping:  # stop() ran while we were spawning: it missed this one
@@ -420,12 +481,16 @@ class NettopRunner:
         finally:
             child.close_fds()
             code = self._reap(child.process)
+            child.close_stdin()
             with self._lock:
                 self._child = None
                 unplanned = not (self._restart_requested or self._stopping.is_set())
                 if unplanned:
                     tail = self._stderr_tail.decode("utf-8", "replace").strip().splitlines()
                     how = _describe_exit(code) + (f": {tail[-1]}" if tail else "")
+                    if self._hang_note is not None:
+                        how = self._hang_note
+                        self._hang_note = None
                     self._exits += 1
                     self._last_exit = how
                     self._last_exit_at = time.monotonic()
@@ -434,44 +499,67 @@ class NettopRunner:
         return produced
 
     def _spawn(self, argv: list[str]) -> _Child:
-        if not self._use_pty:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            return _Child(proc, proc.stdout.fileno(), proc.stderr.fileno(), None)
-        master, slave = os.openpty()
+        # stdin: a pipe whose write end we hold, never write to and close
+        # only once nettop is gone. nettop spins at 100-150 % CPU when its
+        # stdin is at EOF or /dev/null, -s or not: exelban/stats PR #1854
+        # fixed theirs with a stdin pipe and NSUnbufferedIO=YES, and
+        # Ffinnis/OpenActivity keeps its stdin pipe open because at EOF
+        # nettop spins. tests/data/fake_nettop refuses to run with stdin at
+        # EOF, so this cannot silently come back.
+        stdin_r, stdin_w = os.pipe()
+        env = {**os.environ, "NSUnbufferedIO": "YES"}
         try:
-            _configure_pty(slave)
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE
-            )
+            if not self._use_pty:
+                proc = subprocess.Popen(
+                    argv, stdin=stdin_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+                )
+                assert proc.stdout is not None and proc.stderr is not None
+                return _Child(proc, proc.stdout.fileno(), proc.stderr.fileno(), None, stdin_w)
+            master, slave = os.openpty()
+            try:
+                _configure_pty(slave)
+                proc = subprocess.Popen(
+                    argv, stdin=stdin_r, stdout=slave, stderr=subprocess.PIPE, env=env
+                )
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                # Only nettop may hold the slave: its exit must give us EOF.
+                os.close(slave)
         except BaseException:
-            os.close(master)
+            os.close(stdin_w)
             raise
         finally:
-            # Only nettop may hold the slave: its exit must give us EOF.
-            os.close(slave)
+            os.close(stdin_r)
         assert proc.stderr is not None
-        return _Child(proc, master, proc.stderr.fileno(), master)
+        return _Child(proc, master, proc.stderr.fileno(), master, stdin_w)
 
     def _pump(self, child: _Child) -> int:
-        """Read nettop until its stdout closes; returns samples published."""
+        """Read nettop until its stdout closes; returns samples published.
+
+        Kills a nettop that gives no complete sample for hang_seconds()
+        (it has hung outright: exelban/stats kills theirs after 5 s).
+        """
         parser = NettopParser()
         produced = 0
         pending = b""  # an incomplete last line
         received = time.monotonic()
+        progress = received  # the last sample published, or the start
+        hung = False
         skipped_before = 0
+        head: list[str] | None = []  # the first lines, until a header shows
         with selectors.DefaultSelector() as sel:  # not select(): fds may be > 1023
             sel.register(child.out_fd, selectors.EVENT_READ, "out")
             sel.register(child.err_fd, selectors.EVENT_READ, "err")
             out_open = True
             while out_open and not self._stopping.is_set():
                 events = sel.select(timeout=QUIET_FLUSH)
-                if not events:
-                    if parser.pending:  # quiet: the sample is complete
-                        produced += self._publish(parser.flush())
-                    continue
+                if not events and parser.pending:  # quiet: the sample is complete
+                    n = self._publish(parser.flush())
+                    if n:
+                        produced += n
+                        progress = time.monotonic()
                 for key, _ in events:
                     data = _read(key.fd)
                     if data is None:
@@ -490,14 +578,68 @@ class NettopRunner:
                             parser.skipped_lines += 1
                         samples: list[NettopSample] = []
                         for line in lines:
-                            samples += parser.feed(line.decode("utf-8", "replace"), at=received)
-                        produced += self._publish(samples)
+                            text = line.decode("utf-8", "replace")
+                            if head is not None:
+                                head = self._check_head(head, text)
+                            samples += parser.feed(text, at=received)
+                        n = self._publish(samples)
+                        if n:
+                            produced += n
+                            progress = received
                 skipped_before = self._note_skipped(parser, skipped_before)
+                # Output that never completes a sample (silence, or lines
+                # that are no sample) is a hang all the same.
+                silent = time.monotonic() - progress
+                if silent > self.hang_seconds() and not hung:
+                    self._kill_hung(child, silent)
+                    hung = True
         # EOF: a last line without its newline still counts (or is skipped).
+        if pending and head is not None:
+            head = self._check_head(head, pending.decode("utf-8", "replace"))
+        if head:  # never a header: usage text, most likely
+            self._set_not_csv(head)
         tail = parser.feed(pending.decode("utf-8", "replace"), at=received) if pending else []
         produced += self._publish(tail + parser.flush())
         self._note_skipped(parser, skipped_before)
         return produced
+
+    def hang_seconds(self) -> float:
+        """How long nettop may go without a sample before it is killed."""
+        with self._lock:
+            return max(HANG_FACTOR * nettop_seconds(self._interval), HANG_MIN_SECONDS)
+
+    def _kill_hung(self, child: _Child, silent: float) -> None:
+        note = f"hung: no sample for {silent:.0f}s, killed"
+        log.warning("nettop (pid %d) %s; restarting it", child.process.pid, note)
+        with self._lock:
+            self._hang_note = note
+            self._hangs += 1
+        _terminate(child.process)
+
+    def _check_head(self, head: list[str], line: str) -> list[str] | None:
+        """Watch the run's first lines: None once they began with a header.
+
+        nettop prints its usage and exits 0 on a flag it does not know, so
+        the exit status says nothing: the first line must be a CSV header.
+        """
+        text = line.strip()
+        if not text:
+            return head
+        if not head and is_header_line(text):
+            with self._lock:
+                self._not_csv = None
+            return None
+        if len(head) < NOT_CSV_LINES:
+            head.append(text[:200])
+        return head
+
+    def _set_not_csv(self, head: list[str]) -> None:
+        message = "nettop did not print CSV (did it reject its flags?); it said: " + " / ".join(head)
+        with self._lock:
+            first = self._not_csv != message
+            self._not_csv = message
+        if first:
+            log.warning("%s", message)
 
     def _note_skipped(self, parser: NettopParser, before: int) -> int:
         if parser.skipped_lines != before:
@@ -508,7 +650,8 @@ class NettopRunner:
     def _publish(self, samples: list[NettopSample]) -> int:
         count = 0
         for sample in samples:
-            if sample.continuation:
+            replaces = sample.continuation
+            if replaces:
                 if self._latest is None:
                     continue  # nothing to continue: cannot place these rows
                 sample = self._latest.merged(sample)
@@ -516,8 +659,9 @@ class NettopRunner:
             with self._lock:
                 self._samples += 1
                 self._last_sample_at = time.monotonic()
+                run = self._runs
             try:
-                self._on_sample(sample)
+                self._on_sample(sample, run, replaces)
             except Exception:  # a consumer bug must not stop the stream
                 log.exception("nettop sample consumer failed")
             count += 1
@@ -540,9 +684,11 @@ class NettopRunner:
 
 @dataclass(frozen=True, slots=True)
 class _Tick:
-    """A nettop sample with the interface counters read when it arrived."""
+    """A nettop sample, the sockets to report for it, and the interface
+    counters read when it arrived."""
 
     sample: NettopSample
+    sockets: list[SocketSample]
     interfaces: list[InterfaceSample]
     seq: int
 
@@ -569,6 +715,11 @@ class DarwinBackend(Backend):
         self._tick: _Tick | None = None
         self._seq = 0
         self._returned_seq = 0
+        # Reader thread only: raw counters -> reported ones (nettop_counters.py).
+        self._accounting = NettopAccounting()
+        self._run = 0
+        # Closed sockets not yet handed out by sample() (guarded by _cond).
+        self._closed: list[SocketSample] = []
         self._runner = NettopRunner(interval, self._on_sample, nettop_path, use_pty)
 
     # -- Backend interface --------------------------------------------------
@@ -584,22 +735,28 @@ class DarwinBackend(Backend):
         though the sample may be up to one interval old. If the sample was
         already returned, this waits briefly for the next one, so that two
         calls rarely yield the same sample (which gives no time to rate).
+        `closed` holds the sockets that vanished from nettop's complete
+        frames since the last call, with their final counters.
         """
         tick = self._next_tick(timeout=min(0.5 * self._interval, 1.0))
+        with self._cond:
+            closed, self._closed = self._closed, []
         mono, wall = now()
         if tick is None:
-            return Snapshot(mono, wall, [], sample_interfaces())
+            return Snapshot(mono, wall, [], sample_interfaces(), closed)
         measured = tick.sample.received_at if tick.sample.received_at is not None else mono
-        try:
-            sockets = self._sockets(tick.sample)
-        except Exception:  # pragma: no cover - sample() must never raise
-            log.exception("building sockets from nettop sample failed")
-            sockets = []
+        sockets = tick.sockets
+        if closed:
+            # A key is never both open and closed in one snapshot (the same
+            # addresses reused by a new socket): the new one shows next time.
+            gone = {c.key for c in closed}
+            sockets = [s for s in sockets if s.key not in gone]
         return Snapshot(
             monotonic=measured,
             wall=wall - (mono - measured),
             sockets=sockets,
             interfaces=tick.interfaces,
+            closed=closed,
         )
 
     def status(self) -> BackendStatus:
@@ -610,11 +767,17 @@ class DarwinBackend(Backend):
             privileged=is_privileged(),
             attribution_complete=complete,
             warnings=self._runner.warnings(),
+            effective_interval=self._runner.effective_interval,
         )
 
     def close(self) -> None:
         """Terminate nettop and stop the reader. The backend can't restart."""
         self._runner.stop()
+
+    def discard_pending(self) -> None:
+        """Monitoring is stopped: closes seen meanwhile are not counted."""
+        with self._cond:
+            self._closed = []
 
     # -- extras -------------------------------------------------------------
 
@@ -622,6 +785,11 @@ class DarwinBackend(Backend):
         """A new sampling interval; nettop is restarted if its -s changes."""
         self._runner.set_interval(interval)
         self._interval = _check_interval(interval)
+
+    @property
+    def effective_interval(self) -> float:
+        """The interval nettop samples at: whole seconds (see interval_note)."""
+        return self._runner.effective_interval
 
     def wait_for_sample(self, timeout: float) -> bool:
         """Wait until nettop has delivered a sample; False on timeout."""
@@ -635,19 +803,32 @@ class DarwinBackend(Backend):
 
     @property
     def nettop_exits(self) -> int:
-        """How many times nettop exited unasked and was restarted."""
+        """How many times nettop exited (or hung) unasked and was restarted."""
         return self._runner.exits
+
+    @property
+    def nettop_hangs(self) -> int:
+        """How many times nettop hung and was killed."""
+        return self._runner.hangs
 
     # -- internals ----------------------------------------------------------
 
-    def _on_sample(self, sample: NettopSample) -> None:
+    def _on_sample(self, sample: NettopSample, run: int, replaces: bool) -> None:
         # Runs in the reader thread. Interface counters are read now, with
         # the sample, so both keep the same spacing in time: rates from
         # either are right whenever sample() happens to be called.
         interfaces = sample_interfaces()
+        if run != self._run:
+            self._accounting.new_run()
+            self._run = run
+        sockets = self._accounting.frame(sample, self._sockets(sample), replaces=replaces)
+        closed = self._accounting.take_closed()
         with self._cond:
             self._seq += 1
-            self._tick = _Tick(sample, interfaces, self._seq)
+            self._tick = _Tick(sample, sockets, interfaces, self._seq)
+            if closed:
+                self._closed.extend(closed)
+                del self._closed[:-MAX_PENDING_CLOSED]
             self._cond.notify_all()
 
     def _next_tick(self, timeout: float) -> _Tick | None:
@@ -659,6 +840,7 @@ class DarwinBackend(Backend):
             return self._tick
 
     def _sockets(self, sample: NettopSample) -> list[SocketSample]:
+        """One SocketSample per flow, raw counters, names from psutil."""
         found: dict[int, tuple[str | None, str | None]] = {}
 
         def identify(pid: int | None, nettop_name: str | None) -> tuple[str | None, str | None]:

@@ -1,0 +1,107 @@
+"""A real `netmond --backend darwin` on Linux, with tests/data/fake_nettop as
+its nettop, and `netmonctl` as a subprocess: what a Mac user would read.
+
+The recordings replay a frame a second, as nettop -s 1 prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import netmonctl_cmd
+from tests.helpers import REPO, wait_until
+
+DATA = REPO / "tests" / "data"
+FAKE = DATA / "fake_nettop"
+APSD_REMOTE = "17.57.146.10:5223"
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def fake_env(tmp_path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nettop").symlink_to(FAKE)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "NETTOP_FAKE_ARGV_LOG": str(tmp_path / "runs.jsonl"),
+    }
+
+
+def ctl(socket_path: str, *args: str):
+    out = subprocess.run(
+        netmonctl_cmd("--socket", socket_path, *args),
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def apsd_totals(socket_path: str) -> tuple[int, int] | None:
+    apps = json.loads(ctl(socket_path, "apps", "--json"))
+    apps = apps["apps"] if isinstance(apps, dict) else apps
+    for app in apps:
+        if app["process_name"] == "apsd":
+            return app["bytes_received"], app["bytes_sent"]
+    return None
+
+
+def nettops(daemon_pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(daemon_pid).children() if any(a.endswith("nettop") for a in p.cmdline())]
+
+
+def test_apps_count_from_the_first_frame_and_across_a_nettop_restart(start_daemon_process, fake_env):
+    recordings = [DATA / "nettop" / "preexisting.csv", DATA / "nettop" / "preexisting_after_restart.csv"]
+    env = {
+        **fake_env,
+        # the first frame comes after netmond's first sample, as on a Mac
+        # where nettop takes a moment to start
+        "NETTOP_FAKE_FIRST_DELAY": "1.0",
+        "NETTOP_FAKE_RECORDING": ";".join(map(str, recordings)),
+        "NETTOP_FAKE_HANG": "99",  # each run stays up after its last frame
+    }
+    d = start_daemon_process("--backend", "darwin", "--interval", "1", env=env)
+    # apsd's connection was open before netmond: 3,177,530 in / 7,189,392
+    # out in the first frame, 3,177,700 / 7,189,600 two frames later
+    assert wait_until(lambda: apsd_totals(d.socket) == (170, 208), 30)
+    (row,) = [c for c in json.loads(ctl(d.socket, "conns", "--json"))["connections"]
+              if c["remote_addr"] == APSD_REMOTE]
+
+    (first,) = wait_until(lambda: nettops(d.proc.pid), 10)
+    first.send_signal(signal.SIGKILL)
+    # the new nettop counts the same connection on: 3,177,900 / 7,189,800
+    assert wait_until(lambda: apsd_totals(d.socket) == (370, 408), 30)
+    (again,) = [c for c in json.loads(ctl(d.socket, "conns", "--json"))["connections"]
+                if c["remote_addr"] == APSD_REMOTE]
+    assert again["id"] == row["id"]  # one connection, one row, across the restart
+    assert (again["bytes_received"], again["bytes_sent"]) == (370, 408)
+    status = json.loads(ctl(d.socket, "status", "--json"))
+    assert any("killed by SIGKILL" in w for w in status["warnings"])
+
+
+def test_status_and_interval_say_what_nettop_really_samples(start_daemon_process, fake_env):
+    env = {**fake_env, "NETTOP_FAKE_LOOP": "1", "NETTOP_FAKE_DELAY": "0.3"}
+    d = start_daemon_process("--backend", "darwin", "--interval", "1.5", env=env)
+    status = json.loads(ctl(d.socket, "status", "--json"))
+    assert (status["interval"], status["effective_interval"]) == (1.5, 2.0)
+    assert any("nettop samples every 2s, not every 1.5s" in w for w in status["warnings"])
+    assert "(the backend samples every 2s)" in ctl(d.socket, "status")
+    assert "nettop takes whole seconds" in ctl(d.socket, "interval")
+    assert json.loads(ctl(d.socket, "interval", "--json")) == {"interval": 1.5, "effective_interval": 2.0}
+
+    assert json.loads(ctl(d.socket, "interval", "2", "--json")) == {"interval": 2.0}
+    assert ctl(d.socket, "interval", "1.2").strip() == (
+        "sampling interval set to 1.2s (the backend samples every 2s: nettop takes whole seconds)"
+    )
+    runs = [json.loads(line) for line in Path(env["NETTOP_FAKE_ARGV_LOG"]).read_text().splitlines()]
+    assert all(run[run.index("-s") + 1].isdigit() for run in runs)  # never a fraction
+
