@@ -51,6 +51,13 @@ def conns(
 
     The daemon applies the filters; all of them must hold.
 
+    With --json (and --format ndjson or csv), each row is the daemon's
+    Connection as sent: first_seen, last_seen and closed_at are Unix epoch
+    seconds (floats), duration is seconds, bytes_sent/bytes_received are
+    bytes, upload_speed/download_speed are bytes per second over the latest
+    sampling interval, and null (empty in csv) means unknown, never 0.
+    docs/PROTOCOL.md describes every field.
+
     \b
     Examples:
       netmonctl conns --proc firefox --state ESTABLISHED
