@@ -1,4 +1,4 @@
-"""Wire shapes of netmon (DESIGN §3) and the connection filter.
+"""Wire shapes of netmon (docs/PROTOCOL.md §8) and the connection filter.
 
 The wire carries plain dicts (msgpack maps) with exactly these field names;
 JSON output of netmonctl is the same dicts. The tuples below are the single
@@ -157,7 +157,7 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class Filter:
-    """Connection filter (DESIGN §6), evaluated by the daemon.
+    """Connection filter (docs/PROTOCOL.md §8, Filter), evaluated by the daemon.
 
     Every criterion that is set must hold (AND). On the wire it is a map with
     these field names; absent or null keys mean "any".

@@ -1,4 +1,4 @@
-"""Default socket and config paths per platform and privilege (DESIGN §5).
+"""Default socket and config paths per platform and privilege (docs/DESIGN.md §5).
 
 The daemon and the CLI agree on these so that `netmond` and `netmonctl` with
 no flags find each other:

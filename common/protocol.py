@@ -1,4 +1,4 @@
-"""msgpack-RPC framing for netmon (DESIGN §2).
+"""msgpack-RPC framing for netmon (docs/PROTOCOL.md §2-§5).
 
 Standard msgpack-RPC over a stream socket: a sequence of msgpack arrays with no
 extra framing.

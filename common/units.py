@@ -1,4 +1,4 @@
-"""Human renderings of bytes, rates and durations (DESIGN §6).
+"""Human renderings of bytes, rates and durations (docs/DESIGN.md §6).
 
 Decimal units (kB = 1000 B), as nettop, bandwhich and network gear use.
 Unknown values (None) render as "-": never as 0.

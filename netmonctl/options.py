@@ -3,7 +3,7 @@
 - output_options: --json / --format / --no-color, on the root group AND on
   every command (people type `netmonctl conns --json`); a command's own
   choice wins over the global one.
-- filter_options: the connection filter of DESIGN §6, validated by
+- filter_options: the connection filter of docs/PROTOCOL.md §8, validated by
   common.models.Filter (the daemon's own validator, so the CLI and the daemon
   cannot disagree) and handed to the command as one wire map `flt`.
 - sort_options: --sort / --reverse / --limit.

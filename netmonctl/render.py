@@ -1,4 +1,4 @@
-"""Output for people and for programs (DESIGN §6): table, json, ndjson, csv.
+"""Output for people and for programs (docs/DESIGN.md §6): table, json, ndjson, csv.
 
 - json is exactly the daemon's wire shape (`{"connections": [...]}`, the Stats
   map, ...), so jq programs written against the protocol work on CLI output.

@@ -1,4 +1,4 @@
-"""One plain function per RPC method (DESIGN §2): (daemon, params, session) -> result.
+"""One plain function per RPC method (docs/PROTOCOL.md §6): (daemon, params, session) -> result.
 
 Handlers validate their params and raise RPCError with a wire code; they
 never let another exception escape (the server turns any that does into

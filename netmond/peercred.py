@@ -1,4 +1,4 @@
-"""Who is on the other end of a Unix socket: peer credentials per OS (DESIGN §7).
+"""Who is on the other end of a Unix socket: peer credentials per OS (docs/DESIGN.md §7).
 
 Linux: SO_PEERCRED gives struct ucred {pid, uid, gid}, and SO_PEERGROUPS
 (4.13+) the peer's supplementary groups as the kernel saw them at connect():

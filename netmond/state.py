@@ -5,7 +5,7 @@ returns what changed (for notifications). Everything here is pure: no OS, no
 clock of its own (times come from the snapshot), so unit tests drive it with
 hand-made snapshots.
 
-Accounting rules (DESIGN §3):
+Accounting rules (docs/DESIGN.md §3):
 - A socket keeps one row, and so one `id`, for its whole life: rows are keyed
   by the backend's `SocketSample.key`. A counter that goes backwards means the
   key now names a new socket: the old row closes, a new one opens.
@@ -101,7 +101,7 @@ class ConnRow:
         return getattr(self, name, default)
 
     def to_wire(self, now: float) -> dict[str, Any]:
-        """The Connection map of DESIGN §3."""
+        """The Connection map of docs/PROTOCOL.md §8."""
         end = self.closed_at if self.closed_at is not None else now
         return {
             "id": self.id,
@@ -559,7 +559,7 @@ class MonitorState:
         ]
 
     def stats(self, *, uptime: float, monitoring: bool) -> dict[str, Any]:
-        """The Stats map of DESIGN §3."""
+        """The Stats map of docs/PROTOCOL.md §8."""
         ifaces = self.interfaces()
         counted = [
             i for i in ifaces if self.include_loopback or not self._ifaces[i["name"]].is_loopback

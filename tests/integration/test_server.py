@@ -14,16 +14,7 @@ from common import protocol
 from common.client import Client, DaemonUnavailable
 from common.models import CONNECTION_FIELDS, STATS_FIELDS
 from common.protocol import RPCError
-from netmond.handlers import HANDLERS
 from tests.helpers import tcp_pair, wait_until
-
-DESIGN_METHODS = {"hello", "status", "connections", "apps", "stats", "bandwidth_history",
-                  "control", "configure", "subscribe", "unsubscribe"}
-
-
-def test_every_method_of_the_protocol_has_one_handler():
-    assert set(HANDLERS) == DESIGN_METHODS
-
 
 def raw_exchange(path: str, payload: bytes, timeout: float = 5.0) -> tuple[list, bool]:
     """Send bytes; return (messages received, whether the daemon closed on us)."""
