@@ -28,7 +28,7 @@ import struct
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from . import paths, protocol
 from .protocol import Notification, ProtocolError, RPCError, Response
@@ -137,6 +137,9 @@ class Client:
         self._ids = itertools.count(1)
         self._pending_notes: list[Notification] = []
         self.server_info: dict[str, Any] | None = None
+        #: Applied to every message read before it is decoded (netmonctl:
+        #: render.printable_data, so no daemon string reaches a terminal raw).
+        self.clean: Callable[[Any], Any] | None = None
 
     @classmethod
     def connect(cls, path: str, timeout: float | None = 5.0, explicit: bool = True) -> "Client":
@@ -226,7 +229,7 @@ class Client:
     def _read_message(self) -> Any:
         while True:
             for obj in self._unpacker:
-                return protocol.decode_message(obj)
+                return protocol.decode_message(obj if self.clean is None else self.clean(obj))
             try:
                 chunk = self._sock.recv(256 * 1024)
             except (ConnectionResetError, BrokenPipeError) as exc:

@@ -87,6 +87,27 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
+def printable_data(value: Any) -> Any:
+    """`value` (a decoded message: maps, lists, strings, numbers) with every
+    string, map keys included, passed through printable().
+
+    netmonctl applies it to everything it reads from a daemon (session.
+    connect), so that no command (tables, key-value lists, watch lines, top,
+    fleet, error messages, JSON and CSV alike) ever writes a control
+    character or escape sequence a daemon or a hostile `-H` host sent to the
+    terminal. Only strings that need it are copied.
+    """
+    if isinstance(value, str):
+        return value if value.isprintable() else printable(value)
+    if isinstance(value, dict):
+        return {printable_data(k): printable_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable_data(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(printable_data(v) for v in value)
+    return value
+
+
 def safe(value: Any) -> str:
     """A name that comes from another process (process, app) for a cell:
     control characters masked (see printable), unknown (None) as '-'."""

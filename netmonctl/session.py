@@ -82,6 +82,10 @@ def connect(settings: Settings) -> Iterator["Client"]:
         opened = Client.connect(settings.socket_path, timeout=settings.timeout,
                                 explicit=socket_named_explicitly(settings.socket))
     with opened as client:
+        # Every string the daemon sends is made printable before any command
+        # sees it (issue 10: escapes in a fake daemon's warnings reached the
+        # terminal through `status`).
+        client.clean = render.printable_data
         _hello(client)
         yield client
 

@@ -295,8 +295,10 @@ _OFFLINE_PATTERNS = (
 
 def stderr_tail(text: str, lines: int = STDERR_TAIL_LINES) -> list[str]:
     """The last non-empty lines of ssh's stderr, without ssh's own chatter."""
+    from .render import printable  # what the remote side wrote must not drive our terminal
+
     out = [
-        line.strip()
+        printable(line.strip())
         for line in text.replace("\r", "").splitlines()
         if line.strip() and not line.startswith("Warning: Permanently added")
     ]

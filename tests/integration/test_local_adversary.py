@@ -202,7 +202,9 @@ while True:
         unpacker.feed(data)
         for msg in unpacker:
             print("served", msg[2], flush=True)
-            conn.sendall(msgpack.packb([1, msg[1], None, canned.get(msg[2], {"monitoring": False})]))
+            error = canned.get("!" + msg[2])  # "!method": answer with that error instead
+            result = None if error else canned.get(msg[2], {"monitoring": False})
+            conn.sendall(msgpack.packb([1, msg[1], error, result]))
     conn.close()
 """
 
@@ -367,3 +369,49 @@ def test_hole6_a_socket_path_through_another_users_symlink_is_refused(start_daem
     # A root-owned symlink (like /var/run -> /run) is fine.
     os.symlink(rootdir, os.path.join(short_dir, "rootlink"))
     assert netmonctl(os.path.join(short_dir, "rootlink", "n.sock"), "status").returncode == 0
+
+
+# -- hole 3: terminal escapes from a daemon ---------------------------------------------------
+
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31m"
+
+
+@needs_setpriv
+def test_hole3_no_string_from_a_daemon_reaches_the_terminal_raw(start_daemon_thread, short_dir, as_nobody_argv):
+    d = start_daemon_thread()
+
+    def hostile_rows(reply: dict) -> None:
+        rows = reply["connections"] or []
+        template = rows[0] if rows else {}
+        reply["connections"] = [{**template, "process_name": "evil" + ESCAPES, "user": ESCAPES,
+                                 "state": "ESTABLISHED" + ESCAPES}]
+
+    canned = canned_replies(
+        d, short_dir,
+        status=lambda r: r.update(warnings=["look" + ESCAPES], version="9" + ESCAPES, backend=ESCAPES),
+        connections=hostile_rows,
+        apps=lambda r: r.update(apps=[{"process_name": "evil" + ESCAPES, "pids": [1], "connections": 1,
+                                       "upload_speed": 0.0, "download_speed": 0.0, "bytes_sent": 1,
+                                       "bytes_received": 2}]),
+        stats=lambda r: r.update(top_app="evil" + ESCAPES),
+    )
+    with open(canned) as fh:
+        data = json.load(fh)
+    data["!control"] = {"code": "internal", "message": "no" + ESCAPES}
+    with open(canned, "w") as fh:
+        json.dump(data, fh)
+    home = os.path.join(short_dir, "nobody")
+    os.mkdir(home, 0o755)
+    os.chown(home, NOBODY, NOBODY)
+    path = os.path.join(home, "n.sock")
+    fake = start_fake_daemon(as_nobody_argv, path, canned)
+    try:
+        for cmd in (["status"], ["conns"], ["apps"], ["stats"], ["conns", "--format", "csv"], ["apps", "--format", "csv"],
+                    ["conns", "--json"], ["status", "--json"], ["stop"]):
+            ran = netmonctl(path, *cmd)
+            assert "\x1b" not in ran.stdout and "\x07" not in ran.stdout, (cmd, ran.stdout)
+            assert "\x1b" not in ran.stderr and "\x07" not in ran.stderr, (cmd, ran.stderr)
+            assert ran.returncode == (1 if cmd == ["stop"] else 0), (cmd, ran.returncode, ran.stderr)
+        assert "look?]0;pwned??[2J?[31m" in netmonctl(path, "status").stdout
+    finally:
+        served(fake)
