@@ -108,6 +108,8 @@ class Daemon:
         self.ready = threading.Event()
         # Prometheus exporter, only when configured (ConfigError: library missing).
         self.metrics = MetricsExporter.from_config(config)
+        if self.metrics is not None:
+            self.warnings.extend(self.metrics.warnings())
 
     # -- control (called by handlers, on the loop) --------------------------
     def set_monitoring(self, on: bool) -> None:

@@ -139,8 +139,12 @@ def validate(cfg: Config) -> None:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
     if cfg.metrics_listen is not None:
-        host, sep, port = cfg.metrics_listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        from .metrics import split_listen  # here: metrics imports this module
+
+        try:
+            split_listen(cfg.metrics_listen)
+        except ValueError as exc:
             raise ConfigError(
-                f"metrics_listen must be HOST:PORT (e.g. 127.0.0.1:9100), got {cfg.metrics_listen!r}"
-            )
+                f"metrics_listen must be HOST:PORT, an address and a port (e.g. 127.0.0.1:9100, [::1]:9100, "
+                f"0.0.0.0:9100 for every interface), got {cfg.metrics_listen!r}: {exc}"
+            ) from None

@@ -52,16 +52,37 @@ Threads: `on_tick()` runs on the daemon's event loop, builds an immutable
 MetricsSnapshot and swaps one reference; the HTTP thread's `collect()` reads
 that reference once per scrape and builds fresh metric families from it. No
 lock, and no scrape ever reads live state.
+
+Safe on a shared machine (issue 10): any local user can connect to the port.
+- The HTTP server is our own small one (http.server), not prometheus_client's
+  thread-per-connection server: at most MAX_CONNECTIONS connections are
+  served at once (one thread and one descriptor each), one over that is
+  closed as soon as it is accepted, and a connection that has not sent its
+  request within REQUEST_TIMEOUT is closed. Before, 1,016 idle connections
+  took all of the daemon's 1,024 descriptors and every netmonctl call failed.
+- The textfile is written to an unpredictable temporary name made with
+  O_CREAT|O_EXCL|O_NOFOLLOW (mkstemp) in the target directory and renamed
+  over PATH, so a symlink another user plants is never followed; a directory
+  others may write is refused unless it is sticky (then only our own file is
+  ever replaced).
+- `metrics_listen` is parsed strictly (an IP address, `localhost`, or a
+  bracketed IPv6 address, and a port); listening beyond loopback is logged
+  as a warning and shown by `netmonctl status`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import resource
+import socket
+import stat
 import sys
+import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator
@@ -80,6 +101,10 @@ TOP_APPS = 20
 OTHER = "other"
 #: Apps whose byte counts are remembered; the smallest never-exported ones go first.
 MAX_TRACKED_APPS = 4096
+#: Scrapes served at once; one more connection is closed when accepted.
+MAX_CONNECTIONS = 16
+#: Seconds a connection may take to send its request (and to read the reply).
+REQUEST_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -383,9 +408,154 @@ def _require_prometheus_client() -> None:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    """'127.0.0.1:9101' -> ('127.0.0.1', 9101); '[::1]:9101' -> ('::1', 9101)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+    """'127.0.0.1:9101' -> ('127.0.0.1', 9101); '[::1]:9101' -> ('::1', 9101).
+
+    Strict: the host is an IPv4 address in dotted-quad form, `localhost`, or
+    an IPv6 address in brackets; the port 1-65535. ValueError otherwise, so
+    `0:9352` (which the resolver would turn into 0.0.0.0) is refused rather
+    than quietly listening on every interface.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("the port must be a number 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        addr = host[1:-1]
+        try:
+            if ipaddress.ip_address(addr).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+        return addr, int(port)
+    if host == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        if host.count(".") != 3 or ipaddress.ip_address(host).version != 4:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address (write 0.0.0.0 for every interface, "
+                         "[::1] for IPv6)") from None
+    return host, int(port)
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """True when metrics_listen only accepts connections from this machine."""
+    host, _ = split_listen(listen)
+    return ipaddress.ip_address(host).is_loopback
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """GET /metrics (or /): the exposition; anything else 404. One request per connection."""
+
+    timeout = REQUEST_TIMEOUT  # socket timeout: a silent client is dropped
+    server_version = "netmond"
+    server: "_BoundedHTTPServer"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics is served here")
+            return
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - no line per scrape
+        pass
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """http.server with at most `max_connections` connections being served."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, host: str, port: int, registry: Any, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.registry = registry
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), _MetricsHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the bound: its descriptor goes at once
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away or timed out: nothing to log
+
+
+def textfile_problem(path: str) -> str | None:
+    """Why the textfile cannot be written safely at `path`, or None.
+
+    The directory must exist and be writable, and no other user may be able
+    to replace files in it (writable by others only with the sticky bit, and
+    then PATH, if it exists, must be ours: root renaming over another user's
+    file in /tmp would be writing where that user chose).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return f"directory {directory} does not exist: create it, or choose another --metrics-textfile"
+    except OSError as exc:
+        return f"directory {directory}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable by netmond (uid {os.geteuid()})"
+    mode = stat.S_IMODE(st.st_mode)
+    others_write = mode & 0o002 or (mode & 0o020 and st.st_uid != 0)
+    if others_write and not mode & stat.S_ISVTX:
+        return (f"directory {directory} is writable by other users (mode {mode:04o}): they could "
+                "replace the file; use a directory only root (or netmond's user) can write")
+    if others_write:
+        try:
+            owner = os.lstat(path).st_uid
+        except FileNotFoundError:
+            owner = None
+        if owner is not None and owner != os.geteuid():
+            return f"{path} belongs to uid {owner}, in a directory others can write: refusing to replace it"
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    return None
+
+
+def write_textfile(path: str, data: bytes, mode: int) -> None:
+    """Write `data` to `path` atomically without following any link (OSError on failure).
+
+    mkstemp opens a new, unpredictable name in the same directory with
+    O_CREAT|O_EXCL|O_NOFOLLOW; rename() then replaces PATH itself (a symlink
+    at PATH is replaced, never followed). node_exporter never reads half a
+    file and ignores the temporary one (it does not end in .prom).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), mode)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class MetricsExporter:
@@ -404,6 +574,12 @@ class MetricsExporter:
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
         self._last_error: str | None = None
+        # The mode open() would give a new file under our umask (0644 under
+        # the usual 022, 0600 under systemd's UMask=0077): what the textfile
+        # had before it was written through mkstemp (always 0600).
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self._file_mode = 0o666 & ~umask
 
     @classmethod
     def from_config(cls, config: Config) -> "MetricsExporter | None":
@@ -412,9 +588,17 @@ class MetricsExporter:
             return None
         return cls(config.metrics_listen, config.metrics_textfile)
 
+    def warnings(self) -> list[str]:
+        """What `netmonctl status` should say about the exporter's settings."""
+        if self.listen and not is_loopback_listen(self.listen):
+            return [f"Prometheus metrics are served to other machines on {self.listen} "
+                    "(metrics_listen is not a loopback address)"]
+        return []
+
     def start(self, backend: str, health: Health | None = None) -> None:
-        """Register the collectors and start the HTTP server (OSError if the port is taken)."""
-        from prometheus_client import CollectorRegistry, start_http_server
+        """Register the collectors and start the HTTP server (OSError if the port
+        is taken, ConfigError if the textfile cannot be written safely)."""
+        from prometheus_client import CollectorRegistry
 
         self.snapshot = MetricsSnapshot(backend=backend)
         if health is not None:
@@ -425,13 +609,25 @@ class MetricsExporter:
         self._registry.register(NetmonCollector(self))
         self._registry.register(HealthCollector(self))
         register_process_collector(self._registry)
+        if self.textfile:
+            problem = textfile_problem(self.textfile)
+            if problem is not None:
+                raise ConfigError(f"metrics_textfile {self.textfile}: {problem}")
         if self.listen:
             host, port = split_listen(self.listen)
             try:
-                self._http, self._http_thread = start_http_server(port, addr=host, registry=self._registry)
+                self._http = _BoundedHTTPServer(host, port, self._registry)
             except OSError as exc:
                 raise OSError(exc.errno, f"metrics_listen {self.listen}: {exc.strerror or exc}") from None
-            log.info("serving Prometheus metrics on http://%s/metrics", self.listen)
+            self._http_thread = threading.Thread(target=self._http.serve_forever, name="metrics-http",
+                                                 daemon=True)
+            self._http_thread.start()
+            log.info("serving Prometheus metrics on http://%s/metrics (at most %d connections at once)",
+                     self.listen, MAX_CONNECTIONS)
+            if not is_loopback_listen(self.listen):
+                log.warning("metrics_listen %s accepts connections from other machines: the metrics "
+                            "name the apps of every user; listen on 127.0.0.1 unless that is meant",
+                            self.listen)
         if self.textfile:
             self._write_textfile()
             log.info("writing Prometheus metrics to %s every tick", self.textfile)
@@ -461,13 +657,13 @@ class MetricsExporter:
         self.health = health
 
     def _write_textfile(self) -> None:
-        from prometheus_client import write_to_textfile
+        from prometheus_client.exposition import generate_latest
 
         try:
-            # Writes PATH.<pid>.<thread> in the same directory, then renames it
-            # over PATH: node_exporter never reads half a file (and ignores
-            # the temporary one, which does not end in .prom).
-            write_to_textfile(self.textfile, self._registry)
+            problem = textfile_problem(self.textfile)  # the directory may change under us
+            if problem is not None:
+                raise OSError(problem)
+            write_textfile(self.textfile, generate_latest(self._registry), self._file_mode)
         except OSError as exc:
             self._log_once(f"cannot write metrics textfile {self.textfile}: {exc.strerror or exc}")
         else:

@@ -60,8 +60,24 @@ _HEAD_BYTES = 512
 # may wait for a client that asked for it and does not read it.
 _RESPONSE_WRITE_TIMEOUT = 30.0
 # Descriptors kept for everything but clients: the listener, the backend's
-# netlink sockets or nettop pipes, /proc files it opens, logs, the loop.
-_FD_RESERVE = 64
+# netlink sockets or nettop pipes, /proc files it opens, logs, the loop, and
+# the Prometheus exporter's connections (at most metrics.MAX_CONNECTIONS, 16).
+_FD_RESERVE = 96
+# Where the hard limit is "unlimited" (macOS), raise the soft one this far.
+_FD_TARGET = 10240
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one (systemd's default soft
+    limit is 1,024, its hard one 524,288): descriptors are what another user
+    would try to exhaust. Errors keep the limit as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _FD_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def client_fd_budget() -> int | None:
@@ -103,7 +119,7 @@ class LogBudget:
         self._count = 0
         self._suppressed = 0
 
-    def __call__(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
+    def __call__(self, level: int, msg: str, *args: Any, exc_info: Any = False) -> None:
         now = time.monotonic()
         if now - self._start >= self.period:
             if self._suppressed:
@@ -374,6 +390,7 @@ class Server:
         self.sessions: set[ClientSession] = set()
         self._server: asyncio.base_events.Server | None = None
         self.note = LogBudget()
+        self.loop_note = LogBudget(burst=5)
         self.debug_note = LogBudget(summary_level=logging.DEBUG)
 
     @property
@@ -390,11 +407,23 @@ class Server:
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound and listening socket."""
+        raise_fd_limit()
+        asyncio.get_running_loop().set_exception_handler(self._on_loop_exception)
         budget = client_fd_budget()
         if budget is not None and budget < self.daemon.config.max_clients:
             log.warning("descriptor limit allows only %d clients (max_clients is %d); "
                         "raise it with ulimit -n or LimitNOFILE=", budget, self.daemon.config.max_clients)
         self._server = await asyncio.start_unix_server(self._on_client, sock=sock, limit=_READ_CHUNK)
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's errors, within the log budget and without tracebacks for
+        OS errors: short of descriptors, asyncio reports "socket.accept() out
+        of system resource" on every accept attempt (313,493 lines, 143 MB in
+        75 s before this); a budget keeps the log readable."""
+        exc = context.get("exception")
+        detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        self.loop_note(logging.ERROR, "event loop: %s%s", context.get("message", "error"), detail,
+                       exc_info=exc if exc is not None and not isinstance(exc, OSError) else False)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")

@@ -415,3 +415,158 @@ def test_hole3_no_string_from_a_daemon_reaches_the_terminal_raw(start_daemon_thr
         assert "look?]0;pwned??[2J?[31m" in netmonctl(path, "status").stdout
     finally:
         served(fake)
+
+
+# -- hole 4: descriptor exhaustion through the metrics port --------------------------------------
+
+FD_FLOOD = r"""
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(count):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+    except OSError:
+        pass
+print(len(held), flush=True)
+sys.stdin.readline()  # hold them, idle, until told to stop
+"""
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@needs_setpriv
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_hole4_idle_metrics_connections_never_exhaust_the_daemons_descriptors(start_daemon_process,
+                                                                               as_nobody_argv):
+    pytest.importorskip("prometheus_client")
+    port = free_port()
+    # 1,024 descriptors, hard limit included: raising the soft limit cannot help here.
+    d = start_daemon_process("--backend", "portable", "--metrics-listen", f"127.0.0.1:{port}",
+                             prefix=["prlimit", "--nofile=1024:1024", "--"])
+    pid = d.proc.pid
+    flood = subprocess.Popen([*as_nobody_argv, "-c", FD_FLOOD, str(port), "1016"], env=nobody_env(), cwd="/",
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        opened = int(flood.stdout.readline())
+        assert opened > 0
+        peak = open_fds(pid)
+        for _ in range(5):  # while the flood holds its connections, root is served
+            ran = netmonctl(d.socket, "status", "--json")
+            assert ran.returncode == 0, ran.stderr
+            peak = max(peak, open_fds(pid))
+        assert peak < 200, f"{peak} descriptors open with {opened} idle metrics connections"
+    finally:
+        flood.stdin.close()
+        flood.wait(30)
+        flood.stdout.close()
+
+    def scrape() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+    assert wait_until(scrape, timeout=30)
+    log = d.log()
+    assert len(log) < 20_000 and "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None or not sys.platform.startswith("linux"),
+                    reason="needs prlimit (util-linux)")
+def test_hole4_the_soft_descriptor_limit_is_raised_to_the_hard_one(start_daemon_process):
+    d = start_daemon_process("--backend", "portable", prefix=["prlimit", "--nofile=1024:4096", "--"])
+    with open(f"/proc/{d.proc.pid}/limits") as fh:
+        line = next(x for x in fh if x.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"], line
+
+
+# -- hole 5: root writing through another user's symlink ---------------------------------------------
+
+# Watches the textfile's directory for the daemon's temporary names and
+# plants a symlink to the victim under each one it sees (the old names,
+# PATH.<pid>.<thread>, came back every tick).
+SYMLINK_PLANTER = r"""
+import os, sys, time
+directory, name, victim, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+seen, planted = set(), 0
+end = time.time() + seconds
+while time.time() < end:
+    for entry in os.listdir(directory):
+        if entry != name and name in entry and not os.path.islink(os.path.join(directory, entry)):
+            seen.add(entry)
+    for entry in seen:
+        try:
+            os.symlink(victim, os.path.join(directory, entry))
+            planted += 1
+        except OSError:
+            pass
+    time.sleep(0.005)
+print(len(seen), planted, flush=True)
+"""
+
+
+@needs_setpriv
+def test_hole5_the_textfile_is_never_written_through_a_planted_symlink(start_daemon_process, short_dir,
+                                                                       as_nobody_argv):
+    pytest.importorskip("prometheus_client")
+    tmp = sticky_tmp(short_dir)
+    victim = os.path.join(short_dir, "victim")
+    with open(victim, "w") as fh:
+        fh.write("precious\n")
+    os.chmod(victim, 0o600)
+    textfile = os.path.join(tmp, "netmon.prom")
+    d = start_daemon_process("--backend", "portable", "--metrics-textfile", textfile, "--interval", "0.1")
+    wait_until(lambda: os.path.exists(textfile))
+    planter = subprocess.run([*as_nobody_argv, "-c", SYMLINK_PLANTER, tmp, "netmon.prom", victim, "4"],
+                             env=nobody_env(), cwd="/", capture_output=True, text=True, timeout=60)
+    assert planter.returncode == 0, planter.stderr
+    seen, planted = map(int, planter.stdout.split())
+    time.sleep(0.5)  # a few more ticks with the links in place
+    assert open(victim).read() == "precious\n"
+    st = os.lstat(textfile)
+    assert os.path.isfile(textfile) and not os.path.islink(textfile) and st.st_uid == 0
+    assert "netmon_build_info" in open(textfile).read()
+    assert d.proc.poll() is None
+    print(f"\nplanter saw {seen} temporary names and planted {planted} links; victim intact")
+
+
+@needs_setpriv
+def test_hole5_a_textfile_directory_others_control_is_refused_at_start(start_daemon_process, short_dir):
+    pytest.importorskip("prometheus_client")
+    open_dir = os.path.join(short_dir, "open")
+    os.mkdir(open_dir)
+    os.chmod(open_dir, 0o777)
+    d = start_daemon_process("--backend", "portable", "--metrics-textfile", os.path.join(open_dir, "n.prom"),
+                             wait=False)
+    assert d.proc.wait(30) == 1
+    assert f"directory {open_dir} is writable by other users (mode 0777)" in d.log()
+    # Sticky, like /tmp, but the file there is another user's: not replaced.
+    tmp = sticky_tmp(short_dir)
+    theirs = os.path.join(tmp, "n.prom")
+    with open(theirs, "w") as fh:
+        fh.write("theirs\n")
+    os.chown(theirs, NOBODY, NOBODY)
+    d = start_daemon_process("--backend", "portable", "--metrics-textfile", theirs, wait=False)
+    assert d.proc.wait(30) == 1
+    assert f"{theirs} belongs to uid {NOBODY}" in d.log() and "Traceback" not in d.log()
+    assert open(theirs).read() == "theirs\n"
+
+
+# -- smaller defects ---------------------------------------------------------------------------
+
+def test_metrics_listen_is_parsed_strictly_and_listening_beyond_loopback_is_loud(start_daemon_process):
+    pytest.importorskip("prometheus_client")
+    for bad in ("0:9352", "1.2.3:9352", "[127.0.0.1]:9352", "::1:9352", "127.0.0.1:0", "host:port"):
+        d = start_daemon_process("--backend", "portable", "--metrics-listen", bad, wait=False)
+        assert d.proc.wait(30) == 2, (bad, d.log())
+        assert "metrics_listen must be HOST:PORT" in d.log() and "Traceback" not in d.log()
+    port = free_port()
+    d = start_daemon_process("--backend", "portable", "--metrics-listen", f"0.0.0.0:{port}")
+    assert f"metrics_listen 0.0.0.0:{port} accepts connections from other machines" in d.log()
+    status = json.loads(netmonctl(d.socket, "status", "--json").stdout)
+    assert any("served to other machines" in w for w in status["warnings"]), status["warnings"]
+    shown = netmonctl(d.socket, "status").stdout
+    assert f"Prometheus metrics are served to other machines on 0.0.0.0:{port}" in shown

@@ -176,15 +176,25 @@ def test_the_exposition_parses_with_the_documented_names(tmp_path):
     exporter.stop()
 
 
-def test_textfile_errors_are_logged_once_and_sampling_goes_on(tmp_path, caplog):
+def test_a_textfile_that_cannot_work_is_refused_at_start(tmp_path):
     exporter = MetricsExporter(None, str(tmp_path / "missing" / "netmon.prom"))
+    with pytest.raises(metrics.ConfigError, match=f"directory {tmp_path}/missing does not exist: create it"):
+        exporter.start("x")
+
+
+def test_textfile_errors_are_logged_once_and_sampling_goes_on(tmp_path, caplog):
+    (tmp_path / "gone").mkdir()
+    exporter = MetricsExporter(None, str(tmp_path / "gone" / "netmon.prom"))
     exporter.start("x")
+    (tmp_path / "gone" / "netmon.prom").unlink()
+    (tmp_path / "gone").rmdir()  # removed while netmond runs
     st = MonitorState()
     for t in range(3):
         st.apply(snap(t))
         exporter.on_tick(st, "x")
     assert [r.message for r in caplog.records if "textfile" in r.message] == [
-        f"cannot write metrics textfile {tmp_path}/missing/netmon.prom: No such file or directory"
+        f"cannot write metrics textfile {tmp_path}/gone/netmon.prom: directory {tmp_path}/gone does not "
+        "exist: create it, or choose another --metrics-textfile"
     ]
 
 
