@@ -155,7 +155,6 @@ class ClientSession:
         self.reader = reader
         self.writer = writer
         self.peer = peer
-        self.may_control = may_control(peer, daemon.control_gid)
         self.topics: set[str] = set()
         self.filter = Filter()
         # (is_update, packed notification) waiting for the client. Only updates
@@ -167,6 +166,13 @@ class ClientSession:
         self._missed = 0
         self._sender: asyncio.Task[None] | None = None
         self.label = f"pid={peer.pid} uid={peer.uid}" if peer else "peer=unknown"
+
+    @property
+    def may_control(self) -> bool:
+        """Control rights, decided at each call against the running config:
+        after socket_group is removed (SIGHUP), a former member's open
+        connection can no longer stop or configure the daemon."""
+        return may_control(self.peer, self.daemon.control_gid)
 
     @property
     def idle_timeout(self) -> float:

@@ -570,3 +570,66 @@ def test_metrics_listen_is_parsed_strictly_and_listening_beyond_loopback_is_loud
     assert any("served to other machines" in w for w in status["warnings"]), status["warnings"]
     shown = netmonctl(d.socket, "status").stdout
     assert f"Prometheus metrics are served to other machines on 0.0.0.0:{port}" in shown
+
+
+# -- hole 7: control rights survive revocation ------------------------------------------------------
+
+@pytest.fixture
+def throwaway_group() -> Iterator[tuple[str, int]]:
+    if shutil.which("groupadd") is None:
+        pytest.skip("needs groupadd")
+    import grp
+    import uuid
+
+    name = "nmt" + uuid.uuid4().hex[:8]
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        yield name, grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+# One connection, kept open: a control call, then (after a line on stdin) two more.
+HELD_CONTROL = r"""
+import sys
+from common.client import Client
+c = Client.connect(sys.argv[1])
+def attempt(method, params):
+    try:
+        c.call(method, params)
+        return "ok"
+    except Exception as exc:
+        return getattr(exc, "code", type(exc).__name__)
+print(attempt("control", {"action": "stop"}), flush=True)
+sys.stdin.readline()
+print(attempt("control", {"action": "start"}), attempt("configure", {"interval": 0.5}), flush=True)
+"""
+
+
+@needs_setpriv
+def test_hole7_control_rights_are_checked_per_call_against_the_current_config(start_daemon_process, short_dir,
+                                                                              as_nobody_argv, throwaway_group):
+    name, gid = throwaway_group
+    config = os.path.join(short_dir, "netmond.toml")
+    with open(config, "w") as fh:
+        fh.write(f'socket_group = "{name}"\n')
+    d = start_daemon_process("--backend", "portable", "--config", config)
+    member = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={gid}",
+                               sys.executable, "-c", HELD_CONTROL, d.socket], env=nobody_env(), cwd="/",
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert member.stdout.readline().split() == ["ok"]  # a member: may stop it
+        with open(config, "w") as fh:
+            fh.write("")  # socket_group removed
+        d.proc.send_signal(__import__("signal").SIGHUP)
+        wait_until(lambda: "socket_group" in d.log() and "config reloaded" in d.log(), timeout=20)
+        member.stdin.write("again\n")
+        member.stdin.flush()
+        assert member.stdout.readline().split() == ["access_denied", "access_denied"]
+    finally:
+        member.stdin.close()
+        member.wait(30)
+        member.stdout.close()
+        member.stderr.close()
+    status = json.loads(netmonctl(d.socket, "status", "--json").stdout)
+    assert status["monitoring"] is False and status["interval"] == 0.2  # nothing after the revocation
