@@ -255,7 +255,8 @@ def _access_hint(path: str | None, explicit: bool = True) -> str:
 
 @click.group(
     cls=NetmonGroup,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    # 80: help must read in a standard terminal (and in a 100-column one, too).
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
 )
 @click.option(
     "--socket",
@@ -282,7 +283,7 @@ def _access_hint(path: str | None, explicit: bool = True) -> str:
     metavar="SECONDS",
     help="How long to wait for the daemon.",
 )
-@output_options
+@output_options(json_help="Print JSON (same as --format json).")
 @click.version_option(__version__, "-V", "--version", prog_name="netmonctl", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None, host: str | None, timeout: float) -> None:

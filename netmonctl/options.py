@@ -31,10 +31,20 @@ F = Callable[..., Any]
 
 def _set_format(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     # Called for the root group and again for the command: only an option
-    # that was actually given changes the format, so the last one given wins.
+    # that was actually given changes the format, so the last one given wins
+    # between the two levels; within one level, --json and another --format
+    # contradict each other and are refused.
     if not value:
         return
-    ctx.ensure_object(Settings).format = "json" if param.name == "json" else value
+    wanted = "json" if param.name == "json" else value.lower()
+    # Per level: ctx.meta is shared by nested contexts, so key it by this one.
+    given = ctx.meta.setdefault(("netmon.formats", id(ctx)), {})
+    given[param.name] = wanted
+    if len(set(given.values())) > 1:
+        raise click.UsageError(
+            f"--json and --format {given['format']} contradict each other: give one of them", ctx
+        )
+    ctx.ensure_object(Settings).format = wanted
 
 
 def _set_no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -42,33 +52,54 @@ def _set_no_color(ctx: click.Context, param: click.Parameter, value: bool) -> No
         ctx.ensure_object(Settings).no_color = True
 
 
-def output_options(f: F) -> F:
-    """Add --json, --format and --no-color; they write to the context's Settings."""
-    f = click.option(
+#: --json's help on commands that print what the daemon answers.
+DAEMON_JSON = "Print the daemon's JSON as is (same as --format json)."
+
+
+def color_option(f: F) -> F:
+    """Add --no-color alone (for screens, which have no other output format)."""
+    return click.option(
         "--no-color",
         is_flag=True,
         expose_value=False,
         callback=_set_no_color,
-        help="Never colour output (also: NO_COLOR=1).",
+        help="Never colour output (also: NO_COLOR=1, TERM=dumb).",
     )(f)
-    f = click.option(
-        "--format",
-        type=click.Choice(FORMATS, case_sensitive=False),
-        expose_value=False,
-        callback=_set_format,
-        help="Output format (default: table).",
-    )(f)
-    f = click.option(
-        "--json",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_format,
-        help="Print the daemon's JSON as is (same as --format json).",
-    )(f)
-    return f
+
+
+def output_options(f: F | None = None, *, json_help: str = DAEMON_JSON) -> Any:
+    """Add --json, --format and --no-color; they write to the context's Settings.
+
+    `@output_options` on commands that print the daemon's answers;
+    `@output_options(json_help=...)` where --json means something else.
+    """
+
+    def decorate(f: F) -> F:
+        f = color_option(f)
+        f = click.option(
+            "--format",
+            type=click.Choice(FORMATS, case_sensitive=False),
+            expose_value=False,
+            callback=_set_format,
+            help="Output format (default: table).",
+        )(f)
+        f = click.option(
+            "--json",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_format,
+            help=json_help,
+        )(f)
+        return f
+
+    return decorate(f) if f is not None else decorate
 
 
 # -- durations ---------------------------------------------------------------
+
+#: The sampling intervals the daemon accepts, in seconds (netmond.config checks the same).
+INTERVAL_RANGE = (0.1, 3600.0)
+
 
 
 def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -112,11 +143,26 @@ def _validate(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return checked.to_wire()[param.name]
 
 
+class PidType(click.ParamType):
+    """One process id; says so for ranges and lists, which it does not take."""
+
+    name = "pid"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a process id: give one number, e.g. --pid 1234 "
+                  "(for several processes of one program use --proc NAME)", param, ctx)
+
+
 _FILTER_OPTIONS: tuple[Callable[[F], F], ...] = (
     click.option("--proc", metavar="NAME", callback=_validate,
                  help="Process name contains NAME (case-insensitive)."),
-    click.option("--pid", type=click.IntRange(min=0), metavar="N", callback=_validate,
-                 help="Process id."),
+    click.option("--pid", type=PidType(), metavar="N", callback=_validate,
+                 help="Process id (one number)."),
     click.option("--proto", type=click.Choice(["tcp", "udp"], case_sensitive=False),
                  callback=_validate, help="Protocol."),
     click.option("--state", multiple=True, metavar="STATE", callback=_validate,

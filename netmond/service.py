@@ -487,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_status)
     sp = sub.add_parser("print", help="print one service file")
-    sp.add_argument("kind", choices=KINDS)
+    # A metavar: the choices listed in the usage line would make it 180 columns wide.
+    sp.add_argument("kind", choices=KINDS, metavar="KIND", help="one of: " + ", ".join(KINDS))
     sp.add_argument("--group", metavar="GROUP", help="socket group of the system daemon")
     sp.add_argument("--program", nargs="+", metavar="ARG", help="argv that starts netmond (default: this one)")
     sp.set_defaults(func=cmd_print)

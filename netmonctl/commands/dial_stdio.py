@@ -35,7 +35,7 @@ CHUNK = 256 * 1024
     metavar="PATH",
     help="Daemon socket (default: as every netmonctl command finds it, NETMON_SOCKET included).",
 )
-@output_options  # accepted like on every command; the relayed bytes are not formatted
+@output_options(json_help="Accepted like on every command, and ignored: the relayed bytes are not formatted.")
 @pass_settings
 def dial_stdio(settings: Settings, socket_path: str | None) -> None:
     """Relay stdin/stdout to the local daemon's socket (for netmonctl -H ssh://)."""

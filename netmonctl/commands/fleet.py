@@ -369,7 +369,7 @@ def _save(seen: dict[str, dict[str, Any]]) -> None:
 @click.option("--parallel", type=click.IntRange(min=1, max=64), default=DEFAULT_PARALLEL, show_default=True,
               metavar="N", help="Hosts polled at once.")
 @click.option("--no-share", is_flag=True, help="Do not share ssh connections between polls (ControlMaster).")
-@output_options
+@output_options(json_help="Print the hosts as JSON (same as --format json).")
 @click.pass_context
 def fleet(ctx: click.Context, watch: bool, tags: tuple[str, ...], interval: float,
           host_timeout: float, parallel: int, no_share: bool) -> None:
@@ -457,7 +457,7 @@ def _watch(poller: Poller, entries: list[Any], seen: dict[str, dict[str, Any]],
 
 
 @fleet.command("ls")
-@output_options
+@output_options(json_help="Print the hosts as JSON (same as --format json).")
 @pass_settings
 def ls(settings: Settings) -> None:
     """List the hosts of hosts.toml (no polling)."""

@@ -7,18 +7,28 @@ from typing import Any
 import click
 
 from .. import render
-from ..options import duration, output_options
+from ..options import INTERVAL_RANGE, duration, output_options
 from ..session import Settings, call, pass_settings
 
 
-@click.command()
-@click.argument("seconds", required=False, callback=duration)
+def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    seconds = duration(ctx, param, value)
+    low, high = INTERVAL_RANGE
+    if seconds is not None and not low <= seconds <= high:
+        raise click.BadParameter(f"{value}: the interval must be between {low:g} and {high:g} seconds")
+    return seconds
+
+
+# ignore_unknown_options: "-1" is a (wrong) value to explain, not an unknown option.
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("seconds", required=False, callback=_interval)
 @output_options
 @pass_settings
 def interval(settings: Settings, seconds: float | None) -> None:
     """Show the sampling interval, or set it.
 
-    SECONDS: e.g. 1, 0.5, 500ms, 2s. Setting it needs control rights.
+    SECONDS: e.g. 1, 0.5, 500ms, 2s; from 0.1 to 3600. Setting it needs
+    control rights.
     """
     if seconds is None:
         status = call(settings, "status")

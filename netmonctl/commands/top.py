@@ -34,7 +34,7 @@ from typing import Any
 import click
 
 from .. import render
-from ..options import filter_options, output_options
+from ..options import INTERVAL_RANGE, color_option, filter_options
 from ..session import Settings, pass_settings
 from ..topview import (
     SORT_KEYS,
@@ -50,13 +50,16 @@ from ..topview import (
     window,
 )
 
+#: What --sort accepts: the sort keys of both views (key s cycles through the view's own).
+TOP_SORTS = tuple(dict.fromkeys(k for keys in SORT_KEYS.values() for k in keys))
+NOT_A_FORMAT = "top is a screen; for JSON use `netmonctl watch --json` or `netmonctl conns --json`"
 NOT_A_TERMINAL = "top needs a terminal; use `netmonctl watch` or `netmonctl conns`"
 DENIED = "changing the interval needs root, the daemon's user, or its group"
 #: Longest wait without input, in seconds: how late a resize or the
 #: reconnect countdown may show.
 REDRAW_EVERY = 0.5
 #: The daemon's accepted interval range (configure), for +/-.
-INTERVAL_MIN, INTERVAL_MAX = 0.1, 3600.0
+INTERVAL_MIN, INTERVAL_MAX = INTERVAL_RANGE
 MAX_FILTER_TEXT = 64
 #: Ticks without a stats_update after which the screen says the daemon is silent.
 SILENT_TICKS = 3
@@ -71,11 +74,15 @@ CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "rem
 @filter_options
 @click.option("--view", type=click.Choice(VIEWS), default="apps", show_default=True,
               help="Start with applications or connections (keys a / c).")
-@click.option("--sort", "sort_field", default="speed", show_default=True,
-              type=click.Choice(sorted({k for keys in SORT_KEYS.values() for k in keys})),
-              help="Start sorted by this column (key s cycles).")
+@click.option("--sort", "sort_field", default="speed", show_default=True, metavar="FIELD",
+              type=click.Choice(TOP_SORTS),
+              help="Start sorted by FIELD, one of the columns top can sort by: "
+              f"{', '.join(TOP_SORTS)} (key s cycles; apps have no duration, remote_addr or state).")
 @click.option("--reverse", is_flag=True, help="Start in reverse order (key r).")
-@output_options
+@color_option
+# Not listed in --help (top has no output format), but answered with the way to get JSON.
+@click.option("--json", "--format", "machine", hidden=True, is_flag=False, flag_value="json",
+              expose_value=False, callback=lambda ctx, p, v: _refuse_format(v))
 @pass_settings
 def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, reverse: bool) -> None:
     """Live full-screen view of bandwidth by application or connection.
@@ -96,10 +103,8 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
 
     Needs a terminal; for pipes and scripts use `watch` or `conns`.
     """
-    if settings.format != "table":
-        raise click.UsageError(
-            "top is a screen; for JSON use `netmonctl watch --json` or `netmonctl conns --json`"
-        )
+    if settings.format != "table":  # netmonctl --json top
+        raise click.UsageError(NOT_A_FORMAT)
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
         from ..cli import EXIT_USAGE, PREFIX
 
@@ -119,6 +124,11 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
     finally:
         signal.signal(signal.SIGTERM, previous)
         app.feed.close()
+
+
+def _refuse_format(value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(NOT_A_FORMAT)
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -101,7 +101,8 @@ def watch(
     \b
     Examples:
       netmonctl watch --proc firefox
-      netmonctl watch --json | jq -c 'select(.event == "connection_closed") | .data.connections[]'
+      netmonctl watch --json |
+        jq -c 'select(.event == "connection_closed") | .data.connections[]'
       netmonctl watch --events all --count 10
     """
     if settings.format == "csv":

@@ -443,10 +443,12 @@ def test_status(run, daemon):
     assert "per-socket byte counters unavailable" in r.out  # the portable backend's warning
 
 
-def test_interval_invalid_from_the_daemon_is_a_usage_error(run):
+def test_interval_out_of_range_is_a_usage_error(run):
+    # Refused before asking the daemon, with the daemon's range (the daemon's own
+    # invalid_params answer maps to exit 2 too: see test_daemon_errors_map_to_their_codes).
     r = run("interval", "0")
     assert r.code == 2
-    assert "invalid_params" in r.err and "Traceback" not in r.err
+    assert "the interval must be between 0.1 and 3600 seconds" in r.err and "Traceback" not in r.err
 
 
 # -- control: each test has a daemon of its own -------------------------------------

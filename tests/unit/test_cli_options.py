@@ -358,3 +358,87 @@ def test_netmonctl_never_imports_netmond():
     pattern = re.compile(r"^\s*(from|import)\s+netmond\b", re.MULTILINE)
     offenders = [str(p) for p in NETMONCTL_DIR.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+# -- help that says what the command does (issue 13, item 9) --------------------------
+
+HELP_COMMANDS = [[], *([name] for name in COMMANDS), ["fleet", "ls"]]
+
+
+def run_cli(*args: str, columns: int = 80) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns)}
+    env.pop("NETMON_SOCKET", None)
+    return subprocess.run([sys.executable, "-m", "netmonctl.cli", *args], capture_output=True, text=True,
+                          timeout=30, env=env, cwd=str(Path(__file__).resolve().parents[2]))
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_every_help_fits_80_columns(columns):
+    for args in HELP_COMMANDS:
+        out = run_cli(*args, "--help", columns=columns)
+        assert out.returncode == 0, (args, out.stderr)
+        wide = [line for line in out.stdout.splitlines() if len(line) > 80]
+        assert wide == [], (args, wide)
+    for args in ([], ["service"], ["service", "install"], ["service", "uninstall"], ["service", "status"],
+                 ["service", "print"]):
+        out = subprocess.run([sys.executable, "-m", "netmond.main", *args, "--help"], capture_output=True,
+                             text=True, timeout=30, env={**os.environ, "COLUMNS": "80"})
+        assert out.returncode == 0, (args, out.stderr)
+        assert [line for line in out.stdout.splitlines() if len(line) > 80] == [], args
+
+
+def test_top_lists_no_output_format_and_explains_one():
+    helped = run_cli("top", "--help").stdout
+    assert "--json" not in helped and "--format" not in helped and "--no-color" in helped
+    for args in (["top", "--json"], ["top", "--format", "csv"], ["--json", "top"]):
+        out = run_cli(*args)
+        assert out.returncode == 2, args
+        assert "top is a screen; for JSON use `netmonctl watch --json`" in out.stderr, args
+
+
+def test_json_help_says_what_is_printed():
+    assert "Print the daemon's JSON" in run_cli("conns", "--help").stdout
+    for args in (["fleet"], ["fleet", "ls"], ["dial-stdio"], []):
+        helped = run_cli(*args, "--help").stdout
+        assert "--json" in helped and "daemon's JSON" not in helped, args
+
+
+def test_top_sort_names_its_fields():
+    helped = " ".join(run_cli("top", "--help").stdout.split())
+    assert "speed, upload_speed, download_speed, bytes, connections, process_name, duration" in helped
+    out = run_cli("top", "--sort", "pid")
+    assert out.returncode == 2 and "'pid' is not one of" in out.stderr
+
+
+def test_pid_range_is_explained():
+    out = run_cli("--socket", "/nonexistent.sock", "conns", "--pid", "1-5")
+    assert out.returncode == 2
+    assert "'1-5' is not a process id: give one number" in out.stderr and "--proc NAME" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "0.05", "3601", "-5ms"])
+def test_interval_out_of_range_says_the_range(value):
+    out = run_cli("--socket", "/nonexistent.sock", "interval", value)
+    assert out.returncode == 2
+    assert f"{value}: the interval must be between 0.1 and 3600 seconds" in out.stderr
+    assert "No such option" not in out.stderr
+
+
+def test_interval_range_is_the_daemons():
+    from netmond.config import ConfigError, build_config
+    from netmonctl.options import INTERVAL_RANGE
+
+    low, high = INTERVAL_RANGE
+    for ok in (low, high):
+        assert build_config({}, interval=ok).interval == ok
+    for bad in (low / 2, high + 1):
+        with pytest.raises(ConfigError):
+            build_config({}, interval=bad)
+
+
+def test_json_and_another_format_are_refused_together():
+    out = run_cli("--socket", "/nonexistent.sock", "conns", "--format", "csv", "--json")
+    assert out.returncode == 2 and "--json and --format csv contradict each other" in out.stderr
+    # The same format twice agrees; a command's own choice overrides the global one.
+    assert run_cli("--socket", "/nonexistent.sock", "conns", "--json", "--format", "json").returncode == 3
+    assert run_cli("--socket", "/nonexistent.sock", "--format", "csv", "conns", "--json").returncode == 3
