@@ -13,6 +13,8 @@ BPF_OBJ := netmond/backends/ebpf/netmon.bpf.o
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@# This checkout was installed as "netmon" before the rename to "netmond".
+	$(BIN)/pip uninstall -q -y netmon 2>/dev/null || true
 	$(BIN)/pip install -q -e '.[test,metrics]'
 	touch $(STAMP)
 

@@ -4,7 +4,7 @@ Off by default. `netmond --metrics-listen 127.0.0.1:9101` serves /metrics
 (prometheus_client's HTTP server, in its own thread); `--metrics-textfile
 PATH` writes the same exposition once per tick, atomically (a temporary file
 in the same directory renamed over PATH), for node_exporter's textfile
-collector. prometheus_client is optional (`pip install 'netmon[metrics]'`)
+collector. prometheus_client is optional (the `metrics` extra: `make` installs it)
 and imported only when one of them is asked for.
 
 Metrics, in base units; counters are `_total` and count from daemon start;
@@ -403,7 +403,8 @@ def _require_prometheus_client() -> None:
         import prometheus_client  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "metrics need prometheus_client, which is not installed: pip install 'netmon[metrics]'"
+            "metrics need prometheus_client, which is not installed: "
+            f"{sys.executable} -m pip install prometheus-client"
         ) from None
 
 
