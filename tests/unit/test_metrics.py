@@ -211,7 +211,8 @@ def test_off_unless_configured_and_a_clear_message_without_the_library(monkeypat
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_prometheus)
-    with pytest.raises(metrics.ConfigError, match=r"pip install 'netmon\[metrics\]'"):
+    # A package that exists under that name (the index's "netmon" is another project's).
+    with pytest.raises(metrics.ConfigError, match=r" -m pip install prometheus-client$"):
         MetricsExporter.from_config(build_config({}, metrics_listen="127.0.0.1:9101"))
 
 

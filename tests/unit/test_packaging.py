@@ -48,16 +48,6 @@ def test_license_file_is_the_promised_mit():
     assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
 
 
-def test_metrics_hint_installs_a_real_package():
-    from netmond import metrics
-
-    if importlib.util.find_spec("prometheus_client") is not None:
-        pytest.skip("prometheus_client is installed: the hint is not reachable")
-    with pytest.raises(Exception) as caught:
-        metrics._require_prometheus_client()
-    assert "pip install prometheus-client" in str(caught.value)
-
-
 @pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="`build` not installed (test extra)")
 def test_sdist_carries_tests_service_files_and_license(tmp_path):
     # Build from a copy: building writes netmond.egg-info next to pyproject.toml.
