@@ -22,31 +22,37 @@ MonitorState skips. So an idle socket costs its parsing and a few dict
 lookups, and leaves nothing new alive for the garbage collector
 (bench/tick.py measures it).
 
-Keys (`SocketSample.key`):
-    ("TCP"|"UDP", local_ip, local_port, remote_ip, remote_port)
-for a socket with a remote end; a socket without one (TCP listener,
-unconnected UDP) has remote_ip/remote_port None and its inode appended, since
-several such sockets may share the tuple (SO_REUSEPORT). TCP sockets that are
-merely bound are not asked for. A destroy event carries no inode, which is fine: only
-connected sockets are reported from destroy events, and their key is the
-5-tuple, the same in the dump and in the event.
+Keys (`SocketSample.key`): ("TCP"|"UDP", cookie), the kernel's socket
+cookie, which the dump and the destroy event both carry (idiag_cookie) and
+which no other socket gets in the same boot. A 4-tuple used again (a client
+port reused, SO_REUSEADDR) is another socket, so another row with its own
+bytes and its own close. The TIME_WAIT remnant of a socket keeps its cookie
+(the kernel copies it), which is how the remnant of a reported socket is
+recognised. Checked on Linux 6.18 (tests/integration/test_linux_backend.py).
 
 Closed connections (decisions):
   * A connection's row ends at its destroy event, with its final counters.
     The kernel frees the full socket when it enters TIME_WAIT and keeps a
     small "timewait" socket (inode 0, no tcp_info) on the same 5-tuple for
     60 s; later dumps list it. Such a remnant is NOT reported again when its
-    key was reported destroyed in the last 65 to 130 seconds (`RecentKeys`).
+    key (cookie) was reported destroyed in the last 65 to 130 seconds
+    (`RecentKeys`).
     TIME_WAIT sockets with no destroy event seen (closed before the daemon
     started, or the event was lost) are reported as TIME_WAIT, counters None.
   * Destroy events are ignored for sockets without a remote end (listeners;
     a socket aborted with SO_LINGER 0 also arrives so, with its counters
     zeroed by the kernel) and for sockets that never reached ESTABLISHED and
     moved nothing (bytes_acked and bytes_received both 0: failed connects).
-  * A closed socket's pid/process come from the last dumps that listed it;
-    one that lived shorter than a tick has pid None (its owner's uid is still
-    known: `user` is filled from it). Its final counters are never lower than
-    what those dumps showed.
+  * A closed socket's pid/process come from the last dumps that listed it.
+    One that lived shorter than a tick (never in a dump) and was accepted
+    (the passive side, see tcpbytes.opened_actively) is its listener's: the
+    listener of its local address and port in the latest dumps, whose owner
+    the dump knows. Several listeners there (SO_REUSEPORT) or one held by
+    several processes (prefork): their common name, pid None; different
+    names: unknown. A client socket that lived shorter than a tick has pid
+    and process None: the event carries no inode and no pid (its owner's
+    uid is known: `user` is filled from it). Final counters are never lower
+    than what earlier dumps showed.
   * A key reported in `closed` is never also in `sockets` of the same
     snapshot (a dump may list a socket that is destroyed a moment later).
 
@@ -79,8 +85,6 @@ from .netlink import (
     TCP_FIN_WAIT2,
     TCP_LISTEN,
     TCP_STATES,
-    TCP_SYN_RECV,
-    TCP_SYN_SENT,
     TCP_TIME_WAIT,
     UNSPECIFIED_ADDR,
     AddressFormatter,
@@ -89,7 +93,7 @@ from .netlink import (
 from .procfd import SocketOwners
 from .procinfo import ProcessCache, UserNames
 from .sockdiag import DestroyListener, SockDiagDumper
-from .tcpbytes import payload
+from .tcpbytes import opened_actively, payload
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +120,16 @@ _TCP_DUMPS = ((socket.AF_INET, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO), (socket.
 _UDP_DUMPS = ((socket.AF_INET, socket.IPPROTO_UDP, 0), (socket.AF_INET6, socket.IPPROTO_UDP, 0))
 
 #: Owner tables map each connected TCP key to what the next ticks need to
-#: know about it: (pid, process_name, user, active_open, bytes_sent,
-#: bytes_received). active_open is remembered so that the SYN correction of
-#: a socket never changes during its life (see tcpbytes.py): a counter that
-#: went down by one byte would read as a new socket. The byte counts are a
-#: floor for the final ones of its destroy event (see _closed_samples).
+#: know about it: (pid, process_name, user, side, bytes_sent, bytes_received).
+#: side (True: opened actively, False: accepted, None: not known yet) is kept
+#: once known, so that the SYN correction of a socket changes at most once,
+#: upwards (see tcpbytes.py): a counter that went down would read as a new
+#: socket. The byte counts are a floor for the final ones of its destroy
+#: event (see _closed_samples).
 OwnerTable = dict[tuple, tuple]
+#: Listening sockets of one dump: (family, raw local address, port) -> the
+#: (pid, process_name, user) of each listener there (SO_REUSEPORT: several).
+ListenerTable = dict[tuple, list]
 
 
 def netlink_available() -> bool:
@@ -162,6 +170,8 @@ class LinuxBackend(Backend):
         self._addresses = AddressFormatter()
         # Owner tables of the latest dumps, newest first.
         self._owner_history: deque[OwnerTable] = deque(maxlen=OWNER_GENERATIONS)
+        # Listeners of the latest dumps with their owners, newest first.
+        self._listener_history: deque[ListenerTable] = deque(maxlen=OWNER_GENERATIONS)
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
         # the samples of those that did not change (see _tcp_samples), and
@@ -233,14 +243,15 @@ class LinuxBackend(Backend):
         self._owners.refresh(live_inodes)
         self._attribution_complete = is_privileged() or self._only_own_sockets(tcp, udp)
 
-        listening_ports = {rec.local_port for rec in tcp if rec.state == TCP_LISTEN}
         owner_of = _OwnerLookup(self._procs, self._owners)
         owner_table: OwnerTable = {}
-        sockets = self._tcp_samples(tcp, listening_ports, owner_of, owner_table)
+        listeners: ListenerTable = {}
+        sockets = self._tcp_samples(tcp, owner_of, owner_table, listeners)
         sockets += self._udp_samples(udp, owner_of)
         self._owner_history.appendleft(owner_table)
+        self._listener_history.appendleft(listeners)
 
-        closed = self._closed_samples(events, listening_ports, owner_of, mono)
+        closed = self._closed_samples(events, owner_of, mono)
         if closed:
             closed_keys = {s.key for s in closed}
             sockets = [s for s in sockets if s.key not in closed_keys]
@@ -261,11 +272,11 @@ class LinuxBackend(Backend):
     def _tcp_samples(
         self,
         records: list[DiagSocket],
-        listening_ports: set[int],
         owner_of: _OwnerLookup,
         owner_table: OwnerTable,
+        listeners: ListenerTable,
     ) -> list[SocketSample]:
-        """SocketSamples of a TCP dump; fills owner_table for destroy events.
+        """SocketSamples of a TCP dump; fills owner_table and listeners for destroy events.
 
         A full socket whose record (state, addresses, counters: everything
         the dump says) and owner are what they were at the previous tick is
@@ -277,6 +288,7 @@ class LinuxBackend(Backend):
         # method lookups are hoisted into locals, caches are read inline.
         endpoints = self._endpoints
         inode_owner = self._owners.owners.get
+        shared_inodes = self._owners.shared
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
         destroyed = self._destroyed
@@ -294,6 +306,14 @@ class LinuxBackend(Backend):
                 info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
                 if info is None:
                     info = owner_info(pid, uid)
+                if state == TCP_LISTEN:
+                    listener_key = (family, src, sport)
+                    holders = listeners.get(listener_key)
+                    if holders is None:
+                        holders = listeners[listener_key] = []
+                    # A listening socket held by several processes (forked
+                    # workers) has no one pid: its name still counts.
+                    holders.append(info if inode not in shared_inodes else (None,) + info[1:])
                 same = last_tick(cookie)
                 # The dump returns an unchanged record as last tick's object.
                 if same is not None and same.record is record and same.owner == info:
@@ -306,7 +326,7 @@ class LinuxBackend(Backend):
             state_name = state_names.get(state)
             if state_name is None:
                 continue  # a pseudo-state (bound-only sockets) we did not ask for
-            local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode)
+            local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode, cookie)
             if inode == 0 and counters is None and state in _TIMEWAIT_STATES:
                 if key in destroyed:
                     continue  # its row already ended at the destroy event
@@ -326,15 +346,14 @@ class LinuxBackend(Backend):
             if remote_ip is None:  # a listener: it moves no bytes itself
                 sent = received = 0 if counters is not None else None
             else:
-                if known is not None:
-                    active_open = known[3]
-                elif state == TCP_SYN_SENT or state == TCP_SYN_RECV:
-                    active_open = state == TCP_SYN_SENT
-                else:
-                    # Accepted sockets share their listener's port; ours do not.
-                    active_open = sport not in listening_ports
-                sent, received = payload(counters, state, active_open) if counters is not None else _NO_BYTES
-                entry = owner_table[key] = (pid, name, user, active_open, sent, received)
+                # The SYN side, from the socket's own counters once they tell
+                # (tcpbytes.opened_actively); kept once known. Undecided
+                # (None) counts as active: at most one byte low, never high.
+                side = known[3] if known is not None else None
+                if side is None and counters is not None:
+                    side = opened_actively(counters, state)
+                sent, received = payload(counters, state, side is not False) if counters is not None else _NO_BYTES
+                entry = owner_table[key] = (pid, name, user, side, sent, received)
             sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                   remote_port, state_name, pid, name, user, sent, received)
             append(sample)
@@ -351,29 +370,33 @@ class LinuxBackend(Backend):
         inode_owner = self._owners.owners.get
         owner_info = owner_of.info
         out: list[SocketSample] = []
-        for family, _state, sport, dport, src, dst, uid, inode, _counters, _cookie in records:
-            local_ip, remote_ip, remote_port, key = endpoints("UDP", family, src, sport, dst, dport, inode)
+        for family, _state, sport, dport, src, dst, uid, inode, _counters, cookie in records:
+            local_ip, remote_ip, remote_port, key = endpoints("UDP", family, src, sport, dst, dport, inode, cookie)
             pid, name, user = owner_info(inode_owner(inode), uid)
             out.append(SocketSample(key, "UDP", _FAMILY_NAMES[family], local_ip, sport, remote_ip,
                                     remote_port, "NONE", pid, name, user))
         return out
 
-    def _closed_samples(
-        self, events: list[DiagSocket], listening_ports: set[int], owner_of: _OwnerLookup, mono: float
-    ) -> list[SocketSample]:
+    def _closed_samples(self, events: list[DiagSocket], owner_of: _OwnerLookup, mono: float) -> list[SocketSample]:
         """SocketSamples (final counters) of the destroy events worth reporting."""
         remember_destroyed = self._destroyed.add
         out: list[SocketSample] = []
-        for family, state, sport, dport, src, dst, uid, _inode, counters, _cookie in events:
+        for family, state, sport, dport, src, dst, uid, _inode, counters, cookie in events:
             if counters is None or dport == 0:
                 continue  # a listener, an aborted socket (zeroed by the kernel), an old kernel
             if counters.bytes_acked == 0 and counters.bytes_received == 0:
                 continue  # never established, nothing moved: a failed connect
-            local_ip, remote_ip, _, key = self._endpoints("TCP", family, src, sport, dst, dport, 0)
+            local_ip, remote_ip, _, key = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
             known = self._remembered_owner(key)
+            # Final counters say which side opened, but for one reading (see
+            # tcpbytes): then what a dump saw, else the passive side, which
+            # a graceful close (by far the commonest) gives.
+            side = opened_actively(counters, state)
+            if side is None:
+                side = known[3] if known is not None and known[3] is not None else False
             if known is not None:
-                pid, name, user, active_open, last_sent, last_received = known
-                sent, received = payload(counters, state, active_open)
+                pid, name, user, _side, last_sent, last_received = known
+                sent, received = payload(counters, state, side)
                 # What a dump showed, in a state where the FINs are known, is
                 # exact: the final count cannot be lower. This settles the
                 # one case tcpbytes cannot (closed before the peer's FIN).
@@ -382,8 +405,11 @@ class LinuxBackend(Backend):
                 if last_received is not None and last_received > received:
                     received = last_received
             else:  # lived shorter than a tick: never in a dump
-                pid, name, user = owner_of.info(None, uid)
-                sent, received = payload(counters, state, sport not in listening_ports)
+                # An accepted socket is its listener's owner's; a client's
+                # owner cannot be known from the event (no inode, no pid).
+                listener = None if side else self._listener_owner(family, src, sport)
+                pid, name, user = listener or owner_of.info(None, uid)
+                sent, received = payload(counters, state, side)
             out.append(SocketSample(
                 key, "TCP", _FAMILY_NAMES[family], local_ip, sport, remote_ip, dport,
                 TCP_STATES.get(state, "CLOSE"), pid, name, user, sent, received,
@@ -397,19 +423,41 @@ class LinuxBackend(Backend):
 
     # -- helpers -----------------------------------------------------------------
     def _endpoints(
-        self, protocol: str, family: int, src: bytes, sport: int, dst: bytes, dport: int, inode: int
+        self, protocol: str, family: int, src: bytes, sport: int, dst: bytes, dport: int, inode: int,
+        cookie: int,
     ) -> tuple[str, str | None, int | None, tuple]:
         """(local_ip, remote_ip, remote_port, key) of a dump record or destroy event.
 
         The one place that builds `SocketSample.key` (see the module docstring):
-        a socket without a remote end gets its inode appended.
+        (protocol, kernel socket cookie); without a cookie (never seen on a
+        kernel we support) the 5-tuple, plus the inode for a socket without
+        a remote end.
         """
         texts = self._addresses.by_family[family]
         local_ip = texts.get(src) or self._addresses.format(family, src)
         if dport == 0 and dst == UNSPECIFIED_ADDR:
-            return local_ip, None, None, (protocol, local_ip, sport, None, None, inode)
+            return local_ip, None, None, (protocol, cookie) if cookie else (protocol, local_ip, sport, None, None, inode)
         remote_ip = texts.get(dst) or self._addresses.format(family, dst)
-        return local_ip, remote_ip, dport, (protocol, local_ip, sport, remote_ip, dport)
+        return local_ip, remote_ip, dport, (protocol, cookie) if cookie else (protocol, local_ip, sport, remote_ip, dport)
+
+    def _listener_owner(self, family: int, src: bytes, sport: int) -> tuple | None:
+        """(pid, process_name, user) of the listener that accepted a connection
+        on (src, sport), from the latest dumps; None if unknown.
+
+        Several listeners (SO_REUSEPORT) or a listener held by several
+        processes: the name when they all share it, pid None.
+        """
+        for listeners in self._listener_history:
+            holders = listeners.get((family, src, sport)) or listeners.get((family, UNSPECIFIED_ADDR, sport))
+            if holders:
+                pids = {h[0] for h in holders}
+                names = {h[1] for h in holders}
+                users = {h[2] for h in holders}
+                name = names.pop() if len(names) == 1 else None
+                if name is None:
+                    return None
+                return (pids.pop() if len(pids) == 1 else None, name, users.pop() if len(users) == 1 else None)
+        return None
 
     def _remembered_owner(self, key: tuple) -> tuple | None:
         """The OwnerTable entry of key in the latest dump that listed it."""

@@ -98,15 +98,18 @@ assert _NLMSGHDR_AND_DIAG_MSG.size == _HDR_LEN + DIAG_MSG_LEN
 _PORTS_NEED_SWAP = sys.byteorder == "little"
 
 #: tcp_info offsets (include/uapi/linux/tcp.h).
+TCPI_UNACKED = 24  # u32: segments sent and not yet acknowledged (packets_out)
 TCPI_BYTES_ACKED = 120  # u64, 4.1+; then bytes_received u64 at 128
 TCPI_DATA_SEGS_IN = 152  # u32, 4.6+
 TCPI_BYTES_SENT = 200  # u64, 4.19+; then bytes_retrans u64 at 208
 #: Reading everything at once when the kernel is recent enough (one call):
-#: bytes_acked, bytes_received, [segs_out, segs_in, notsent, min_rtt],
-#: data_segs_in, [data_segs_out, 32 bytes, delivered, delivered_ce],
-#: bytes_sent, bytes_retrans.
-_TCPI_ALL = struct.Struct("=QQ16xI44xQQ")
-_TCPI_ALL_END = TCPI_BYTES_ACKED + _TCPI_ALL.size  # 216
+#: unacked, [23 u32 fields], bytes_acked, bytes_received, [segs_out, segs_in,
+#: notsent, min_rtt], data_segs_in, [data_segs_out, 32 bytes, delivered,
+#: delivered_ce], bytes_sent, bytes_retrans. The first value (unacked) goes
+#: last in TcpCounters.
+_TCPI_ALL = struct.Struct("=I92xQQ16xI44xQQ")
+_TCPI_ALL_END = TCPI_UNACKED + _TCPI_ALL.size  # 216
+assert _TCPI_ALL_END == 216
 _TCPI_ACKED_RECEIVED = struct.Struct("=QQ")
 _TCPI_ACKED_RECEIVED_END = TCPI_BYTES_ACKED + _TCPI_ACKED_RECEIVED.size  # 136
 _U32 = struct.Struct("=I")
@@ -129,6 +132,9 @@ class TcpCounters(NamedTuple):
     data_segs_in: int | None  # segments that carried payload (4.6+)
     bytes_sent: int | None  # payload transmitted, retransmissions included (4.19+)
     bytes_retrans: int | None  # retransmitted payload (4.19+)
+    #: Segments in flight, FIN included (0: everything sent was acknowledged);
+    #: tcpbytes.opened_actively reads the SYN side from it. None: not read.
+    unacked: int | None = None
 
 
 class DiagSocket(NamedTuple):
@@ -158,14 +164,20 @@ def parse_tcp_info(buf, start: int, end: int) -> TcpCounters | None:
     """Counters from the tcp_info occupying buf[start:end]; None if too short."""
     length = end - start
     if length >= _TCPI_ALL_END:
-        return _tuple_new(TcpCounters, _TCPI_ALL.unpack_from(buf, start + TCPI_BYTES_ACKED))
+        return _counters(_TCPI_ALL.unpack_from(buf, start + TCPI_UNACKED))
     if length < _TCPI_ACKED_RECEIVED_END:
         return None  # kernel < 4.1: no byte counters at all
     acked, received = _TCPI_ACKED_RECEIVED.unpack_from(buf, start + TCPI_BYTES_ACKED)
+    (unacked,) = _U32.unpack_from(buf, start + TCPI_UNACKED)
     segs_in = None
     if length >= TCPI_DATA_SEGS_IN + 4:
         (segs_in,) = _U32.unpack_from(buf, start + TCPI_DATA_SEGS_IN)
-    return TcpCounters(acked, received, segs_in, None, None)
+    return TcpCounters(acked, received, segs_in, None, None, unacked)
+
+
+def _counters(values: tuple) -> TcpCounters:
+    """TcpCounters from _TCPI_ALL's values (unacked first, moved last)."""
+    return _tuple_new(TcpCounters, values[1:] + values[:1])
 
 
 def parse_messages(
@@ -224,7 +236,8 @@ def parse_messages(
                 if layout is not None and attr + layout_end <= msg_end and (
                     layout_unpack(buf, attr) == layout_headers
                 ):
-                    counters = new(tcp_counters, info_unpack(buf, attr + layout_counters))
+                    values = info_unpack(buf, attr + layout_counters)
+                    counters = new(tcp_counters, values[1:] + values[:1])
                 else:
                     counters, found = _walk_attributes(buf, attr, msg_end)
                     if found is not None:
@@ -273,8 +286,8 @@ def _walk_attributes(buf, attr: int, msg_end: int) -> tuple[TcpCounters | None, 
             info_end = attr + alen
             if info_end > msg_end or alen - 4 < _TCPI_ALL_END:  # an older kernel's shorter tcp_info
                 return parse_tcp_info(buf, attr + 4, min(info_end, msg_end)), None
-            counters_at = attr + 4 + TCPI_BYTES_ACKED
-            counters = _tuple_new(TcpCounters, _TCPI_ALL.unpack_from(buf, counters_at))
+            counters_at = attr + 4 + TCPI_UNACKED
+            counters = _counters(_TCPI_ALL.unpack_from(buf, counters_at))
             return counters, (struct.Struct(fmt), tuple(headers), info_end - start, counters_at - start)
         attr += (alen + 3) & ~3
     return None, None

@@ -55,6 +55,9 @@ class SocketOwners:
         self._scan_time_budget = scan_time_budget
         self._clock = clock
         self._owner: dict[int, int] = {}  # socket inode -> pid
+        #: Inodes found held by more than one process (a listener shared by
+        #: forked workers): their pid in `owners` is just one of them.
+        self.shared: set[int] = set()
         # pid -> (built at, {fd name: socket inode}) for that process's socket fds
         self._fd_sockets: dict[int, tuple[float, dict[str, int]]] = {}
         # pids that were last found with a new socket, oldest first (a dict as
@@ -85,6 +88,8 @@ class SocketOwners:
         if len(owner) > len(live):
             for inode in owner.keys() - live:
                 del owner[inode]
+        if self.shared:
+            self.shared &= live
         now = self._clock()
         if self._unfound:
             self._unfound &= live
@@ -166,6 +171,9 @@ class SocketOwners:
             owner = self._owner
             for inode in found:
                 if inode in live:
+                    held_by = owner.get(inode)
+                    if held_by is not None and held_by != pid:
+                        self.shared.add(inode)
                     owner[inode] = pid
             before = len(missing)
             missing.difference_update(found)

@@ -30,8 +30,8 @@ Correction rules:
 
 * bytes_sent = bytes_acked - SYN - FIN where
     SYN = 1 for the active-open side once the SYN was acknowledged (any state
-          but SYN_SENT); the caller says which side this is (linux.py: a
-          socket on a port with a listener is the passive side);
+          but SYN_SENT); which side a socket is comes from its own counters,
+          see "Which side opened" below;
     FIN = 1 in FIN_WAIT2 and TIME_WAIT, the states where our FIN is known to
           have been acknowledged (FIN_WAIT1, CLOSING, LAST_ACK: sent, not yet
           acknowledged).
@@ -53,6 +53,30 @@ Correction rules:
   of that dump as a floor). A socket that received no payload segment at all
   (tcpi_data_segs_in == 0, 4.6+) reports 0.
 
+Which side opened (`opened_actively`): the SYN is the one sequence number
+only the active opener has acknowledged, so the kernel's counters say it
+outright whenever nothing is in flight. With u = bytes_sent - bytes_retrans
+(the unique payload sent, 4.19+) and tcpi_unacked = 0 (every segment sent,
+FIN included, acknowledged):
+
+    state                          bytes_acked - u    active    passive
+    ESTABLISHED, CLOSE_WAIT        (our FIN unsent)          1          0
+    FIN_WAIT2, TIME_WAIT           (our FIN acked)           2          1
+    CLOSE (destroy event: queues purged, so unacked reads 0)
+                                   graceful                  2          1
+                                   our FIN unacknowledged    1          0
+
+SYN_SENT is active and SYN_RECV passive by definition. Verified on Linux
+6.18 (tests/integration/test_linux_backend.py). The one ambiguous reading
+is 1 in CLOSE (a passive end that closed gracefully, or an active one whose
+FIN was never acknowledged); the caller decides it from what else it knows
+(an earlier dump, a listener on the socket's port). A socket seen only with
+data in flight stays undecided (None) until a reading without; meanwhile it
+is counted as the active side, which can only be one byte low, so that the
+count grows by one when the side is settled and never goes backwards. The
+cap below makes bytes_sent exact in CLOSE whichever side was assumed.
+Nothing here depends on a listener still existing.
+
 Result: for a completed transfer, bytes_sent equals the payload the
 application wrote, exactly, on both ends (on 4.19+; before, exactly for a
 graceful close and a right SYN-side guess); bytes_received equals the payload
@@ -64,6 +88,8 @@ from __future__ import annotations
 
 from .netlink import (
     TCP_CLOSE,
+    TCP_ESTABLISHED,
+    TCP_SYN_RECV,
     TCP_CLOSE_WAIT,
     TCP_CLOSING,
     TCP_FIN_WAIT2,
@@ -75,6 +101,8 @@ from .netlink import (
 
 #: States in which our FIN has been acknowledged by the peer.
 _OWN_FIN_ACKED = frozenset({TCP_FIN_WAIT2, TCP_TIME_WAIT})
+#: States in which our FIN has not been sent: bytes_acked is SYN + payload.
+_OWN_FIN_UNSENT = frozenset({TCP_ESTABLISHED, TCP_CLOSE_WAIT})
 #: States in which the peer's FIN has arrived.
 _PEER_FIN_RECEIVED = frozenset({TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING, TCP_TIME_WAIT})
 
@@ -86,7 +114,7 @@ def payload(c: TcpCounters, state: int, active_open: bool) -> tuple[int, int]:
     called connect() (its SYN is counted in bytes_acked). One function for
     both directions because the backend calls it for every socket every tick.
     """
-    acked, received, data_segs_in, sent_with_retrans, retrans = c
+    acked, received, data_segs_in, sent_with_retrans, retrans, _unacked = c
     # SYN: counted once acknowledged, only on the active-open side.
     if active_open and state != TCP_SYN_SENT and acked > 0:
         acked -= 1
@@ -114,3 +142,26 @@ def payload(c: TcpCounters, state: int, active_open: bool) -> tuple[int, int]:
     elif state in _PEER_FIN_RECEIVED or (state == TCP_CLOSE and own_fin_acked):
         received -= 1
     return (acked if acked > 0 else 0), (received if received > 0 else 0)
+
+
+def opened_actively(c: TcpCounters, state: int) -> bool | None:
+    """True if this end sent the SYN (connect()), False if it accepted it,
+    None when its counters cannot tell yet (see "Which side opened")."""
+    if state == TCP_SYN_SENT:
+        return True
+    if state == TCP_SYN_RECV:
+        return False
+    sent_with_retrans, retrans, unacked = c.bytes_sent, c.bytes_retrans, c.unacked
+    if sent_with_retrans is None or retrans is None:
+        return None  # kernel < 4.19: no count of the payload sent
+    beyond_payload = c.bytes_acked - (sent_with_retrans - retrans)
+    if state == TCP_CLOSE:
+        # Destroy events: 2 = SYN + FIN, 0 = neither; 1 is ambiguous.
+        return True if beyond_payload == 2 else False if beyond_payload == 0 else None
+    if unacked != 0:
+        return None  # in flight (or unknown): bytes_acked trails the payload sent
+    if state in _OWN_FIN_UNSENT:
+        return beyond_payload == 1
+    if state in _OWN_FIN_ACKED:
+        return beyond_payload == 2
+    return None

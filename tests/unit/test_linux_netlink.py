@@ -35,6 +35,8 @@ from netmond.backends.procfd import SocketOwners
 from netmond.backends.sockdiag import DestroyListener
 from netmond.backends.tcpbytes import payload
 
+MY_NAME = __import__("psutil").Process().name()
+
 # -- crafting messages ---------------------------------------------------------
 
 V4_LOOPBACK = socket.inet_pton(socket.AF_INET, "127.0.0.1") + bytes(12)
@@ -52,10 +54,12 @@ def tcp_info(
     data_segs_in: int = 0,
     sent: int = 0,
     retrans: int = 0,
+    unacked: int = 0,
 ) -> bytes:
     """A struct tcp_info of `length` bytes with the counters at their offsets."""
     info = bytearray(max(length, 216))
     info[0] = 1  # tcpi_state
+    struct.pack_into("=I", info, 24, unacked)
     struct.pack_into("=QQ", info, 120, acked, received)
     struct.pack_into("=I", info, 152, data_segs_in)
     struct.pack_into("=QQ", info, 200, sent, retrans)
@@ -136,7 +140,7 @@ def test_ipv4_socket_with_tcp_info() -> None:
         socket.AF_INET, 1, 40000, 443, 1000, 12345)
     assert fmt(s.family, s.local_addr) == "127.0.0.1"
     assert fmt(s.family, s.remote_addr) == "192.0.2.7"
-    assert s.counters == TcpCounters(1001, 700, 1, 1000, 0)
+    assert s.counters == TcpCounters(1001, 700, 1, 1000, 0, 0)
 
 
 def test_sockets_with_different_attribute_layouts_in_one_buffer() -> None:
@@ -207,15 +211,15 @@ def test_address_formatter_cache_is_bounded() -> None:
     [
         (104, None),  # < 4.1: no bytes_acked at all
         (135, None),  # cut inside bytes_received
-        (136, TcpCounters(1001, 700, None, None, None)),  # 4.1: acked + received only
-        (160, TcpCounters(1001, 700, 1, None, None)),  # 4.6: data_segs_in too
-        (208, TcpCounters(1001, 700, 1, None, None)),  # bytes_sent present, bytes_retrans cut
-        (216, TcpCounters(1001, 700, 1, 1000, 3)),  # 4.19: everything
-        (TCP_INFO_LEN_6_18, TcpCounters(1001, 700, 1, 1000, 3)),
+        (136, TcpCounters(1001, 700, None, None, None, 2)),  # 4.1: acked + received only
+        (160, TcpCounters(1001, 700, 1, None, None, 2)),  # 4.6: data_segs_in too
+        (208, TcpCounters(1001, 700, 1, None, None, 2)),  # bytes_sent present, bytes_retrans cut
+        (216, TcpCounters(1001, 700, 1, 1000, 3, 2)),  # 4.19: everything
+        (TCP_INFO_LEN_6_18, TcpCounters(1001, 700, 1, 1000, 3, 2)),
     ],
 )
 def test_short_tcp_info_of_old_kernels(length: int, expected) -> None:
-    info = tcp_info(length, acked=1001, received=700, data_segs_in=1, sent=1000, retrans=3)
+    info = tcp_info(length, acked=1001, received=700, data_segs_in=1, sent=1000, retrans=3, unacked=2)
     buf = sock_msg(attrs=rtattr(netlink.INET_DIAG_INFO, info)) + DONE
     [s], _ = parse_messages(buf, seq=1)
     assert s.counters == expected
@@ -700,9 +704,10 @@ CLIENT_KEY = ("TCP", "127.0.0.1", CLIENT_PORT, "127.0.0.1", SERVER_PORT)
 SERVER_KEY = ("TCP", "127.0.0.1", SERVER_PORT, "127.0.0.1", CLIENT_PORT)
 
 
-def info(acked: int = 0, received: int = 0, data_segs_in: int = 0, sent: int = 0, retrans: int = 0) -> TcpCounters:
+def info(acked: int = 0, received: int = 0, data_segs_in: int = 0, sent: int = 0, retrans: int = 0,
+         unacked: int = 0) -> TcpCounters:
     """Raw counters as netlink.parse_messages returns them."""
-    return TcpCounters(acked, received, data_segs_in, sent, retrans)
+    return TcpCounters(acked, received, data_segs_in, sent, retrans, unacked)
 
 
 def record(state, sport, dport, inode, tcpi=None, family=socket.AF_INET, src=V4_LOOPBACK, dst=V4_LOOPBACK,
@@ -788,27 +793,28 @@ def test_backend_reports_payload_and_owner(crafted) -> None:
 
 def test_an_unchanged_socket_is_handed_on_as_the_same_sample(crafted) -> None:
     backend, dumper, _ = crafted
+    CLIENT_COOKIE_KEY, SERVER_COOKIE_KEY = ("TCP", 7), ("TCP", 8)
     client_info = info(acked=1001, received=700, data_segs_in=1, sent=1000)
     dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, client_info, cookie=7),
                   record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=700, received=1000, data_segs_in=1,
                                                                  sent=700), cookie=8)]
     first = by_key(backend.sample().sockets)
     again = by_key(backend.sample().sockets)
-    assert again[CLIENT_KEY] is first[CLIENT_KEY] and again[SERVER_KEY] is first[SERVER_KEY]
+    assert again[CLIENT_COOKIE_KEY] is first[CLIENT_COOKIE_KEY] and again[SERVER_COOKIE_KEY] is first[SERVER_COOKIE_KEY]
     # New counters: a new sample, with the new bytes; the other is still handed on.
     dumper.tcp[0] = record(1, CLIENT_PORT, SERVER_PORT, 100,
                            info(acked=1501, received=700, data_segs_in=1, sent=1500), cookie=7)
     moved = by_key(backend.sample().sockets)
-    assert moved[CLIENT_KEY] is not first[CLIENT_KEY] and moved[CLIENT_KEY].bytes_sent == 1500
-    assert moved[SERVER_KEY] is first[SERVER_KEY]
+    assert moved[CLIENT_COOKIE_KEY] is not first[CLIENT_COOKIE_KEY] and moved[CLIENT_COOKIE_KEY].bytes_sent == 1500
+    assert moved[SERVER_COOKIE_KEY] is first[SERVER_COOKIE_KEY]
     # A new state, or a new owner for the same record: a new sample too.
     dumper.tcp[1] = record(8, SERVER_PORT, CLIENT_PORT, 200, dumper.tcp[1].counters, cookie=8)
-    assert by_key(backend.sample().sockets)[SERVER_KEY].state == "CLOSE_WAIT"
+    assert by_key(backend.sample().sockets)[SERVER_COOKIE_KEY].state == "CLOSE_WAIT"
     backend._owners.owners[200] = 1  # the inode index learnt another owner (init, here)
-    owned = by_key(backend.sample().sockets)[SERVER_KEY]
+    owned = by_key(backend.sample().sockets)[SERVER_COOKIE_KEY]
     assert owned.pid == 1 and owned.state == "CLOSE_WAIT"
     # What destroy events need is kept for handed-on sockets too.
-    assert backend._owner_history[0][CLIENT_KEY][4:] == (1500, 700)
+    assert backend._owner_history[0][CLIENT_COOKIE_KEY][4:] == (1500, 700)
 
 
 def test_sockets_without_a_cookie_are_never_handed_on(crafted) -> None:
@@ -938,3 +944,109 @@ def test_without_root_other_users_sockets_make_attribution_incomplete(crafted, m
     st = backend.status()
     assert not st.attribution_complete
     assert any("without root" in w and "run as root" in w for w in st.warnings)
+
+
+# -- which side opened: from the socket's own counters (tcpbytes.opened_actively)
+
+
+@pytest.mark.parametrize(
+    "state, counters, expected",
+    [
+        (2, info(), True),  # SYN_SENT
+        (3, info(), False),  # SYN_RECV
+        (1, info(acked=1001, sent=1000), True),  # ESTABLISHED, idle: the SYN is the extra one
+        (1, info(acked=1000, sent=1000), False),
+        (1, info(acked=1, sent=0), True),  # nothing sent yet
+        (1, info(acked=0, sent=0), False),
+        (1, info(acked=900, sent=1000, unacked=2), None),  # data in flight: cannot tell yet
+        (1, info(acked=1001, sent=1100, retrans=100), True),  # retransmissions are not payload
+        (8, info(acked=10, sent=10), False),  # CLOSE_WAIT: our FIN not sent
+        (5, info(acked=12, sent=10), True),  # FIN_WAIT2: SYN + our FIN
+        (6, info(acked=11, sent=10), False),  # TIME_WAIT: our FIN only
+        (7, info(acked=1002, sent=1000), True),  # CLOSE (destroy event), graceful
+        (7, info(acked=1000, sent=1000), False),  # CLOSE, our FIN never acknowledged
+        (7, info(acked=1001, sent=1000), None),  # CLOSE: passive graceful or active without FIN
+        (1, TcpCounters(1001, 0, 0, None, None, 0), None),  # kernel < 4.19
+    ],
+)
+def test_opened_actively_reads_the_syn_from_the_counters(state, counters, expected) -> None:
+    from netmond.backends.tcpbytes import opened_actively
+
+    assert opened_actively(counters, state) is expected
+
+
+def test_server_without_listener_counts_exactly(crafted) -> None:
+    # The issue's socat case: the listener closed before the transfer; the
+    # accepted socket's SYN side comes from its counters, not the listener.
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=333_333, sent=333_333), cookie=21)]
+    [row] = backend.sample().sockets
+    assert row.bytes_sent == 333_333
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=333_334, received=1, sent=333_333),
+                              cookie=21)]
+    [closed] = backend.sample().closed
+    assert (closed.key, closed.bytes_sent, closed.bytes_received) == (("TCP", 21), 333_333, 0)
+
+
+def test_undecided_side_counts_low_then_settles_upwards(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=5000, sent=9000, unacked=3), cookie=22)]
+    assert backend.sample().sockets[0].bytes_sent == 4999  # in flight: maybe the active side
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=9000, sent=9000), cookie=22)]
+    assert backend.sample().sockets[0].bytes_sent == 9000  # nothing in flight: passive, settled
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=9500, sent=9600, unacked=1), cookie=22)]
+    assert backend.sample().sockets[0].bytes_sent == 9500  # kept
+
+
+# -- keys: the kernel's socket cookie ----------------------------------------------
+
+
+def test_a_reused_four_tuple_is_a_new_key_with_its_own_close(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=1201, sent=1200), cookie=31)]
+    first = backend.sample().sockets[0]
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1202, sent=1200), cookie=31)]
+    dumper.tcp = [record(6, CLIENT_PORT, SERVER_PORT, 0, None, cookie=31)]  # its TIME_WAIT remnant
+    snap = backend.sample()
+    assert [c.key for c in snap.closed] == [first.key] and snap.sockets == []
+    # The same 4-tuple, another socket (SO_REUSEADDR): its own key and close.
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=50_001, sent=50_000), cookie=32)]
+    second = backend.sample().sockets[0]
+    assert second.key == ("TCP", 32) != first.key and second.bytes_sent == 50_000
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1_050_002, sent=1_050_000), cookie=32)]
+    dumper.tcp = []
+    [closed] = backend.sample().closed
+    assert (closed.key, closed.bytes_sent, closed.pid) == (second.key, 1_050_000, os.getpid())
+
+
+# -- short connections: accepted ones are their listener's -------------------------
+
+
+def test_short_accepted_connection_is_its_listeners(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=40)]
+    backend.sample()
+    listener.events = [
+        # server side (passive: graceful close reads SYN-less) and client side
+        record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1001, received=101, data_segs_in=1, sent=1000), cookie=41),
+        record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=102, received=1001, data_segs_in=1, sent=100), cookie=42),
+    ]
+    closed = by_key(backend.sample().closed)
+    server, client = closed[("TCP", 41)], closed[("TCP", 42)]
+    assert (server.pid, server.process_name, server.bytes_sent, server.bytes_received) == (
+        os.getpid(), MY_NAME, 1000, 100)
+    assert (client.pid, client.process_name, client.bytes_sent, client.bytes_received) == (None, None, 100, 1000)
+    assert client.user  # the uid is known
+
+
+def test_short_connection_of_a_shared_listener_has_its_name_not_a_pid(crafted) -> None:
+    backend, dumper, listener = crafted
+    backend._owners.shared.add(300)  # as if forked workers held it too
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=50)]
+    backend._owners.refresh({300})
+    backend._owners.shared.add(300)
+    backend.sample()
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=11, received=6, data_segs_in=1, sent=10),
+                              cookie=51)]
+    [closed] = backend.sample().closed
+    assert (closed.pid, closed.process_name) == (None, MY_NAME)
