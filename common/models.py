@@ -49,6 +49,7 @@ APP_FIELDS: tuple[str, ...] = (
     "download_speed",
     "bytes_sent",
     "bytes_received",
+    "partial",
 )
 
 #: Fields of Stats.
@@ -66,6 +67,15 @@ STATS_FIELDS: tuple[str, ...] = (
     "attributed_download_speed",
     "unattributed_upload_speed",
     "unattributed_download_speed",
+    "unattributed_bytes_sent",
+    "unattributed_bytes_received",
+    "socket_bytes_sent",
+    "socket_bytes_received",
+    "unknown_process_bytes_sent",
+    "unknown_process_bytes_received",
+    "listeners",
+    "time_wait",
+    "include_loopback",
     "top_app",
 )
 
@@ -81,8 +91,6 @@ INTERFACE_FIELDS: tuple[str, ...] = (
 #: Fields of a HistoryPoint.
 HISTORY_FIELDS: tuple[str, ...] = ("timestamp", "upload", "download")
 
-#: App row name for bytes whose process could not be known.
-UNKNOWN_APP = "unknown"
 
 SCOPES = ("loopback", "lan", "internet")
 PROTOCOLS = ("TCP", "UDP")

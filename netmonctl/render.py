@@ -114,6 +114,28 @@ def safe(value: Any) -> str:
     return "-" if value is None else printable(str(value))
 
 
+#: How tables name the AppUsage line whose process_name is null: bytes of
+#: sockets whose process could not be known (not an app of that name).
+UNKNOWN_PROCESS_LABEL = "(process unknown)"
+#: Mark after an app's name when its figures are partial (see PARTIAL_NOTE).
+PARTIAL_MARK = " *"
+PARTIAL_NOTE = "* partial: some of its sockets keep no byte counters (UDP on Linux); figures count the others"
+
+
+def app_label(app: dict[str, Any]) -> str:
+    """An AppUsage row's PROCESS cell: its name, marked when partial; the line
+    of sockets whose process is unknown (process_name null) says so."""
+    name = app.get("process_name")
+    if name is None:
+        return UNKNOWN_PROCESS_LABEL
+    return printable(str(name)) + (PARTIAL_MARK if app.get("partial") else "")
+
+
+def partial_note(apps: Sequence[dict[str, Any]]) -> str:
+    """The footnote explaining PARTIAL_MARK, when a shown row carries it."""
+    return PARTIAL_NOTE if any(a.get("partial") for a in apps) else ""
+
+
 def clip(text: str, width: int, ellipsis: str = "…") -> str:
     """`text` cut to `width` characters, marking the cut."""
     if width <= 0:
@@ -134,6 +156,18 @@ def state_color(state: Any) -> str | None:
 def dash(value: Any) -> str:
     """str(value), with unknown (None) shown as '-' and never as 0."""
     return "-" if value is None else str(value)
+
+
+def connection_counts(s: dict[str, Any]) -> str:
+    """'2 active, 3 listening, 1 TIME_WAIT': the counts of `status` and
+    `stats`, named alike (`active` is what `apps` CONNS adds up to)."""
+    active = s.get("active_connections", s.get("connections"))
+    text = f"{dash(active)} active"
+    if s.get("listeners") is not None:
+        text += f", {s['listeners']} listening"
+    if s.get("time_wait") is not None:
+        text += f", {s['time_wait']} TIME_WAIT"
+    return text
 
 
 def pids(values: Sequence[int] | None, shown: int) -> str:

@@ -227,7 +227,7 @@ def _traffic(bytes_drop: int) -> tuple[TopColumn, ...]:
 
 
 APP_COLUMNS = (
-    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 10, ("process_name",),
+    TopColumn(Column("PROCESS", render.app_label, fmt=str), 10, ("process_name",),
               ideal=24, flex=True),
     TopColumn(Column("PIDS", field("pids"), drop=4), 11, ideal=30, cell=_pids_cell),
     TopColumn(Column("CONNS", field("connections"), align="right", drop=2), 5, ("connections",)),

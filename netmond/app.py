@@ -26,6 +26,7 @@ from .backends.base import Backend
 from .config import Config, ConfigError, load_config
 from .metrics import Health, MetricsExporter
 from .peercred import resolve_group
+from .selfcost import RECORD_EVERY, CpuWindow
 from .server import Server
 from .state import MonitorState, TickChanges
 
@@ -99,7 +100,8 @@ class Daemon:
         self.socket_path = config.socket_path()
         self.server: Server | None = None
         self.self_process = psutil.Process()
-        self.self_process.cpu_percent(None)  # prime: the first call always says 0
+        # CPU over a fixed recent window, the same for every caller (status).
+        self.cpu_window = CpuWindow()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -187,7 +189,7 @@ class Daemon:
         if new.history_seconds != self.state.history_seconds:
             self.state.set_history_seconds(new.history_seconds)
         self.state.closed_retention = new.closed_retention
-        self.state.include_loopback = new.include_loopback
+        self.state.set_include_loopback(new.include_loopback)
         if new.socket_group != old.socket_group:
             try:
                 listener.apply_socket_mode(self.socket_path, new.socket_group)
@@ -235,6 +237,12 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _record_cost(self) -> None:
+        """Record the daemon's CPU time every second, whatever the interval."""
+        while True:
+            self.cpu_window.record()
+            await asyncio.sleep(RECORD_EVERY)
 
     def _publish(self, changes: TickChanges) -> None:
         server = self.server
@@ -288,6 +296,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.start(self.backend.name, self._health())
             sampler = asyncio.create_task(self._sampler())
+            cost_recorder = asyncio.create_task(self._record_cost())
             log.info(
                 "netmond listening on %s (backend %s, interval %gs)",
                 self.socket_path, self.backend.name, self.state.interval,
@@ -295,6 +304,7 @@ class Daemon:
             self.ready.set()
             await self._stop.wait()
             log.info("stopping")
+            cost_recorder.cancel()
             # Let a tick in progress finish (it is never interrupted halfway),
             # then the sampler sees the stop and ends.
             self._wake.set()

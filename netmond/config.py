@@ -32,7 +32,8 @@ class Config:
     interval: float = 1.0
     history_seconds: int = 3600
     closed_retention: float = 60.0
-    include_loopback: bool = False
+    # One loopback policy for every view (see state.py): monitored by default.
+    include_loopback: bool = True
     backend: str = "auto"
     log_level: str = "info"
     # Group allowed to connect and control a root daemon (socket 0660 root:group).

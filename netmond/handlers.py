@@ -101,14 +101,12 @@ def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -
             f"{bst.events_lost} connection-close events were lost (kernel buffer overflow): "
             "bytes of those short-lived connections are not counted"
         )
-    proc = daemon.self_process
     try:
-        with proc.oneshot():
-            cpu = proc.cpu_percent(None)
-            rss = proc.memory_info().rss
+        rss = daemon.self_process.memory_info().rss
     except psutil.Error:
-        cpu, rss = None, None
+        rss = None
     state = daemon.state
+    counts = state.connection_counts()
     mono = time.monotonic()
     return {
         "monitoring": daemon.monitoring,
@@ -122,12 +120,16 @@ def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -
         "attribution_complete": bst.attribution_complete,
         "events_lost": bst.events_lost,
         "warnings": warnings,
-        "cpu_percent": cpu,
+        "cpu_percent": daemon.cpu_window.percent(),
+        "cpu_window_seconds": daemon.cpu_window.covered_seconds(),
         "rss_bytes": rss,
         "sample_age": None if state.last_mono is None else mono - state.last_mono,
         "last_tick_seconds": daemon.last_tick_seconds,
         "ticks": state.ticks,
-        "connections": len(state.open),
+        "connections": counts["connections"],
+        "listeners": counts["listeners"],
+        "time_wait": counts["time_wait"],
+        "sockets": counts["sockets"],
         "closed_retained": len(state.closed),
         "clients": daemon.server.client_count if daemon.server else 0,
         "socket": daemon.socket_path,
@@ -168,7 +170,8 @@ def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> 
         # An app-level filter: whole apps, with the bytes of long-closed
         # connections, even those with nothing open now.
         needle = flt.proc.lower()
-        return {"apps": [a for a in daemon.state.app_usage() if needle in a["process_name"].lower()]}
+        return {"apps": [a for a in daemon.state.app_usage()
+                         if a["process_name"] is not None and needle in a["process_name"].lower()]}
     matching = flt.apply(daemon.state.connections(True))
     return {"apps": daemon.state.app_usage_of(matching)}
 

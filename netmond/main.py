@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-seconds", type=int, metavar="N", help="bandwidth history kept (default 3600)")
     p.add_argument("--closed-retention", type=float, metavar="SECONDS",
                    help="how long closed connections stay listed (default 60)")
-    p.add_argument("--include-loopback", action="store_true", default=None,
-                   help="count loopback traffic in totals")
+    p.add_argument("--include-loopback", action=argparse.BooleanOptionalAction, default=None,
+                   help="monitor loopback (127.0.0.0/8, ::1) sockets and count the loopback "
+                        "interface, in every view (default: yes)")
     p.add_argument("--backend", choices=BACKENDS, help="where the numbers come from (default auto)")
     p.add_argument("--socket-group", metavar="GROUP", help="group allowed to use a root daemon's socket")
     p.add_argument("--max-clients", type=int, metavar="N", help="concurrent clients (default 128)")

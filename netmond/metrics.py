@@ -13,10 +13,15 @@ labels (unbounded cardinality):
 
     netmon_process_receive_bytes_total{app}     bytes per app, top N + app="other"
     netmon_process_transmit_bytes_total{app}
-    netmon_process_connections{app}             open connections, same app labels
-    netmon_connections{protocol,state}          open connections
+    netmon_process_connections{app}             active connections, same app labels
+    netmon_connections{protocol,state}          open sockets
+    netmon_unknown_process_receive_bytes_total  socket bytes whose process is unknown
+    netmon_unknown_process_transmit_bytes_total
     netmon_unattributed_receive_bytes_total     interface bytes no socket explains
     netmon_unattributed_transmit_bytes_total
+
+An app whose sockets have no byte counters (UDP-only on Linux) has no byte
+series at all: absent is Prometheus's "unknown", 0 would be a claim.
     netmon_build_info{version,backend}          always 1
 
 and the daemon's own health (see Health below):
@@ -43,10 +48,9 @@ Counters never go backwards, whatever the daemon's own totals do:
   stops being exported and its new bytes go to "other". Per-series rate()
   is right either way; a plain sum() of the raw values can count the bytes
   an app moved before joining the top N twice (once in "other").
-- Unattributed bytes are accumulated per tick (interface bytes minus what
-  per-socket counters explain) and exported as their running maximum, so
-  that timing jitter between the two kinds of counter never shows as a
-  decrease.
+- Unattributed bytes are MonitorState's per-tick unattributed bytes added
+  up (never negative by construction: the state carries an excess of
+  socket bytes over interface bytes into the next tick).
 
 Threads: `on_tick()` runs on the daemon's event loop, builds an immutable
 MetricsSnapshot and swaps one reference; the HTTP thread's `collect()` reads
@@ -125,6 +129,8 @@ class MetricsSnapshot:
     connections: tuple[tuple[str, str, int], ...] = ()  # (protocol, state, count)
     unattributed_receive_bytes: int = 0
     unattributed_transmit_bytes: int = 0
+    unknown_process_receive_bytes: int = 0
+    unknown_process_transmit_bytes: int = 0
     backend: str = ""
     version: str = __version__
 
@@ -179,14 +185,18 @@ class Accountant:
     _previous: dict[str, tuple[Any, int, int]] = field(default_factory=dict)
     _other: list[int] = field(default_factory=lambda: [0, 0])
     _ever_exported: set[str] = field(default_factory=set)
-    _last_mono: float | None = None
-    # Unattributed bytes: the raw running sum, and the running max exported.
-    _unattributed_raw: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    _last_tick: int | None = None
+    # [receive, transmit] since daemon start
     _unattributed: list[int] = field(default_factory=lambda: [0, 0])
+    _unknown_process: list[int] = field(default_factory=lambda: [0, 0])
 
     def update(self, state: "MonitorState", backend: str) -> MetricsSnapshot:
         """Fold the state after one tick in; return what scrapes should see now."""
         deltas = self._app_deltas(state)
+        unknown = deltas.pop(None, None)
+        if unknown is not None:
+            self._unknown_process[0] += unknown[0]
+            self._unknown_process[1] += unknown[1]
         for app, (rx, tx) in deltas.items():
             cum = self._cumulative.setdefault(app, [0, 0])
             cum[0] += rx
@@ -207,8 +217,9 @@ class Accountant:
         per_app: Counter[str] = Counter()
         per_state: Counter[tuple[str, str]] = Counter()
         for row in state.connections():
-            per_app[row.app] += 1
             per_state[(row.protocol, row.state)] += 1
+            if row.app is not None and not (row.is_listener or row.is_remnant):
+                per_app[row.app] += 1  # the `connections` of `apps`
         apps = [
             AppSeries(a, self._cumulative[a][0], self._cumulative[a][1], per_app.get(a, 0)) for a in ranked
         ]
@@ -221,12 +232,14 @@ class Accountant:
             connections=tuple((p, s, n) for (p, s), n in sorted(per_state.items())),
             unattributed_receive_bytes=self._unattributed[0],
             unattributed_transmit_bytes=self._unattributed[1],
+            unknown_process_receive_bytes=self._unknown_process[0],
+            unknown_process_transmit_bytes=self._unknown_process[1],
             backend=backend,
         )
 
-    def _app_deltas(self, state: "MonitorState") -> dict[str, tuple[int, int]]:
-        deltas: dict[str, tuple[int, int]] = {}
-        current: dict[str, tuple[Any, int, int]] = {}
+    def _app_deltas(self, state: "MonitorState") -> dict[str | None, tuple[int, int]]:
+        deltas: dict[str | None, tuple[int, int]] = {}
+        current: dict[str | None, tuple[Any, int, int]] = {}
         for app, totals in state.apps.items():
             rx, tx = totals.bytes_received, totals.bytes_sent
             prev = self._previous.get(app)
@@ -256,16 +269,12 @@ class Accountant:
             del self._cumulative[app]
 
     def _account_unattributed(self, state: "MonitorState") -> None:
-        # MonitorState gives per-tick rates over the same dt for the counted
-        # interfaces and for what sockets explain; rate * dt is that tick's bytes.
-        mono = state.last_mono
-        if mono is not None and self._last_mono is not None and mono > self._last_mono:
-            dt = mono - self._last_mono
-            self._unattributed_raw[0] += (state.total_download_speed - state.attributed_download_speed) * dt
-            self._unattributed_raw[1] += (state.total_upload_speed - state.attributed_upload_speed) * dt
-            for i in (0, 1):
-                self._unattributed[i] = max(self._unattributed[i], int(self._unattributed_raw[i]))
-        self._last_mono = mono
+        # Once per tick of the state (update() may run twice on one tick).
+        if state.ticks != self._last_tick:
+            self._last_tick = state.ticks
+            up, down = state.last_unattributed
+            self._unattributed[0] += down
+            self._unattributed[1] += up
 
 
 class NetmonCollector:
@@ -286,7 +295,8 @@ class NetmonCollector:
             f"since netmond started (top {self._exporter.top_n} apps, the rest as app=\"other\").",
             labels=["app"])
         conns = GaugeMetricFamily(
-            "netmon_process_connections", "Open connections (listeners included) of an app.", labels=["app"])
+            "netmon_process_connections", "Active connections of an app (not listeners, not TIME_WAIT), "
+            "as `netmonctl apps` counts them.", labels=["app"])
         for s in snap.apps:
             rx.add_metric([s.app], s.receive_bytes)
             tx.add_metric([s.app], s.transmit_bytes)
@@ -303,11 +313,19 @@ class NetmonCollector:
             "netmon_unattributed_transmit_bytes",
             "Bytes sent on the counted interfaces that no per-socket counter explains (UDP, ...).")
         un_tx.add_metric([], snap.unattributed_transmit_bytes)
+        unknown_rx = CounterMetricFamily(
+            "netmon_unknown_process_receive_bytes",
+            "Bytes received by sockets whose process could not be known (closed before it was seen).")
+        unknown_rx.add_metric([], snap.unknown_process_receive_bytes)
+        unknown_tx = CounterMetricFamily(
+            "netmon_unknown_process_transmit_bytes",
+            "Bytes sent by sockets whose process could not be known (closed before it was seen).")
+        unknown_tx.add_metric([], snap.unknown_process_transmit_bytes)
         info = GaugeMetricFamily(
             "netmon_build_info", "netmond's version and sampling backend; always 1.",
             labels=["version", "backend"])
         info.add_metric([snap.version, snap.backend], 1)
-        yield from (rx, tx, conns, by_state, un_rx, un_tx, info)
+        yield from (rx, tx, conns, by_state, un_rx, un_tx, unknown_rx, unknown_tx, info)
 
 
 class HealthCollector:

@@ -16,7 +16,22 @@ Accounting rules (docs/DESIGN.md §3):
   were moved since the previous sample and count.
 - Totals per app and for the machine are accumulated from deltas, so bytes of
   closed connections stay counted after the row itself expires.
-- Unknown is None, never 0: rows whose OS keeps no counters have bytes None.
+- Unknown is None, never 0: rows whose OS keeps no counters have bytes None;
+  an app all of whose sockets lack counters has bytes and speeds None, one
+  with some counted and some uncounted sockets is `partial`.
+- Bytes of sockets whose process is unknown (a client that connected and
+  closed between two samples, another user's socket without root) are the
+  line with process_name None ("process unknown"), never an app name.
+- One loopback policy (`include_loopback`, default True): when False,
+  loopback sockets are not monitored at all (no rows, no app bytes) and
+  loopback interfaces are not counted, so every view agrees.
+- Totals: total = attributed + unattributed, where attributed is what the
+  socket counters moved this tick and unattributed what the counted
+  interfaces moved beyond that. Both kinds of counters are not read at the
+  same instant, so a tick may see sockets move more than the interfaces: the
+  excess is carried into the next tick (`_carry`) instead of being clamped,
+  so unattributed is never negative, never hides what it owes, and over any
+  run adds up to interface bytes minus socket bytes.
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable
 
-from common.models import UNKNOWN_APP, connection_scope, format_addr
+from common.models import connection_scope, format_addr
 
 from .backends.base import InterfaceSample, Snapshot, SocketSample
 
@@ -78,9 +93,13 @@ class ConnRow:
         self.sample = s
 
     @property
-    def app(self) -> str:
-        """The app name this row's bytes are counted under."""
-        return self.process_name or UNKNOWN_APP
+    def app(self) -> str | None:
+        """The app this row's bytes are counted under; None: process unknown."""
+        return self.process_name
+
+    @property
+    def has_counters(self) -> bool:
+        return self.bytes_sent is not None or self.bytes_received is not None
 
     @property
     def is_listener(self) -> bool:
@@ -133,10 +152,17 @@ class ConnRow:
 
 @dataclass
 class AppTotals:
-    """Bytes an app moved since start/clear, closed connections included."""
+    """Bytes an app moved since start/clear, closed connections included.
+
+    `counted`: some socket of the app had byte counters (its bytes are known,
+    0 included); `uncounted`: some socket had none (UDP on Linux), so the
+    bytes are a lower bound. Neither ever goes back to False before `clear`.
+    """
 
     bytes_sent: int = 0
     bytes_received: int = 0
+    counted: bool = False
+    uncounted: bool = False
 
 
 @dataclass
@@ -146,6 +172,62 @@ class TickChanges:
     updated: list[ConnRow] = field(default_factory=list)
     closed: list[ConnRow] = field(default_factory=list)
     history_point: dict[str, float] | None = None
+
+
+class _AppLive:
+    """What an app's open sockets add up to now (for AppUsage)."""
+
+    __slots__ = ("pids", "connections", "sockets", "counted", "uncounted", "up", "down")
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self.connections = 0
+        self.sockets = 0
+        self.counted = 0
+        self.uncounted = 0
+        self.up = 0.0
+        self.down = 0.0
+
+    def add(self, row: "ConnRow") -> None:
+        self.sockets += 1
+        if row.pid is not None:
+            self.pids.add(row.pid)
+        if not row.is_listener:
+            self.connections += 1
+        if row.has_counters:
+            self.counted += 1
+            self.up += row.upload_speed or 0.0
+            self.down += row.download_speed or 0.0
+        else:
+            self.uncounted += 1
+
+
+def _app_wire(name: str | None, live: _AppLive | None, totals: AppTotals | None) -> dict[str, Any]:
+    """One AppUsage map (see MonitorState.app_usage for what each field means)."""
+    counted = bool((totals and totals.counted) or (live and live.counted))
+    uncounted = bool((totals and totals.uncounted) or (live and live.uncounted))
+    if live is None:  # nothing open: nothing moves now, if its bytes are known at all
+        up = down = 0.0 if counted else None
+    elif live.counted:
+        up, down = live.up, live.down
+    else:
+        up = down = None
+    return {
+        "process_name": name,
+        "pids": sorted(live.pids) if live else [],
+        "connections": live.connections if live else 0,
+        "upload_speed": up,
+        "download_speed": down,
+        "bytes_sent": (totals.bytes_sent if totals else 0) if counted else None,
+        "bytes_received": (totals.bytes_received if totals else 0) if counted else None,
+        "partial": counted and uncounted,
+    }
+
+
+def _app_order(app: dict[str, Any]) -> tuple:
+    """Busiest first (speed, then bytes); unknown figures count as 0."""
+    return ((app["upload_speed"] or 0.0) + (app["download_speed"] or 0.0),
+            (app["bytes_sent"] or 0) + (app["bytes_received"] or 0))
 
 
 class _IfaceTrack:
@@ -176,7 +258,7 @@ class MonitorState:
         interval: float = 1.0,
         history_seconds: int = 3600,
         closed_retention: float = 60.0,
-        include_loopback: bool = False,
+        include_loopback: bool = True,
     ) -> None:
         self.interval = interval
         self.history_seconds = history_seconds
@@ -188,7 +270,7 @@ class MonitorState:
         # event arriving a tick late can still add its last bytes.
         self.closed: deque[ConnRow] = deque()
         self._closed_by_key: dict[Hashable, ConnRow] = {}
-        self.apps: dict[str, AppTotals] = {}
+        self.apps: dict[str | None, AppTotals] = {}
         self._ifaces: dict[str, _IfaceTrack] = {}
         self.history: deque[dict[str, float]] = deque(maxlen=self._history_len())
         self._baseline = True
@@ -199,6 +281,15 @@ class MonitorState:
         self.total_download_speed = 0.0
         self.attributed_upload_speed = 0.0
         self.attributed_download_speed = 0.0
+        self.unattributed_upload_speed = 0.0
+        self.unattributed_download_speed = 0.0
+        # Unattributed bytes of the last tick and since start/clear.
+        self.last_unattributed = (0, 0)
+        self.unattributed_sent = 0
+        self.unattributed_received = 0
+        # Socket bytes counted ahead of the interfaces, owed to the next tick
+        # (<= 0; see the module docstring), (up, down).
+        self._carry = [0, 0]
 
     # -- configuration -----------------------------------------------------
     def _history_len(self) -> int:
@@ -224,6 +315,18 @@ class MonitorState:
         self._closed_by_key.clear()
         for tr in self._ifaces.values():
             tr.total_sent = tr.total_recv = 0
+        self.unattributed_sent = self.unattributed_received = 0
+        self.rebaseline()
+
+    def set_include_loopback(self, include: bool) -> None:
+        """Apply a new loopback policy: rows it no longer monitors go (without
+        a close: they did not close), and the next tick is a baseline."""
+        if include == self.include_loopback:
+            return
+        self.include_loopback = include
+        if not include:
+            for key in [k for k, row in self.open.items() if row.scope == "loopback"]:
+                del self.open[key]
         self.rebaseline()
 
     def rebaseline(self) -> None:
@@ -242,10 +345,14 @@ class MonitorState:
         wall = snap.wall
         counted_up = 0  # bytes moved this tick by rows that count toward attribution
         counted_down = 0
+        sockets, closed_samples = snap.sockets, snap.closed
+        if not self.include_loopback:
+            sockets = [s for s in sockets if connection_scope(s.local_ip, s.remote_ip) != "loopback"]
+            closed_samples = [s for s in closed_samples if connection_scope(s.local_ip, s.remote_ip) != "loopback"]
 
         # 1. Destroy events first: they carry final counters.
         just_closed: dict[Hashable, ConnRow] = {}
-        for s in snap.closed:
+        for s in closed_samples:
             row = self.open.pop(s.key, None)
             if row is None:
                 late = self._closed_by_key.get(s.key)
@@ -268,7 +375,7 @@ class MonitorState:
 
         # 2. Sockets open now.
         seen: set[Hashable] = set()
-        for s in snap.sockets:
+        for s in sockets:
             key = s.key
             row = self.open.get(key)
             if row is not None and s is row.sample and not baseline:
@@ -332,12 +439,8 @@ class MonitorState:
                 changes.closed.append(row)
 
         self._expire_closed(wall)
-        self._apply_interfaces(snap.interfaces, dt, baseline)
-        if dt:
-            self.attributed_upload_speed = counted_up / dt
-            self.attributed_download_speed = counted_down / dt
-        else:
-            self.attributed_upload_speed = self.attributed_download_speed = 0.0
+        iface_up, iface_down = self._apply_interfaces(snap.interfaces, dt, baseline)
+        self._apply_totals(dt, counted_up, counted_down, iface_up, iface_down)
         if not baseline and dt:
             point = {
                 "timestamp": wall,
@@ -362,7 +465,7 @@ class MonitorState:
             row.user = s.user
             if row.app != old_app and (row.counted_sent or row.counted_received):
                 # The socket was first seen before its pid was known: the
-                # bytes counted under "unknown" belong to this app.
+                # bytes counted under "process unknown" belong to this app.
                 old = self.apps.get(old_app)
                 if old is not None:
                     old.bytes_sent -= row.counted_sent
@@ -370,6 +473,7 @@ class MonitorState:
                 new = self.apps.setdefault(row.app, AppTotals())
                 new.bytes_sent += row.counted_sent
                 new.bytes_received += row.counted_received
+                new.counted = True
 
     def _account(
         self,
@@ -396,6 +500,11 @@ class MonitorState:
         row.bytes_sent, row.bytes_received = new_sent, new_recv
         if new_sent is None and new_recv is None:
             row.upload_speed = row.download_speed = None
+            if not row.is_remnant:  # a TIME_WAIT remnant moved nothing itself
+                totals = self.apps.get(row.app)
+                if totals is None:
+                    totals = self.apps[row.app] = AppTotals()
+                totals.uncounted = True
             return 0, 0
         if baseline and not fresh:
             row.upload_speed = row.download_speed = None
@@ -405,16 +514,15 @@ class MonitorState:
             row.download_speed = down / dt
         elif fresh:
             row.upload_speed = row.download_speed = None
-        if up or down:
+        if up or down or fresh:
             totals = self.apps.get(row.app)
             if totals is None:
                 totals = self.apps[row.app] = AppTotals()
+            totals.counted = True
             totals.bytes_sent += up
             totals.bytes_received += down
             row.counted_sent += up
             row.counted_received += down
-        if row.scope == "loopback" and not self.include_loopback:
-            return 0, 0
         return up, down
 
     def _close(self, row: ConnRow, wall: float) -> None:
@@ -437,8 +545,10 @@ class MonitorState:
 
     def _apply_interfaces(
         self, samples: list[InterfaceSample], dt: float | None, baseline: bool
-    ) -> None:
-        up = down = 0.0
+    ) -> tuple[int, int]:
+        """Fold interface counters in; return the bytes (up, down) the counted
+        interfaces moved since the previous sample."""
+        up = down = 0
         present = set()
         for s in samples:
             present.add(s.name)
@@ -457,12 +567,47 @@ class MonitorState:
             tr.up = d_sent / dt if dt else 0.0
             tr.down = d_recv / dt if dt else 0.0
             if self.include_loopback or not tr.is_loopback:
-                up += tr.up
-                down += tr.down
+                up += d_sent
+                down += d_recv
         for name in [n for n in self._ifaces if n not in present]:
             del self._ifaces[name]  # interface went away (VPN down, USB unplugged)
-        self.total_upload_speed = up
-        self.total_download_speed = down
+        return up, down
+
+    def _apply_totals(self, dt: float | None, att_up: int, att_down: int, if_up: int, if_down: int) -> None:
+        """Total, attributed and unattributed rates of this tick.
+
+        unattributed = interface bytes - socket bytes + what the previous tick
+        owed; a negative result is owed to the next tick (at most one tick's
+        socket bytes, so that a lasting excess, e.g. traffic on an interface
+        that is not counted, cannot pile up) and this tick reads 0.
+        """
+        if not dt:
+            self.total_upload_speed = self.total_download_speed = 0.0
+            self.attributed_upload_speed = self.attributed_download_speed = 0.0
+            self.unattributed_upload_speed = self.unattributed_download_speed = 0.0
+            self.last_unattributed = (0, 0)
+            self._carry = [0, 0]
+            return
+        unattributed = []
+        for i, (att, iface) in enumerate(((att_up, if_up), (att_down, if_down))):
+            pending = iface - att + self._carry[i]
+            if pending >= 0:
+                unattributed.append(pending)
+                self._carry[i] = 0
+            else:
+                unattributed.append(0)
+                self._carry[i] = max(pending, -att)
+        un_up, un_down = unattributed
+        self.last_unattributed = (un_up, un_down)
+        self.unattributed_sent += un_up
+        self.unattributed_received += un_down
+        self.attributed_upload_speed = att_up / dt
+        self.attributed_download_speed = att_down / dt
+        self.unattributed_upload_speed = un_up / dt
+        self.unattributed_download_speed = un_down / dt
+        # By construction never below what the sockets explain.
+        self.total_upload_speed = (att_up + un_up) / dt
+        self.total_download_speed = (att_down + un_down) / dt
 
     def _bound_apps(self) -> None:
         if len(self.apps) <= MAX_APPS:
@@ -483,40 +628,32 @@ class MonitorState:
             yield from self.closed
 
     def app_usage(self) -> list[dict[str, Any]]:
-        """AppUsage maps: every app with open connections or counted bytes."""
-        live: dict[str, dict[str, Any]] = {}
+        """AppUsage maps: every app with open sockets or counted bytes, and the
+        "process unknown" line (process_name None) when it has any.
+
+        bytes_*: since start/clear, None when none of the app's sockets had
+        counters; *_speed: over its open sockets that have counters, None
+        when it has open sockets and none has; `partial`: some sockets have
+        counters and some not, so the figures are a lower bound;
+        `connections`: its active connections (listeners and TIME_WAIT
+        remnants are not connections: see connection_counts).
+        """
+        live: dict[str | None, _AppLive] = {}
         for row in self.open.values():
             if row.is_remnant:
                 continue
             entry = live.get(row.app)
             if entry is None:
-                entry = live[row.app] = {"pids": set(), "connections": 0, "up": 0.0, "down": 0.0}
-            if row.pid is not None:
-                entry["pids"].add(row.pid)
-            entry["connections"] += 1
-            entry["up"] += row.upload_speed or 0.0
-            entry["down"] += row.download_speed or 0.0
+                entry = live[row.app] = _AppLive()
+            entry.add(row)
         out = []
         for name in set(live) | set(self.apps):
             entry = live.get(name)
-            totals = self.apps.get(name) or AppTotals()
-            if entry is None and not (totals.bytes_sent or totals.bytes_received):
+            totals = self.apps.get(name)
+            if entry is None and (totals is None or not (totals.bytes_sent or totals.bytes_received)):
                 continue  # nothing open, nothing moved: not worth a row
-            out.append(
-                {
-                    "process_name": name,
-                    "pids": sorted(entry["pids"]) if entry else [],
-                    "connections": entry["connections"] if entry else 0,
-                    "upload_speed": entry["up"] if entry else 0.0,
-                    "download_speed": entry["down"] if entry else 0.0,
-                    "bytes_sent": totals.bytes_sent,
-                    "bytes_received": totals.bytes_received,
-                }
-            )
-        out.sort(
-            key=lambda a: (a["upload_speed"] + a["download_speed"], a["bytes_sent"] + a["bytes_received"]),
-            reverse=True,
-        )
+            out.append(_app_wire(name, entry, totals))
+        out.sort(key=_app_order, reverse=True)
         return out
 
     def app_usage_of(self, rows: Iterable[ConnRow]) -> list[dict[str, Any]]:
@@ -525,25 +662,48 @@ class MonitorState:
         Bytes are what those rows moved since start/clear (closed ones still
         retained included); pids, connections and speeds come from the open ones.
         """
-        acc: dict[str, dict[str, Any]] = {}
+        live: dict[str | None, _AppLive] = {}
+        totals: dict[str | None, AppTotals] = {}
         for row in rows:
-            e = acc.get(row.app)
-            if e is None:
-                e = acc[row.app] = {"process_name": row.app, "pids": set(), "connections": 0,
-                                    "upload_speed": 0.0, "download_speed": 0.0,
-                                    "bytes_sent": 0, "bytes_received": 0}
-            e["bytes_sent"] += row.counted_sent
-            e["bytes_received"] += row.counted_received
+            if row.is_remnant:
+                continue
+            t = totals.get(row.app)
+            if t is None:
+                t = totals[row.app] = AppTotals()
+                live[row.app] = _AppLive()
+            t.bytes_sent += row.counted_sent
+            t.bytes_received += row.counted_received
+            if row.has_counters:
+                t.counted = True
+            else:
+                t.uncounted = True
             if row.closed_at is None:
-                if row.pid is not None:
-                    e["pids"].add(row.pid)
-                e["connections"] += 1
-                e["upload_speed"] += row.upload_speed or 0.0
-                e["download_speed"] += row.download_speed or 0.0
-        out = [{**e, "pids": sorted(e["pids"])} for e in acc.values()]
-        out.sort(key=lambda a: (a["upload_speed"] + a["download_speed"],
-                                a["bytes_sent"] + a["bytes_received"]), reverse=True)
+                live[row.app].add(row)
+        out = [_app_wire(name, live[name] if live[name].sockets else None, t) for name, t in totals.items()]
+        out.sort(key=_app_order, reverse=True)
         return out
+
+    def connection_counts(self) -> dict[str, int]:
+        """The open sockets, by what they are; the one definition that
+        `status`, `stats`, `apps` and `top` use.
+
+        connections: active connections (a remote end, not TIME_WAIT; UDP
+        sockets with a peer included); listeners: TCP listeners and UDP
+        sockets without a peer; time_wait: remnants of closed connections
+        the kernel still holds; sockets: all three.
+        """
+        listeners = remnants = 0
+        for row in self.open.values():
+            if row.is_listener:
+                listeners += 1
+            elif row.is_remnant:
+                remnants += 1
+        return {
+            "sockets": len(self.open),
+            "connections": len(self.open) - listeners - remnants,
+            "listeners": listeners,
+            "time_wait": remnants,
+        }
 
     def interfaces(self) -> list[dict[str, Any]]:
         """Per-interface rates and totals since start/clear."""
@@ -559,22 +719,27 @@ class MonitorState:
         ]
 
     def stats(self, *, uptime: float, monitoring: bool) -> dict[str, Any]:
-        """The Stats map of docs/PROTOCOL.md §8."""
+        """The Stats map of docs/PROTOCOL.md §8, with the totals of this module's docstring."""
         ifaces = self.interfaces()
         counted = [
             i for i in ifaces if self.include_loopback or not self._ifaces[i["name"]].is_loopback
         ]
         apps = self.app_usage()
-        top = apps[0]["process_name"] if apps and (
-            apps[0]["upload_speed"] + apps[0]["download_speed"] > 0
-            or apps[0]["bytes_sent"] + apps[0]["bytes_received"] > 0
-        ) else None
+        top = next((a["process_name"] for a in apps if a["process_name"] is not None and (
+            (a["upload_speed"] or 0) + (a["download_speed"] or 0) > 0
+            or (a["bytes_sent"] or 0) + (a["bytes_received"] or 0) > 0)), None)
+        socket_sent = socket_received = 0
+        for totals in self.apps.values():
+            socket_sent += totals.bytes_sent
+            socket_received += totals.bytes_received
+        unknown = self.apps.get(None)
+        counts = self.connection_counts()
         return {
             "total_upload_speed": self.total_upload_speed,
             "total_download_speed": self.total_download_speed,
-            "active_connections": sum(
-                1 for r in self.open.values() if not (r.is_listener or r.is_remnant)
-            ),
+            "active_connections": counts["connections"],
+            "listeners": counts["listeners"],
+            "time_wait": counts["time_wait"],
             "total_bytes_sent": sum(i["bytes_sent"] for i in counted),
             "total_bytes_received": sum(i["bytes_received"] for i in counted),
             "uptime": uptime,
@@ -583,10 +748,15 @@ class MonitorState:
             "interfaces": ifaces,
             "attributed_upload_speed": self.attributed_upload_speed,
             "attributed_download_speed": self.attributed_download_speed,
-            "unattributed_upload_speed": max(0.0, self.total_upload_speed - self.attributed_upload_speed),
-            "unattributed_download_speed": max(
-                0.0, self.total_download_speed - self.attributed_download_speed
-            ),
+            "unattributed_upload_speed": self.unattributed_upload_speed,
+            "unattributed_download_speed": self.unattributed_download_speed,
+            "unattributed_bytes_sent": self.unattributed_sent,
+            "unattributed_bytes_received": self.unattributed_received,
+            "socket_bytes_sent": socket_sent,
+            "socket_bytes_received": socket_received,
+            "unknown_process_bytes_sent": unknown.bytes_sent if unknown else 0,
+            "unknown_process_bytes_received": unknown.bytes_received if unknown else 0,
+            "include_loopback": self.include_loopback,
             "top_app": top,
         }
 

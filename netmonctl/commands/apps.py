@@ -19,7 +19,7 @@ SHOWN_PIDS = 3
 
 
 COLUMNS = (
-    Column("PROCESS", field("process_name"), fmt=render.safe),
+    Column("PROCESS", render.app_label, fmt=str),
     Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, SHOWN_PIDS), drop=2),
     Column("CONNS", field("connections"), align="right", drop=1),
     *render.traffic_columns(),
@@ -41,6 +41,10 @@ def apps(
     """List applications by bandwidth.
 
     Current rates, and bytes since start or clear (closed connections included).
+    CONNS counts active connections (not listeners, not TIME_WAIT). "(process
+    unknown)" is the bytes of sockets whose process could not be known (a
+    client that connected and closed between two samples); "-" is unknown
+    (no byte counters: UDP on Linux); "*" marks partial figures.
 
     With filters, each application's figures are those of its matching
     connections (open and recently closed), e.g. `apps --pid 123` shows that
@@ -53,7 +57,11 @@ def apps(
         {"apps": rows},
         rows_key="apps",
         fields=APP_FIELDS,
-        human=lambda: render.table(
-            rows, COLUMNS, color=settings.color, width=settings.width, empty="no applications match"
-        ),
+        human=lambda: _describe(rows, settings),
     )
+
+
+def _describe(rows: list[dict[str, Any]], settings: Settings) -> str:
+    text = render.table(rows, COLUMNS, color=settings.color, width=settings.width, empty="no applications match")
+    note = render.partial_note(rows)
+    return text + ("\n\n" + note if note else "")

@@ -26,7 +26,9 @@ def stats(settings: Settings) -> None:
     """Show totals, interfaces and attribution.
 
     Total rates and bytes, per-interface figures, and how much of the traffic
-    per-socket counters attribute to processes (the rest is unattributed).
+    per-socket counters attribute to processes (the rest is unattributed:
+    UDP, packet headers). "process unknown" is the socket bytes whose process
+    could not be known (connections that closed before it was seen).
 
     csv prints the Stats map as one row (interfaces as JSON); use --json
     for the per-interface rows.
@@ -43,6 +45,16 @@ def _share(part: float | None, total: float | None) -> str:
     return human_rate(part) + pct
 
 
+def _unknown_process(s: dict[str, Any]) -> str:
+    """Socket bytes whose process is unknown, and their share of all socket bytes."""
+    sent, received = s.get("unknown_process_bytes_sent"), s.get("unknown_process_bytes_received")
+    if sent is None or received is None:
+        return "-"
+    total = (s.get("socket_bytes_sent") or 0) + (s.get("socket_bytes_received") or 0)
+    share = f" ({100 * (sent + received) / total:.0f}% of socket bytes)" if total else ""
+    return f"{human_bytes(sent)} sent, {human_bytes(received)} received since start{share}"
+
+
 def _describe(s: dict[str, Any], settings: Settings) -> str:
     up, down = s.get("total_upload_speed"), s.get("total_download_speed")
     summary = render.key_values(
@@ -53,7 +65,10 @@ def _describe(s: dict[str, Any], settings: Settings) -> str:
                            f"down {_share(s.get('attributed_download_speed'), down)}"),
             ("unattributed", f"up {_share(s.get('unattributed_upload_speed'), up)}, "
                              f"down {_share(s.get('unattributed_download_speed'), down)}"),
-            ("connections", f"{render.dash(s.get('active_connections'))} active"),
+            ("process unknown", _unknown_process(s)),
+            ("connections", render.connection_counts(s)),
+            ("loopback", {True: "monitored and counted", False: "not monitored (include_loopback = false)"}
+             .get(s.get("include_loopback"), "-")),
             ("top app", render.safe(s.get("top_app"))),
             ("monitoring", ("yes" if s.get("monitoring") else "no")
              + f", every {render.seconds(s.get('interval'))}, up {human_duration(s.get('uptime'))}"),

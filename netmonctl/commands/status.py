@@ -39,16 +39,17 @@ def _describe(s: dict[str, Any]) -> str:
             monitoring += f" (the backend samples every {render.seconds(effective)})"
         if s.get("sample_age") is not None:
             monitoring += f", last sample {render.seconds(s.get('sample_age'))} ago"
-    cpu = s.get("cpu_percent")
-    cost = f"{'-' if cpu is None else f'{cpu:.1f}%'} CPU, {human_bytes(s.get('rss_bytes'))} RSS"
+    cpu, window = s.get("cpu_percent"), s.get("cpu_window_seconds")
+    over = "" if cpu is None or window is None else f" over the last {window:.0f}s"
+    cost = f"{'-' if cpu is None else f'{cpu:.1f}%'} CPU{over}, {human_bytes(s.get('rss_bytes'))} RSS"
     return render.key_values(
         [
             ("monitoring", monitoring),
             ("backend", f"{s.get('backend')} (per-socket bytes: {_yes(s.get('per_socket_bytes'))}, "
                         f"privileged: {_yes(s.get('privileged'))})"),
             ("uptime", human_duration(s.get("uptime"))),
-            ("connections", f"{render.dash(s.get('connections'))} open, "
-                            f"{render.dash(s.get('closed_retained'))} recently closed"),
+            ("connections", render.connection_counts(s)
+                            + f"; {render.dash(s.get('closed_retained'))} recently closed"),
             ("clients", s.get("clients")),
             ("daemon", f"netmond {render.dash(s.get('version'))}, pid {render.dash(s.get('pid'))}, {cost}"),
             ("socket", s.get("socket")),

@@ -231,7 +231,11 @@ class LinuxBackend(Backend):
         for family, protocol, ext in self._dumps:
             if protocol == socket.IPPROTO_TCP:
                 tcp += self._dump(family, protocol, ext, self._tcp_records)
-            else:
+        # Interface counters right after the TCP counters: the closer the two
+        # readings, the less a tick sees sockets move more than interfaces.
+        interfaces = sample_interfaces()
+        for family, protocol, ext in self._dumps:
+            if protocol == socket.IPPROTO_UDP:
                 udp += self._dump(family, protocol, ext)
         # Taken after the dumps, so that a socket destroyed just after the
         # dump listed it is reported closed, not open (its key is removed
@@ -258,7 +262,7 @@ class LinuxBackend(Backend):
         self._destroyed.expire(mono)
         self._procs.forget_missing(owner_of.live_pids())
         return Snapshot(
-            monotonic=mono, wall=wall, sockets=sockets, interfaces=sample_interfaces(), closed=closed
+            monotonic=mono, wall=wall, sockets=sockets, interfaces=interfaces, closed=closed
         )
 
     def _dump(self, family: int, protocol: int, ext: int, known: dict | None = None) -> list[DiagSocket]:
