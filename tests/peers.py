@@ -43,11 +43,19 @@ def listener(port: int = 0, reuseport: bool = False) -> socket.socket:
 
 
 def serve(count: int, request: int, response: int, port: int = 0, reuseport: bool = False) -> None:
-    """Accept `count` connections: read `request` bytes, answer `response`, close."""
+    """Accept `count` connections: read `request` bytes, answer `response`, close.
+
+    With `reuseport` (several servers on one port, the kernel spreading the
+    connections) it stops after 3 s without a connection instead."""
     lst = listener(port, reuseport)
+    if reuseport:
+        lst.settimeout(3.0)
     print(lst.getsockname()[1], flush=True)
     for _ in range(count):
-        conn, _ = lst.accept()
+        try:
+            conn, _ = lst.accept()
+        except socket.timeout:
+            break
         with conn:
             conn.settimeout(DEADLINE)
             got = 0

@@ -85,6 +85,7 @@ from .netlink import (
     TCP_FIN_WAIT2,
     TCP_LISTEN,
     TCP_STATES,
+    TCP_SYN_RECV,
     TCP_TIME_WAIT,
     UNSPECIFIED_ADDR,
     AddressFormatter,
@@ -330,6 +331,11 @@ class LinuxBackend(Backend):
             state_name = state_names.get(state)
             if state_name is None:
                 continue  # a pseudo-state (bound-only sockets) we did not ask for
+            if state == TCP_SYN_RECV and not inode and counters is None:
+                # A handshake in progress (a request socket, with a cookie of
+                # its own): the connection is the socket it becomes, listed
+                # once established. Keyed by cookie it would be a second row.
+                continue
             local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode, cookie)
             if inode == 0 and counters is None and state in _TIMEWAIT_STATES:
                 if key in destroyed:
@@ -344,7 +350,7 @@ class LinuxBackend(Backend):
                 pid, name, user = info
             elif known is not None:  # orphaned by close() or exit: its last owner
                 pid, name, user = known[:3]
-            else:  # a SYN_RECV request socket (no file yet), or never seen with one
+            else:  # in the accept queue (no file yet), or never seen with one
                 pid = name = user = None
             entry = None
             if remote_ip is None:  # a listener: it moves no bytes itself
@@ -408,6 +414,10 @@ class LinuxBackend(Backend):
                     sent = last_sent
                 if last_received is not None and last_received > received:
                     received = last_received
+                if name is None and not side:
+                    # Only ever seen in the accept queue (no file, so no
+                    # owner yet): its listener's, as below.
+                    pid, name, user = self._listener_owner(family, src, sport) or (pid, name, user)
             else:  # lived shorter than a tick: never in a dump
                 # An accepted socket is its listener's owner's; a client's
                 # owner cannot be known from the event (no inode, no pid).

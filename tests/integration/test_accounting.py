@@ -4,12 +4,18 @@ Real processes, each with its own name (tests/peers.py sets it with
 prctl(PR_SET_NAME)), move known bytes over loopback while a real netmond
 (linux backend, 1 s interval, default settings) samples; the figures are
 read through `netmonctl ... --json` and the human tables, as a user reads them.
+
+Daemon and peers run in a network namespace of their own (root and `ip`
+needed, else the tests skip): loopback is then theirs alone, so the totals
+are not those of other tests or benchmarks running on the machine.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,11 +29,30 @@ from tests.helpers import REPO, wait_until
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux kernel counters")
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+_NAMESPACES = itertools.count()
 
 
 @pytest.fixture
-def daemon(start_daemon_process):
-    return start_daemon_process("--backend", "linux", "--interval", "1")
+def netns():
+    """argv prefix running a command in a fresh network namespace (lo up)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to give the test a loopback of its own")
+    name = f"nmacct-{os.getpid()}-{next(_NAMESPACES)}"
+    added = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if added.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {added.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield ["ip", "netns", "exec", name]
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def daemon(start_daemon_process, netns):
+    d = start_daemon_process("--backend", "linux", "--interval", "1", prefix=netns)
+    d.netns = netns
+    return d
 
 
 def ctl(d, *args: str, as_json: bool = True):
@@ -40,8 +65,8 @@ def ctl(d, *args: str, as_json: bool = True):
 class Peer:
     """A named peer process (tests/peers.py); killed at exit if still running."""
 
-    def __init__(self, name: str, mode: str, *args) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.peers", name, mode, *map(str, args)],
+    def __init__(self, netns: list[str], name: str, mode: str, *args) -> None:
+        self.proc = subprocess.Popen([*netns, sys.executable, "-m", "tests.peers", name, mode, *map(str, args)],
                                      stdout=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
         self.first = self.proc.stdout.readline().strip()
 
@@ -58,11 +83,12 @@ class Peer:
 
 
 @pytest.fixture
-def peers():
+def peers(netns):
+    """Factory: a named peer in the test's network namespace."""
     started: list[Peer] = []
 
     def start(*args) -> Peer:
-        p = Peer(*args)
+        p = Peer(netns, *args)
         started.append(p)
         return p
 
@@ -101,6 +127,28 @@ def test_short_connections_count_for_the_server_app_and_the_rest_is_named(daemon
     text = ctl(daemon, "apps", as_json=False)
     assert "(process unknown)" in text and "nm-srv" in text
     assert "process unknown:" in ctl(daemon, "stats", as_json=False)
+
+
+def test_short_connections_of_servers_sharing_a_port_count_for_their_name(daemon, peers):
+    n, request, response = 100, 50, 1000
+    with socket_port() as port:
+        servers = [peers("nm-pre", "serve", n, request, response, port, "reuseport") for _ in range(2)]
+        wait_until(lambda: len(ctl(daemon, "conns", "--proc", "nm-pre", "--listening")["connections"]) == 2,
+                   timeout=10)
+        client = peers("nm-cli", "clients", port, n, request)
+        assert int(client.result()) == n * response
+    for s in servers:
+        s.result()
+
+    def settled():
+        srv = apps_by_name(daemon).get("nm-pre")
+        return srv if srv and srv["bytes_sent"] == n * response else None
+
+    srv = wait_until(settled, timeout=15)
+    assert srv["bytes_received"] == n * request
+    closed = [r for r in ctl(daemon, "conns", "--closed", "--proc", "nm-pre")["connections"] if r["state"] == "CLOSED"]
+    # Connections shorter than a tick: which of the two took each is unknown.
+    assert closed and any(r["pid"] is None for r in closed)
 
 
 def test_a_reused_four_tuple_is_two_rows_with_two_closes(daemon, peers):
@@ -172,24 +220,39 @@ def test_totals_follow_one_loopback_policy_and_cover_the_app_rows(daemon, peers)
     assert "active" in ctl(daemon, "status", as_json=False)
 
 
-def test_unattributed_is_measured_not_clamped(start_daemon_process, peers):
-    d = start_daemon_process("--backend", "linux", "--interval", "0.5")
-    udp_rate, seconds = 1_000_000, 8
-    tcp = peers("nm-tcp", "tcp_paced", 4_000_000, seconds + 1)
-    udp = peers("nm-udp", "udp", udp_rate, seconds + 1)
-    # From the first tick that sees the UDP stream on (the peers start a moment apart).
+def test_unattributed_is_measured_not_clamped(start_daemon_process, netns, peers):
+    # TCP 100 Mbit/s + UDP 20 Mbit/s (the issue's mix), stats every 0.3 s.
+    tcp_rate, udp_rate, seconds = 12_500_000, 2_500_000, 10
+
+    def lo_tx() -> int:
+        out = subprocess.run([*netns, "cat", "/sys/class/net/lo/statistics/tx_bytes"],
+                             capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    d = start_daemon_process("--backend", "linux", "--interval", "1", prefix=netns)
+    wait_until(lambda: ctl(d, "status")["ticks"] >= 2, timeout=20)
+    lo_before = lo_tx()
+    tcp = peers("nm-tcp", "tcp_paced", tcp_rate, seconds)
+    udp = peers("nm-udp", "udp", udp_rate, seconds)
+    # From the first tick that sees the UDP stream (the peers start a moment apart).
     wait_until(lambda: ctl(d, "stats")["unattributed_upload_speed"] > udp_rate / 2, timeout=20)
     samples = []
     start = time.monotonic()
-    while time.monotonic() - start < seconds - 2:
+    while time.monotonic() - start < seconds - 3:
         samples.append(ctl(d, "stats")["unattributed_upload_speed"])
         time.sleep(0.3)
-    tcp.result(), udp.result()
-    assert min(samples) > 0, samples
-    # UDP payload + headers (28 B IP/UDP + 14 B link per 1200 B datagram) + TCP
-    # headers and ACKs: the mean is within a generous margin of the UDP rate.
-    mean = statistics.mean(samples)
-    assert udp_rate * 0.8 < mean < udp_rate * 1.5, (mean, samples)
+    tcp_sent, _ = int(tcp.result()), udp.result()
+    ticks = ctl(d, "status")["ticks"]
+    wait_until(lambda: ctl(d, "status")["ticks"] >= ticks + 2, timeout=20)
+    # What the interface moved beyond the TCP payload (UDP payload, every
+    # header, ACKs), measured by the test itself: netmond's unattributed
+    # bytes are that, not a clamped approximation of it.
+    expected = lo_tx() - lo_before - tcp_sent
+    got = ctl(d, "stats")["unattributed_bytes_sent"]
+    assert got == pytest.approx(expected, rel=0.03), (got, expected)
+    assert min(samples) > 0, samples  # no tick reads 0 while UDP flows
+    expected_rate = expected / seconds
+    assert statistics.mean(samples) == pytest.approx(expected_rate, rel=0.10), (expected_rate, samples)
 
 
 def test_listener_less_server_counts_every_byte(daemon, peers):

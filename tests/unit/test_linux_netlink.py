@@ -1050,3 +1050,23 @@ def test_short_connection_of_a_shared_listener_has_its_name_not_a_pid(crafted) -
                               cookie=51)]
     [closed] = backend.sample().closed
     assert (closed.pid, closed.process_name) == (None, MY_NAME)
+
+
+def test_accept_queue_socket_closed_before_its_process_took_it_is_its_listeners(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=60),
+                  # accepted by the kernel, not yet by the process: no file, no inode
+                  record(1, SERVER_PORT, CLIENT_PORT, 0, info(acked=0, received=100, data_segs_in=1), cookie=61)]
+    [row] = [s for s in backend.sample().sockets if s.key == ("TCP", 61)]
+    assert row.pid is None
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=501, received=101, data_segs_in=1, sent=500),
+                              cookie=61)]
+    [closed] = backend.sample().closed
+    assert (closed.pid, closed.process_name, closed.bytes_sent, closed.bytes_received) == (
+        os.getpid(), MY_NAME, 500, 100)
+
+
+def test_request_sockets_of_handshakes_in_progress_are_not_rows(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(3, SERVER_PORT, CLIENT_PORT, 0, None, cookie=70)]  # SYN_RECV, no socket yet
+    assert backend.sample().sockets == []
