@@ -267,3 +267,13 @@ def test_listeners_keep_unknown_counters():
         out = feed(acc, frame("launchd.1,,,0,0,,,", "tcp4 *:22<->*:*,,Listen,,,,,"))
     listener = out[("TCP", "0.0.0.0", 22, None, None, 1)]
     assert listener.bytes_sent is None and listener.bytes_received is None
+
+
+def test_an_unchanged_socket_is_handed_on_as_the_same_object():
+    # state.py skips a socket cheaply when it gets last tick's very object
+    acc = NettopAccounting()
+    first = feed(acc, apsd(1000, 2000))[APSD]
+    same = feed(acc, apsd(1000, 2000))[APSD]
+    moved = feed(acc, apsd(1100, 2000))[APSD]
+    assert same is first
+    assert moved is not first and moved.bytes_received == 100 and first.bytes_received == 0
