@@ -58,6 +58,10 @@ so a socket missing from the latest frame is carried (still listed, with
 its last counters) until the frame is known complete, which is when the
 next one starts. Only then is it reported closed, with its final counters:
 a stall never closes and reopens anything, and a restart closes nothing.
+A socket whose row comes back within RECENT_FRAMES frames (left out of a
+frame, or missing from a restarted nettop's first one) is the same socket:
+it reappears under a new key (it was reported closed) and counts only
+what it moved since, so no byte is counted twice.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ from .nettop_parser import NettopFlow, NettopSample
 
 #: re-tx and rx_dupe are u_int32_t in xnu: deltas are taken modulo this.
 WRAP32 = 1 << 32
+#: How many frames a vanished socket is remembered (see _recent).
+RECENT_FRAMES = 3
 #: Closed sockets kept for the next sample() at most (bounds memory when
 #: no one takes them, e.g. a stalled consumer).
 MAX_PENDING_CLOSED = 50_000
@@ -147,6 +153,10 @@ class NettopAccounting:
         self._frames = 0
         self._baseline_done = False
         self._closed: deque[SocketSample] = deque()
+        # Sockets closed in the last RECENT_FRAMES frames, by base key, with
+        # the frame that closed them: a row nettop left out of a frame or
+        # two comes back as the same socket, not as a new one counted in full.
+        self._recent: dict[Hashable, tuple[_Track, int]] = {}
         #: Closed sockets dropped because nobody took them in time.
         self.closed_dropped = 0
         #: Bytes recovered from process rows for closing sockets, in, out.
@@ -221,7 +231,15 @@ class NettopAccounting:
                 replaced.append(old)
                 generation = old.generation + 1
                 old = None
-            if old is None:
+            revived = None
+            if old is None and base.key in self._recent:
+                revived = self._revive(self._recent[base.key][0], flow)
+            if revived is not None:
+                # Back after a frame or two without its row: the same socket.
+                # It was reported closed, so it comes back under a new key,
+                # counting only what it moved since its last counters.
+                generation, sent, received = revived
+            elif old is None:
                 if baseline:
                     sent = 0 if flow.bytes_out is not None else None
                     received = 0 if flow.bytes_in is not None else None
@@ -262,6 +280,21 @@ class NettopAccounting:
             _grow(old.sample.bytes_received, flow.bytes_in, prev.bytes_in, flow.duplicate_in, prev.duplicate_in),
         )
 
+    def _revive(self, gone: _Track, flow: NettopFlow) -> tuple[int, int | None, int | None] | None:
+        """(generation, sent, received) if `flow` is the socket `gone` was
+        (a row missing from a frame or two), else None."""
+        if gone.pid != flow.pid:
+            return None
+        continued = self._continue(gone, flow)
+        if continued is None:
+            return None
+        sent, received = continued
+        return (
+            gone.generation + 1,
+            None if sent is None else sent - (gone.sample.bytes_sent or 0),
+            None if received is None else received - (gone.sample.bytes_received or 0),
+        )
+
     def _process_rows(self, sample: NettopSample, number: int) -> dict[int, _Process]:
         flows_in: dict[int, int] = {}
         flows_out: dict[int, int] = {}
@@ -282,9 +315,16 @@ class NettopAccounting:
         """The frame is complete (or its run is over): make it the base."""
         closing = list(frame.replaced)
         if close_missing:
-            gone = [t for k, t in self._committed.items() if k not in frame.tracks]
-            closing += self._with_recovered_bytes(gone, frame)
+            gone = [(k, t) for k, t in self._committed.items() if k not in frame.tracks]
+            closing += self._with_recovered_bytes([t for _, t in gone], frame)
             self._committed = dict(frame.tracks)
+            # Remembered a little while, in case the row was only missing.
+            self._recent = {
+                k: v for k, v in self._recent.items()
+                if k not in frame.tracks and frame.number - v[1] < RECENT_FRAMES
+            }
+            for k, t in gone:
+                self._recent[k] = (t, frame.number)
         else:
             self._committed.update(frame.tracks)
         for track in closing:
@@ -325,6 +365,11 @@ class NettopAccounting:
                     if value is None:
                         continue
                     track.sample = dataclasses.replace(track.sample, **{field: value + share})
+                    # As if its row had shown the bytes (for a row that comes back).
+                    raw_field = "bytes_in" if direction == "in" else "bytes_out"
+                    raw = getattr(track.flow, raw_field)
+                    if raw is not None:
+                        track.flow = dataclasses.replace(track.flow, **{raw_field: raw + share})
                 if direction == "in":
                     self.recovered_in += extra
                 else:

@@ -277,3 +277,26 @@ def test_an_unchanged_socket_is_handed_on_as_the_same_object():
     moved = feed(acc, apsd(1100, 2000))[APSD]
     assert same is first
     assert moved is not first and moved.bytes_received == 100 and first.bytes_received == 0
+
+
+@pytest.mark.parametrize("proc_keeps_closed", [True, False], ids=["process-row-keeps-closed", "open-only"])
+def test_a_row_missing_from_one_frame_is_not_counted_twice(proc_keeps_closed):
+    """A socket nettop leaves out of a frame (or whose frame it missed) and
+    lists again: reported closed, back under a new key, every byte once."""
+    acc = NettopAccounting()
+    state = MonitorState(interval=1.0)
+    missing_proc = (3100, 310) if proc_keeps_closed else (100, 10)
+    frames = [
+        curl_frame((1100, 110), (1000, 100), (100, 10)),
+        curl_frame((2100, 210), (2000, 200), (100, 10)),
+        curl_frame(missing_proc, None, (100, 10)),  # its row is missing
+        curl_frame((4100, 410), (4000, 400), (100, 10)),  # and back
+        curl_frame((5100, 510), (5000, 500), (100, 10)),
+    ]
+    for i, f in enumerate(frames):
+        sockets = list(feed(acc, f).values())
+        state.apply(Snapshot(float(i), float(i), sockets, closed=acc.take_closed()))
+    totals = state.apps["curl"]
+    assert (totals.bytes_received, totals.bytes_sent) == (4000, 400)  # 5,000 - 1,000, once
+    keys = {row.key for row in state.connections(True)}
+    assert (*CURL, "#1") in keys and CURL in keys
