@@ -157,6 +157,8 @@ class NettopAccounting:
         # the frame that closed them: a row nettop left out of a frame or
         # two comes back as the same socket, not as a new one counted in full.
         self._recent: dict[Hashable, tuple[_Track, int]] = {}
+        # Keys of the latest frame's replaced sockets already reported closed.
+        self._replaced_pushed: set[Hashable] = set()
         #: Closed sockets dropped because nobody took them in time.
         self.closed_dropped = 0
         #: Bytes recovered from process rows for closing sockets, in, out.
@@ -194,6 +196,12 @@ class NettopAccounting:
             self._frames += 1
         frame = self._work_out(sample, sockets, self._frames)
         self._current = frame
+        # A socket whose key a new one took is closed now, not when the frame
+        # is complete: its row is gone from this very frame's sockets.
+        for track in frame.replaced:
+            if track.key not in self._replaced_pushed:
+                self._replaced_pushed.add(track.key)
+                self._push_closed(track.sample)
         out = [t.sample for t in frame.tracks.values()]
         # Not in this frame (yet): still listed until the frame is complete.
         out += [t.sample for k, t in self._committed.items() if k not in frame.tracks]
@@ -233,7 +241,10 @@ class NettopAccounting:
                 old = None
             revived = None
             if old is None and base.key in self._recent:
-                revived = self._revive(self._recent[base.key][0], flow)
+                gone = self._recent[base.key][0]
+                revived = self._revive(gone, flow)
+                # Either way not the key just reported closed.
+                generation = max(generation, gone.generation + 1)
             if revived is not None:
                 # Back after a frame or two without its row: the same socket.
                 # It was reported closed, so it comes back under a new key,
@@ -313,7 +324,8 @@ class NettopAccounting:
 
     def _commit(self, frame: _Frame, close_missing: bool) -> None:
         """The frame is complete (or its run is over): make it the base."""
-        closing = list(frame.replaced)
+        closing: list[_Track] = []  # (frame.replaced went out at once)
+        self._replaced_pushed.clear()
         if close_missing:
             gone = [(k, t) for k, t in self._committed.items() if k not in frame.tracks]
             closing += self._with_recovered_bytes([t for _, t in gone], frame)

@@ -105,9 +105,12 @@ def test_counters_that_drop_within_one_run_are_a_new_socket():
     new = out[(*APSD, "#1")]
     assert (new.bytes_received, new.bytes_sent) == (10, 20)
     assert APSD not in out
-    feed(acc, apsd(10, 20))  # the frame was complete: the old one is closed
+    # closed at once, with its final counters (its row is gone already)
     (old,) = acc.take_closed()
     assert old.key == APSD and (old.bytes_received, old.bytes_sent) == (5000, 6000)
+    feed(acc, apsd(10, 20), replaces=True)  # the same frame again, completed
+    feed(acc, apsd(10, 20))
+    assert acc.take_closed() == []  # never twice
 
 
 # -- finding 4: payload, not retransmissions; 32-bit wrap ----------------------
@@ -300,3 +303,15 @@ def test_a_row_missing_from_one_frame_is_not_counted_twice(proc_keeps_closed):
     assert (totals.bytes_received, totals.bytes_sent) == (4000, 400)  # 5,000 - 1,000, once
     keys = {row.key for row in state.connections(True)}
     assert (*CURL, "#1") in keys and CURL in keys
+
+
+def test_a_new_socket_on_a_just_closed_key_gets_a_key_of_its_own():
+    acc = NettopAccounting()
+    feed(acc, curl_frame((1100, 110), (1000, 100), (100, 10)))
+    feed(acc, curl_frame((1100, 110), None, (100, 10)))
+    # the addresses again, but counters below the old ones: another socket
+    shown = feed(acc, curl_frame((1100, 110), (5, 5), (100, 10)))
+    closed = acc.take_closed()
+    assert [c.key for c in closed] == [CURL]
+    assert (*CURL, "#1") in shown and CURL not in shown
+    assert (shown[(*CURL, "#1")].bytes_received, shown[(*CURL, "#1")].bytes_sent) == (5, 5)
