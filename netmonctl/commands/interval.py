@@ -28,7 +28,8 @@ def interval(settings: Settings, seconds: float | None) -> None:
     """Show the sampling interval, or set it.
 
     SECONDS: e.g. 1, 0.5, 500ms, 2s; from 0.1 to 3600. Setting it needs
-    control rights.
+    control rights. On macOS nettop samples in whole seconds (1.5 gives
+    2): the output says so when the interval it really samples at differs.
     """
     if seconds is None:
         status = call(settings, "status")
