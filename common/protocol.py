@@ -32,6 +32,12 @@ MAX_BUFFER_SIZE = 1024 * 1024
 MAX_ARRAY_LEN = 4096
 MAX_MAP_LEN = 1024
 #: Strings and binaries are bounded by the buffer; no extra limit needed.
+#: Containers and their elements in one message, all levels together. Per
+#: container limits alone let 1 MiB of empty maps (one byte each) decode to
+#: a million dicts, ~54 MB of Python objects; real requests have a few dozen.
+MAX_OBJECTS = 16384
+#: Deepest nesting of arrays and maps in one message (a request needs 4).
+MAX_DEPTH = 32
 
 # Error codes travelling as {"code": ..., "message": ...}.
 UNKNOWN_METHOD = "unknown_method"
@@ -113,7 +119,49 @@ class Notification:
     payload: dict[str, Any]
 
 
-def new_unpacker(limited: bool = True, pure: bool = False) -> msgpack.Unpacker:
+class TooComplex(ValueError):
+    """A message holds more objects, or nests deeper, than a client may send."""
+
+
+class DecodeBudget:
+    """Counts what the C Unpacker builds, through its list and map hooks, and
+    stops it (TooComplex) past MAX_OBJECTS: the budget of the message being
+    decoded. `reset()` after each complete message."""
+
+    def __init__(self, max_objects: int = MAX_OBJECTS) -> None:
+        self.max_objects = max_objects
+        self.used = 0
+
+    def reset(self) -> None:
+        self.used = 0
+
+    def _count(self, container: Any) -> Any:
+        self.used += len(container) + 1
+        if self.used > self.max_objects:
+            raise TooComplex(f"more than {self.max_objects} objects in one message")
+        return container
+
+
+def too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if arrays/maps in obj nest deeper than limit. Iterative: a
+    message 1,000 levels deep must not exhaust Python's recursion limit."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (list, tuple, dict)))
+    return False
+
+
+def new_unpacker(limited: bool = True, pure: bool = False,
+                 budget: DecodeBudget | None = None) -> msgpack.Unpacker:
     """An Unpacker for a stream; `limited` applies the daemon's memory limits.
 
     Clients read the daemon's (trusted, possibly large) replies with a bigger
@@ -124,10 +172,16 @@ def new_unpacker(limited: bool = True, pure: bool = False) -> msgpack.Unpacker:
     arrives, where the C one waits for the whole body. It is ~300 times
     slower, so the daemon decodes with the C one and uses the pure one only
     to look at the first bytes of a message that has stalled.
+
+    `budget` (limited only) bounds the objects one message may decode to.
     """
     if limited:
         cls = msgpack.fallback.Unpacker if pure else msgpack.Unpacker
+        hooks: dict[str, Any] = {}
+        if budget is not None:
+            hooks = {"list_hook": budget._count, "object_hook": budget._count}
         return cls(
+            **hooks,
             raw=False,
             read_size=64 * 1024,
             max_buffer_size=MAX_BUFFER_SIZE,
@@ -199,7 +253,10 @@ def decode_message(obj: Any) -> Request | Response | Notification:
         method = _method_name(obj[1], None)
         payload = obj[2][0] if obj[2] else {}
         return Notification(method, payload if isinstance(payload, dict) else {})
-    raise ProtocolError(f"unknown message type {kind!r}")
+    # Never the repr of client data: a value nested 1,000 deep would raise
+    # RecursionError here, and it could be large.
+    shown = kind if isinstance(kind, int) and not isinstance(kind, bool) else type(kind).__name__
+    raise ProtocolError(f"unknown message type {shown}")
 
 
 def _method_name(raw: Any, msgid: int | None) -> str:

@@ -18,6 +18,14 @@ bounded on every axis:
   (placed where the gap is) instead of making the daemon buffer without end;
 - pipelining: a response is written and drained before the next request is
   read, so a client that never reads its replies only stalls itself.
+- objects: one message decodes to at most protocol.MAX_OBJECTS containers
+  and elements, nested at most MAX_DEPTH deep (1 MiB of empty maps was a
+  million dicts, ~54 MB); the decoded request is dropped before the reply
+  waits on a slow reader, and an unpacker grown by a large message is
+  replaced once it is done. All clients together may hold at most
+  _BUFFERED_CAP bytes of unfinished messages: past that, a client holding
+  more than _BUFFERED_SMALL is told too_large and dropped (before: 32 clients
+  that each sent 1 MiB and went quiet took the daemon from 23 MB to 1.9 GB).
 Log lines name the peer's pid/uid and what went wrong, never the payload:
 the reasons logged are fixed strings, client bytes only ever travel back to
 the client that sent them.
@@ -59,6 +67,12 @@ _HEAD_BYTES = 512
 # How long a response (possibly megabytes of rows, held in memory meanwhile)
 # may wait for a client that asked for it and does not read it.
 _RESPONSE_WRITE_TIMEOUT = 30.0
+# Unfinished messages all clients together may hold; one client's share
+# beyond _BUFFERED_SMALL counts against it. Real requests are < 1 KiB.
+_BUFFERED_CAP = 32 * 1024 * 1024
+_BUFFERED_SMALL = 64 * 1024
+# A message over this size leaves a grown unpacker buffer: start a new one.
+_BIG_MESSAGE = 64 * 1024
 # Descriptors kept for everything but clients: the listener, the backend's
 # netlink sockets or nettop pipes, /proc files it opens, logs, the loop, and
 # the Prometheus exporter's connections (at most metrics.MAX_CONNECTIONS, 16).
@@ -166,6 +180,11 @@ class ClientSession:
         self._missed = 0
         self._sender: asyncio.Task[None] | None = None
         self.label = f"pid={peer.pid} uid={peer.uid}" if peer else "peer=unknown"
+        #: Bytes of the message in progress (for the server-wide cap).
+        self.buffered = 0
+        self._owe_drain = False
+        #: Bytes buffered by all sessions together (set by the Server).
+        self.buffered_total: Any = lambda: self.buffered
 
     @property
     def may_control(self) -> bool:
@@ -239,7 +258,8 @@ class ClientSession:
     # -- the read loop --------------------------------------------------------
     async def serve(self) -> None:
         """Read, decode and answer requests until the client leaves or must go."""
-        unpacker = protocol.new_unpacker(limited=True)
+        budget = protocol.DecodeBudget()
+        unpacker = protocol.new_unpacker(limited=True, budget=budget)
         fed = 0  # bytes fed so far
         message_start = 0  # stream offset where the message in progress began
         last_message = time.monotonic()  # connect, or the last complete message
@@ -285,11 +305,21 @@ class ClientSession:
                     await self._fatal(protocol.TOO_LARGE, "message larger than the 1 MiB limit")
                     return
                 chunk_start, fed = fed, fed + len(chunk)
+                self.buffered = fed - message_start
+                if self.buffered > _BUFFERED_SMALL and self.buffered_total() > _BUFFERED_CAP:
+                    await self._fatal(protocol.TOO_LARGE, "clients hold too much unfinished data; "
+                                      "send whole messages")
+                    return
+                big = False
                 while True:
                     try:
                         obj = next(unpacker)
                     except StopIteration:
                         break
+                    except protocol.TooComplex:
+                        await self._fatal(protocol.TOO_LARGE, f"more than {protocol.MAX_OBJECTS} "
+                                          "objects in one message")
+                        return
                     except ValueError as exc:
                         # msgpack says "N exceeds max_xxx_len(M)" for a header
                         # over a limit; anything else is corrupt data.
@@ -301,11 +331,32 @@ class ClientSession:
                     except Exception:  # noqa: BLE001 - any decoding failure is the client's
                         await self._fatal(protocol.PROTOCOL_ERROR, "invalid msgpack")
                         return
+                    budget.reset()
+                    big = big or unpacker.tell() - message_start > _BIG_MESSAGE
                     message_start = unpacker.tell()  # the C Unpacker: end of obj
                     last_message = time.monotonic()
                     partial_since = None
-                    if not await self._handle(obj):
+                    if protocol.too_deep(obj):
+                        await self._fatal(protocol.TOO_LARGE, f"nested deeper than {protocol.MAX_DEPTH} levels")
                         return
+                    keep_going = await self._handle(obj)
+                    # The request's objects go before waiting on the reader:
+                    # a client that does not read must not keep them alive.
+                    obj = None
+                    if self._owe_drain:
+                        self._owe_drain = False
+                        # A client that does not read its replies only stalls
+                        # itself; after the timeout the TimeoutError ends its
+                        # session (below).
+                        await asyncio.wait_for(self.writer.drain(),
+                                               min(_RESPONSE_WRITE_TIMEOUT, self.idle_timeout))
+                    if not keep_going:
+                        return
+                self.buffered = fed - message_start
+                if big and fed == message_start:
+                    # Nothing pending: let the buffer a large message grew go.
+                    unpacker = protocol.new_unpacker(limited=True, budget=budget)
+                    fed = message_start = 0
                 if fed > message_start:  # a message is in progress
                     if partial_since is None:
                         partial_since = time.monotonic()
@@ -368,10 +419,10 @@ class ClientSession:
                         self.label, self.ignored_notifications)
 
     async def _respond(self, msgid: int, error: RPCError | None, result: Any) -> None:
+        # Written now, drained by serve() once the request's objects are
+        # dropped (a reader that never reads must not keep them alive).
         self.writer.write(protocol.pack_response(msgid, error, result))
-        # A client that does not read its replies only stalls itself; after
-        # the timeout the TimeoutError ends its session (see serve()).
-        await asyncio.wait_for(self.writer.drain(), min(_RESPONSE_WRITE_TIMEOUT, self.idle_timeout))
+        self._owe_drain = True
 
     async def _fatal(self, code: str, reason: str, detail: str | None = None) -> None:
         """Tell the client why (msgid 0: no request to answer) and log one line.
@@ -398,6 +449,10 @@ class Server:
         self.note = LogBudget()
         self.loop_note = LogBudget(burst=5)
         self.debug_note = LogBudget(summary_level=logging.DEBUG)
+
+    def buffered_total(self) -> int:
+        """Bytes of unfinished messages all sessions hold."""
+        return sum(s.buffered for s in self.sessions)
 
     @property
     def client_count(self) -> int:
@@ -450,6 +505,7 @@ class Server:
             return
         session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue, self.note,
                                 self.debug_note)
+        session.buffered_total = self.buffered_total
         self.sessions.add(session)
         try:
             await session.serve()

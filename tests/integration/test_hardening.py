@@ -134,14 +134,16 @@ def test_length_bombs_are_answered_too_large_and_disconnected(start_daemon_threa
 
 def test_a_megabyte_of_tiny_objects_costs_milliseconds_not_seconds(start_daemon_thread):
     # The most objects a client can pack into the 1 MiB limit: decoding them
-    # must not hold the event loop (the pure-Python msgpack needs ~4 s).
+    # must not hold the event loop (the pure-Python msgpack needs ~4 s), and
+    # the object budget (protocol.MAX_OBJECTS) stops the decoder early.
     d = start_daemon_thread()
     payload = msgpack.packb([0, 9, "status", [{"k": [[None] * 250] * 4000}]])
     assert len(payload) > 1_000_000
     t0 = time.monotonic()
     msgs, _ = exchange_until_eof(d.socket, payload)
     assert time.monotonic() - t0 < 1.0
-    assert msgs[0][1] == 9 and msgs[0][2]["code"] == protocol.INVALID_PARAMS
+    assert msgs[0][1] == 0 and msgs[0][2]["code"] == protocol.TOO_LARGE
+    assert "objects in one message" in msgs[0][2]["message"]
 
 
 def test_a_slow_but_honest_sender_is_answered(start_daemon_thread):

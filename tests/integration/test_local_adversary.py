@@ -633,3 +633,77 @@ def test_hole7_control_rights_are_checked_per_call_against_the_current_config(st
         member.stderr.close()
     status = json.loads(netmonctl(d.socket, "status", "--json").stdout)
     assert status["monitoring"] is False and status["interval"] == 0.2  # nothing after the revocation
+
+
+# -- hole 8: memory amplification ------------------------------------------------------------------
+
+# `clients` connections each send one message and then stay, silent, never
+# reading: "bomb" is 1 MiB of empty maps (a million objects, one byte each),
+# "partial" 1 MiB less one byte of a message that never ends.
+MEMORY_BOMB = r"""
+import socket, sys, time
+import msgpack
+path, clients, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+inner = b"\xdc\x10\x00" + b"\x80" * 4096  # an array of 4096 empty maps
+bomb = b"\x94\x00\x01" + msgpack.packb("hello") + b"\x91\xdc" + (255).to_bytes(2, "big") + inner * 255
+if kind == "partial":
+    # params: a string announced as 1,000,000 bytes, of which 999,000 come
+    bomb = b"\x94\x00\x01" + msgpack.packb("hello") + b"\x91\xdb" + (1_000_000).to_bytes(4, "big") + b"x" * 999_000
+held = []
+for _ in range(clients):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    try:
+        s.sendall(bomb)
+    except OSError:
+        pass
+    held.append(s)
+print(len(bomb), flush=True)
+sys.stdin.readline()
+"""
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+@needs_setpriv
+@pytest.mark.parametrize("kind", ["bomb", "partial"])
+def test_hole8_what_clients_send_never_amplifies_into_gigabytes(start_daemon_process, as_nobody_argv, kind):
+    d = start_daemon_process("--backend", "portable", "--max-clients", "200")
+    os.chmod(d.socket, 0o666)  # the attacker may connect (as a socket_group member could)
+    before = rss_of(d.proc.pid)
+    attack = subprocess.Popen([*as_nobody_argv, "-c", MEMORY_BOMB, d.socket, "64", kind], env=nobody_env(),
+                              cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(attack.stdout.readline()) > 999_000
+        time.sleep(1.0)  # let the daemon read everything it will read
+        during = rss_of(d.proc.pid)
+        assert netmonctl(d.socket, "status").returncode == 0
+    finally:
+        attack.stdin.close()
+        attack.wait(30)
+        attack.stdout.close()
+    print(f"\n{kind}: rss {before / 2**20:.0f} MiB -> {during / 2**20:.0f} MiB with 64 clients")
+    assert during - before < 100 * 2**20
+    assert "Traceback" not in d.log()
+
+
+@needs_setpriv
+def test_hole8_a_message_nested_a_thousand_deep_is_refused_without_a_traceback(start_daemon_thread):
+    d = start_daemon_thread()
+    deep = b"\x94" + b"\x91" * 1000 + b"\x00" + b"\x01\xa1x\x90"  # kind = [[[...]]]
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(d.socket)
+    with s:
+        s.sendall(deep)
+        u = __import__("msgpack").Unpacker(raw=False)
+        while not (msgs := list(u)):
+            chunk = s.recv(65536)
+            assert chunk, "closed without a reply"
+            u.feed(chunk)
+    assert msgs[0][2]["code"] == "too_large" and "nested deeper" in msgs[0][2]["message"]
+    with d.client() as c:
+        assert c.call("status")["monitoring"] is True
