@@ -270,10 +270,18 @@ class Filter:
         return [r for r in rows if self.matches(r)]
 
 
+#: Longest text criterion (proc, search, ip). Names are at most a few hundred
+#: characters; a filter is evaluated against every row of every tick for
+#: every subscriber, so its cost must stay small whatever a client sends.
+MAX_FILTER_TEXT = 256
+
+
 def _validate_filter_field(key: str, value: Any) -> Any:
     if key in ("proc", "search", "ip"):
         if not isinstance(value, str) or not value:
             raise FilterError(key, "must be a non-empty string")
+        if len(value) > MAX_FILTER_TEXT:
+            raise FilterError(key, f"longer than {MAX_FILTER_TEXT} characters")
         return value
     if key == "pid":
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -332,7 +340,10 @@ def _search_matches(text: str, row: dict[str, Any]) -> bool:
         value = row.get(key)
         if value and needle in value.lower():
             return True
-    if needle.isdigit():
+    # ASCII digits only, and no more than a port or pid can have: str.isdigit
+    # is also true for "²" (which int() refuses) and for 5,000 digits (over
+    # Python's int-conversion limit). Either raised inside the tick before.
+    if needle.isascii() and needle.isdigit() and len(needle) <= 10:
         n = int(needle)
         if n in (row.get("local_port"), row.get("remote_port"), row.get("pid")):
             return True

@@ -707,3 +707,154 @@ def test_hole8_a_message_nested_a_thousand_deep_is_refused_without_a_traceback(s
     assert msgs[0][2]["code"] == "too_large" and "nested deeper" in msgs[0][2]["message"]
     with d.client() as c:
         assert c.call("status")["monitoring"] is True
+
+
+# -- hole 9: subscribers that never read ------------------------------------------------------------
+
+# `pairs` loopback connections, a byte each way on every one every 50 ms (so
+# every row changes every tick), and 5 of them closed and reopened each round.
+CHURN = r"""
+import socket, sys, time
+pairs, seconds = int(sys.argv[1]), float(sys.argv[2])
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(1024)
+def pair():
+    c = socket.create_connection(lst.getsockname()); s, _ = lst.accept()
+    c.setblocking(False); s.setblocking(False)
+    return [c, s]
+conns = [pair() for _ in range(pairs)]
+print("ready", flush=True)
+end = time.time() + seconds
+round_ = 0
+while time.time() < end:
+    for c, s in conns:
+        try:
+            c.send(b"x"); s.recv(4096); s.send(b"y"); c.recv(4096)
+        except OSError:
+            pass
+    for i in range(5):
+        k = (round_ * 5 + i) % pairs
+        for x in conns[k]:
+            x.close()
+        conns[k] = pair()
+    round_ += 1
+    time.sleep(0.05)
+"""
+
+# 50 subscribers, each with its own filter (all of them matching every
+# loopback row), that never read a byte.
+DEAF_SUBSCRIBERS = r"""
+import socket, sys
+from common import protocol
+path, count = sys.argv[1], int(sys.argv[2])
+filters = [{"ip": f"127.0.0.0/{bits}"} for bits in range(8, 32)]
+filters += [{**f, "family": 4} for f in filters] + [{"search": "127."}, {"search": "127.0"}]
+held = []
+for i in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(path)
+    s.sendall(protocol.pack_request(1, "subscribe", {"topics": ["connection_update", "connection_closed"],
+                                                     "filter": filters[i % len(filters)]}))
+    held.append(s)
+print("subscribed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@needs_setpriv
+@pytest.mark.skipif(not linux_backend_works(), reason="needs the Linux backend (per-socket bytes)")
+def test_hole9_subscribers_that_never_read_cannot_grow_the_daemon(start_daemon_process, as_nobody_argv, short_dir):
+    d = start_daemon_process("--backend", "linux", "--interval", "0.1", "--max-clients", "200")
+    os.chmod(d.socket, 0o666)
+    churn = subprocess.Popen([*as_nobody_argv, "-c", CHURN, "300", "60"], env=nobody_env(), cwd="/",
+                             stdout=subprocess.PIPE, text=True)
+    deaf = None
+    try:
+        assert churn.stdout.readline().strip() == "ready"
+        before = rss_of(d.proc.pid)
+        deaf = subprocess.Popen([*as_nobody_argv, "-c", DEAF_SUBSCRIBERS, d.socket, "50"], env=nobody_env(),
+                                cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert deaf.stdout.readline().strip() == "subscribed"
+        with Client.connect(d.socket) as good:  # one subscriber that reads
+            good.call("subscribe", {"topics": ["connection_update"], "filter": {"ip": "127.0.0.0/8"}})
+            ticks = good.call("status")["ticks"]
+            peak, received, lagged = before, 0, 0
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                note = good.next_notification(timeout=1)
+                if note is not None:
+                    received += note.method == "connection_update"
+                    lagged += note.method == "lagged"
+                peak = max(peak, rss_of(d.proc.pid))
+            ticks = good.call("status")["ticks"] - ticks
+        print(f"\nrss {before / 2**20:.0f} -> peak {peak / 2**20:.0f} MiB in 15 s with 50 deaf subscribers; "
+              f"the reading subscriber got {received} updates in {ticks} ticks ({lagged} lagged)")
+        # Every tick moves bytes on every connection: one update per tick.
+        assert received >= max(3, ticks // 2)
+        assert peak - before < 200 * 2**20
+    finally:
+        for p in (deaf, churn):
+            if p is not None:
+                if p.stdin:
+                    p.stdin.close()
+                stop(p)
+
+
+# -- hole 10: one subscriber's filter stops everyone's updates ----------------------------------------
+
+SUBSCRIBE_AS = r"""
+import sys, json
+from common.client import Client
+c = Client.connect(sys.argv[1])
+try:
+    print(json.dumps(c.call("subscribe", {"topics": ["connection_update", "connection_closed", "stats_update"],
+                                          "filter": {"search": sys.argv[2]}})), flush=True)
+except Exception as exc:
+    print(json.dumps({"error": getattr(exc, "code", type(exc).__name__), "message": str(exc)}), flush=True)
+sys.stdin.readline()
+"""
+
+
+@needs_setpriv
+def test_hole10_one_subscribers_filter_never_stops_the_others(start_daemon_process, as_nobody_argv, short_dir):
+    pytest.importorskip("prometheus_client")
+    textfile = os.path.join(short_dir, "n.prom")
+    d = start_daemon_process("--backend", "portable", "--metrics-textfile", textfile)
+    os.chmod(d.socket, 0o666)
+    hostile = []
+    try:
+        for search in ("1" * 5000, "²", "1" * 11):
+            p = subprocess.Popen([*as_nobody_argv, "-c", SUBSCRIBE_AS, d.socket, search], env=nobody_env(),
+                                 cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            hostile.append(p)
+            answer = json.loads(p.stdout.readline())
+            if len(search) > 256:
+                assert answer["error"] == "invalid_params" and "longer than 256" in answer["message"]
+            else:
+                assert "topics" in answer, answer
+        with Client.connect(d.socket) as good:
+            good.call("subscribe", {"topics": ["stats_update", "connection_update"]})
+            with tcp_traffic():
+                events = 0
+                deadline = time.monotonic() + 15
+                while events < 5 and time.monotonic() < deadline:
+                    events += good.next_notification(timeout=2) is not None
+        assert events >= 5, "the other subscribers got nothing"
+        age = time.time() - os.stat(textfile).st_mtime
+        assert age < 5, f"textfile stale for {age:.1f}s"
+        assert "sample failed" not in d.log() and "Traceback" not in d.log(), d.log()[-3000:]
+    finally:
+        for p in hostile:
+            p.stdin.close()
+            stop(p)
+
+
+@__import__("contextlib").contextmanager
+def tcp_traffic() -> Iterator[None]:
+    """A loopback connection moving a few bytes, so that rows change."""
+    from tests.helpers import tcp_pair
+
+    with tcp_pair() as (_lst, cli, srv):
+        cli.sendall(b"x" * 1000)
+        srv.recv(4096)
+        yield
