@@ -46,13 +46,12 @@ def ctl(socket_path: str, *args: str):
     return out.stdout
 
 
-def apsd_totals(socket_path: str) -> tuple[int, int] | None:
-    apps = json.loads(ctl(socket_path, "apps", "--json"))
-    apps = apps["apps"] if isinstance(apps, dict) else apps
-    for app in apps:
-        if app["process_name"] == "apsd":
+def app_totals(socket_path: str, name: str) -> tuple[int, int] | None:
+    for app in json.loads(ctl(socket_path, "apps", "--json"))["apps"]:
+        if app["process_name"] == name:
             return app["bytes_received"], app["bytes_sent"]
     return None
+
 
 
 def nettops(daemon_pid: int) -> list[psutil.Process]:
@@ -72,14 +71,14 @@ def test_apps_count_from_the_first_frame_and_across_a_nettop_restart(start_daemo
     d = start_daemon_process("--backend", "darwin", "--interval", "1", env=env)
     # apsd's connection was open before netmond: 3,177,530 in / 7,189,392
     # out in the first frame, 3,177,700 / 7,189,600 two frames later
-    assert wait_until(lambda: apsd_totals(d.socket) == (170, 208), 30)
+    assert wait_until(lambda: app_totals(d.socket, "apsd") == (170, 208), 30)
     (row,) = [c for c in json.loads(ctl(d.socket, "conns", "--json"))["connections"]
               if c["remote_addr"] == APSD_REMOTE]
 
     (first,) = wait_until(lambda: nettops(d.proc.pid), 10)
     first.send_signal(signal.SIGKILL)
     # the new nettop counts the same connection on: 3,177,900 / 7,189,800
-    assert wait_until(lambda: apsd_totals(d.socket) == (370, 408), 30)
+    assert wait_until(lambda: app_totals(d.socket, "apsd") == (370, 408), 30)
     (again,) = [c for c in json.loads(ctl(d.socket, "conns", "--json"))["connections"]
                 if c["remote_addr"] == APSD_REMOTE]
     assert again["id"] == row["id"]  # one connection, one row, across the restart
@@ -105,3 +104,16 @@ def test_status_and_interval_say_what_nettop_really_samples(start_daemon_process
     runs = [json.loads(line) for line in Path(env["NETTOP_FAKE_ARGV_LOG"]).read_text().splitlines()]
     assert all(run[run.index("-s") + 1].isdigit() for run in runs)  # never a fraction
 
+
+
+def test_a_closed_connections_last_bytes_reach_conns_and_apps(start_daemon_process, fake_env):
+    """curl's port-80 connection moves 2,000 / 200 bytes, then 2,000 / 200
+    more in the interval in which it closes: its row vanishes, curl's
+    process row keeps them (as a long-running nettop does)."""
+    env = {**fake_env, "NETTOP_FAKE_RECORDING": str(DATA / "nettop" / "closing.csv"), "NETTOP_FAKE_HANG": "99"}
+    d = start_daemon_process("--backend", "darwin", "--interval", "1", env=env)
+    assert wait_until(lambda: app_totals(d.socket, "curl") == (4000, 400), 30)
+    rows = json.loads(ctl(d.socket, "conns", "--closed", "--json"))["connections"]
+    (closed,) = [c for c in rows if c["remote_addr"] == "93.184.216.34:80"]
+    assert closed["state"] == "CLOSED"
+    assert (closed["bytes_received"], closed["bytes_sent"]) == (4000, 400)
