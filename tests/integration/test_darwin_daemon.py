@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -55,7 +57,9 @@ def app_totals(socket_path: str, name: str) -> tuple[int, int] | None:
 
 
 def nettops(daemon_pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(daemon_pid).children() if any(a.endswith("nettop") for a in p.cmdline())]
+    """The daemon's nettop (under setpriv too, which execs)."""
+    children = psutil.Process(daemon_pid).children(recursive=True)
+    return [p for p in children if any(a.endswith("nettop") for a in p.cmdline())]
 
 
 def test_apps_count_from_the_first_frame_and_across_a_nettop_restart(start_daemon_process, fake_env):
@@ -117,3 +121,30 @@ def test_a_closed_connections_last_bytes_reach_conns_and_apps(start_daemon_proce
     (closed,) = [c for c in rows if c["remote_addr"] == "93.184.216.34:80"]
     assert closed["state"] == "CLOSED"
     assert (closed["bytes_received"], closed["bytes_sent"]) == (4000, 400)
+
+
+def test_not_root_the_same(start_daemon_process, tmp_path):
+    """nettop needs no root on a Mac; neither does the darwin backend here."""
+    from tests.integration.test_cli import as_nobody
+
+    prefix = as_nobody()
+    shared = Path(tempfile.mkdtemp(prefix="nm12-", dir="/tmp"))
+    try:
+        (shared / "bin").mkdir(mode=0o755)
+        (shared / "bin" / "nettop").symlink_to(FAKE)
+        os.chown(shared, 65534, 65534)  # nobody's own directory, for its socket
+        env = {
+            "PATH": f"{shared / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "NETTOP_FAKE_RECORDING": str(DATA / "nettop" / "preexisting.csv"),
+            "NETTOP_FAKE_HANG": "99",
+        }
+        d = start_daemon_process("--backend", "darwin", "--interval", "1",
+                                 socket_path=str(shared / "n.sock"), env=env, prefix=prefix)
+        assert wait_until(lambda: app_totals(d.socket, "apsd") == (170, 208), 30)
+        (nettop,) = wait_until(lambda: nettops(d.proc.pid), 10)
+        assert nettop.uids().real == 65534
+        status = json.loads(ctl(d.socket, "status", "--json"))
+        assert status["privileged"] is False and status["backend"] == "darwin"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
