@@ -58,8 +58,14 @@ def app_totals(socket_path: str, name: str) -> tuple[int, int] | None:
 
 def nettops(daemon_pid: int) -> list[psutil.Process]:
     """The daemon's nettop (under setpriv too, which execs)."""
-    children = psutil.Process(daemon_pid).children(recursive=True)
-    return [p for p in children if any(a.endswith("nettop") for a in p.cmdline())]
+    found = []
+    for child in psutil.Process(daemon_pid).children(recursive=True):
+        try:
+            if any(a.endswith("nettop") for a in child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone meanwhile (a restart)
+            continue
+    return found
 
 
 def test_apps_count_from_the_first_frame_and_across_a_nettop_restart(start_daemon_process, fake_env):
