@@ -177,8 +177,7 @@ NoNewPrivileges=yes
 CapabilityBoundingSet=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER
 ProtectSystem=strict
 ProtectHome=read-only
-PrivateTmp=yes
-PrivateDevices=yes
+{private_tmp}PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -206,6 +205,24 @@ UMask=0077
 """
 
 
+#: Directories that PrivateTmp=yes replaces with empty ones for the service.
+_TMP_DIRS = ("/tmp/", "/var/tmp/")
+
+
+def runs_from_tmp(s: Settings) -> bool:
+    """Whether netmond's argv names a file under /tmp or /var/tmp."""
+    return any(arg.startswith(_TMP_DIRS) for arg in s.program)
+
+
+def _system_hardening(s: Settings) -> str:
+    if runs_from_tmp(s):
+        # PrivateTmp would give the service an empty /tmp: its own program gone.
+        private_tmp = "# No PrivateTmp: netmond runs from a temporary directory.\n"
+    else:
+        private_tmp = "PrivateTmp=yes\n"
+    return _SYSTEM_HARDENING.format(private_tmp=private_tmp)
+
+
 def systemd_service(s: Settings) -> str:
     """netmond.service: started at boot (or login) and by its socket."""
     wanted_by = "default.target" if s.user else "multi-user.target"
@@ -224,7 +241,7 @@ ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=20
-{_USER_HARDENING if s.user else _SYSTEM_HARDENING}
+{_USER_HARDENING if s.user else _system_hardening(s)}
 [Install]
 WantedBy={wanted_by}
 Also={UNIT}.socket
@@ -369,8 +386,34 @@ def cmd_print(args: argparse.Namespace, out) -> int:
     return 0
 
 
+def _check_group(args: argparse.Namespace) -> str | None:
+    """Why --group cannot work here, or None."""
+    if args.group is None:
+        return None
+    if args.user:
+        return "--group is for the system daemon; a --user daemon's socket is yours alone (0600)"
+    if args.manager == "launchd" and args.group == "admin":
+        return None  # macOS's own group (gid 80), also when staged elsewhere
+    try:
+        resolve_group(args.group)
+    except KeyError:
+        if args.destdir:
+            return None  # staged for another machine: the group must exist there
+        add = ("sudo dseditgroup -o create " if args.manager == "launchd" else "sudo groupadd ") + args.group
+        return (f"no group {args.group!r} on this machine, and netmond would refuse a socket group "
+                f"it cannot find: create it first ({add}) or choose an existing one")
+    return None
+
+
 def cmd_install(args: argparse.Namespace, out) -> int:
+    problem = _check_group(args)
+    if problem is not None:
+        print(f"netmond service: {problem}", file=sys.stderr)
+        return 2
     s = default_settings(args.manager, args.user, args.group)
+    if runs_from_tmp(s) and not args.destdir:
+        print(f"netmond service: warning: {s.program[0]} is under a temporary directory, which may be "
+              "cleaned at boot; a service should run an installed netmond", file=sys.stderr)
     p = plan(args.manager, s)
     live = not args.dry_run and not args.destdir and manager_running(args.manager)
     for path, content in p.files:
@@ -406,9 +449,12 @@ def cmd_uninstall(args: argparse.Namespace, out) -> int:
     live = not args.dry_run and not args.destdir and manager_running(args.manager)
     if live:
         _run_or_print(p.stop, True, out, check=False)  # "not loaded" is fine
-    elif not args.destdir:
-        print("first stop it with:", file=out)
+    elif args.dry_run:
+        print("would run:", file=out)
         _run_or_print(p.stop, False, out)
+    elif not args.destdir:
+        # Nothing can have started these files: there is nothing to stop first.
+        print(f"{args.manager} does not manage services here: nothing to stop", file=out)
     for path, _ in p.files:
         target = _staged(path, args.destdir)
         if args.dry_run:
@@ -435,15 +481,48 @@ def cmd_status(args: argparse.Namespace, out) -> int:
     try:
         with Client.connect(socket_path, timeout=3) as c:
             info = c.call("status")
-        print(f"running    pid {info['pid']}, version {info['version']}, backend {info['backend']}, "
-              f"socket {socket_path}", file=out)
-        return 0
     except AccessDenied as exc:
         print(f"running    but {exc.reason} at {socket_path}: {_access_hint(args.manager, s)}", file=out)
         return 0
     except (DaemonUnavailable, OSError) as exc:
         print(f"stopped    {exc}", file=out)
         return EXIT_NOT_RUNNING
+    answering = (f"pid {info['pid']}, version {info['version']}, backend {info['backend']}, "
+                 f"socket {socket_path}")
+    service_pid = managed_pid(args.manager, s.user)
+    if service_pid is not None and service_pid == info["pid"]:
+        print(f"running    {answering}", file=out)
+        return 0
+    if not all(os.path.exists(path) for path, _ in p.files):
+        why = "the service is not installed"
+    elif not manager_running(args.manager):
+        why = f"{args.manager} does not manage services here"
+    else:
+        why = f"the service's own process is {service_pid or 'not running'}"
+    print(f"not the service: a netmond answers ({answering}) but {why}; "
+          "it was started some other way (by hand, make daemon, ...)", file=out)
+    return EXIT_NOT_RUNNING
+
+
+def managed_pid(manager: str, user: bool) -> int | None:
+    """The pid of netmond as the service manager runs it, None if it does not (or cannot tell)."""
+    if not manager_running(manager):
+        return None
+    if manager == "systemd":
+        cmd = ["systemctl", *(["--user"] if user else []), "show", "-p", "MainPID", "--value",
+               f"{UNIT}.service"]
+    else:
+        cmd = ["launchctl", "print", f"gui/{os.getuid()}/{LABEL}" if user else f"system/{LABEL}"]
+    try:
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if manager == "systemd":
+        value = text.strip()
+    else:  # launchctl print: a line "pid = 123" while it runs
+        value = next((line.split("=", 1)[1].strip() for line in text.splitlines()
+                      if line.strip().startswith("pid =")), "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _access_hint(manager: str, s: Settings) -> str:

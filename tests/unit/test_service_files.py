@@ -4,6 +4,7 @@ copies, accepted by systemd-analyze, and installed where the managers look."""
 from __future__ import annotations
 
 import configparser
+import grp
 import io
 import os
 import plistlib
@@ -189,17 +190,21 @@ def test_user_install_goes_to_the_user_unit_dir(tmp_path, monkeypatch):
     assert "systemctl --user enable --now netmond.socket netmond.service" in out
     assert "only you (and root)" in out
     code, out = run_service("uninstall", "--user", "--manager", "systemd")
-    assert "systemctl --user disable --now netmond.service netmond.socket" in out
+    # systemd does not run here: nothing can have been started, so no "stop it first"
+    assert "systemd does not manage services here: nothing to stop" in out and "first" not in out
     assert not any(unit_dir.iterdir())
+    code, out = run_service("uninstall", "--user", "--manager", "systemd", "--dry-run")
+    assert "would run:" in out and "systemctl --user disable --now netmond.service netmond.socket" in out
 
 
 def test_dry_run_writes_nothing():
     unit = "/etc/systemd/system/netmond.service"
     existed = os.path.exists(unit)
-    code, out = run_service("install", "--manager", "systemd", "--dry-run", "--group", "netmon")
+    group = grp.getgrgid(os.getgid()).gr_name  # one that exists here
+    code, out = run_service("install", "--manager", "systemd", "--dry-run", "--group", group)
     assert code == 0
-    assert f"would write {unit}" in out and "SocketGroup=netmon" in out
-    assert "usermod -aG netmon USER" in out
+    assert f"would write {unit}" in out and f"SocketGroup={group}" in out
+    assert f"usermod -aG {group} USER" in out
     assert "wrote" not in out and os.path.exists(unit) == existed
 
 
@@ -226,3 +231,52 @@ def test_printed_program_really_starts_netmond():
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0 and out.stdout.startswith("netmond ")
     assert os.path.isabs(argv[0])
+
+
+# -- rough edges (issue 13, item 10) ---------------------------------------------------------
+
+
+def test_install_refuses_a_group_that_does_not_exist(tmp_path, capsys):
+    code, out = run_service("install", "--manager", "systemd", "--dry-run", "--group", "nosuchgrp-13")
+    assert code == 2 and out == ""
+    err = capsys.readouterr().err
+    assert "no group 'nosuchgrp-13' on this machine" in err and "sudo groupadd nosuchgrp-13" in err
+    # Staged for another machine, the group is that machine's business.
+    code, out = run_service("install", "--manager", "systemd", "--destdir", str(tmp_path),
+                            "--group", "nosuchgrp-13")
+    assert code == 0 and "SocketGroup=nosuchgrp-13" in (tmp_path / "etc/systemd/system/netmond.socket").read_text()
+
+
+def test_user_install_refuses_a_group():
+    code, out = run_service("install", "--user", "--manager", "systemd", "--dry-run", "--group", "root")
+    assert code == 2
+
+
+def test_a_netmond_under_tmp_keeps_its_tmp():
+    unit = unit_sections(service.render("systemd-service", service.default_settings(
+        "systemd", False, program=("/tmp/venv/bin/netmond",))))
+    assert "PrivateTmp" not in unit["Service"]  # it would hide /tmp/venv/bin/netmond from the service
+    normal = unit_sections(service.render("systemd-service", service.default_settings("systemd", False,
+                                                                                      program=PROGRAM)))
+    assert normal["Service"]["PrivateTmp"] == "yes"
+
+
+def test_status_does_not_take_a_hand_started_daemon_for_the_service(start_daemon_process, tmp_path,
+                                                                       monkeypatch):
+    # A user daemon started by hand where the user service would listen.
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    daemon_pid = start_daemon_process(socket_path=str(runtime / "netmond.sock")).proc.pid
+    code, out = run_service("status", "--user", "--manager", "systemd")
+    assert code == service.EXIT_NOT_RUNNING
+    assert "not the service: a netmond answers (pid" in out and "the service is not installed" in out
+    assert "\nrunning" not in "\n" + out
+    # The service's own process answering is the service.
+    monkeypatch.setattr(service, "managed_pid", lambda manager, user: daemon_pid)
+    for path, _ in service.plan("systemd", service.default_settings("systemd", True)).files:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+    code, out = run_service("status", "--user", "--manager", "systemd")
+    assert code == 0 and f"running    pid {daemon_pid}," in out
