@@ -30,6 +30,21 @@ def human_rate(bps: float | None) -> str:
     return human_bytes(bps) + "/s"
 
 
+_BIT_UNITS = ("bps", "kbps", "Mbps", "Gbps", "Tbps", "Pbps")
+
+
+def human_bits(bps: float | None) -> str:
+    """A rate given in BYTES per second, shown in bits: 1500000 -> '12.0 Mbps'; None -> '-'."""
+    if bps is None:
+        return "-"
+    value = float(bps) * 8
+    for unit in _BIT_UNITS:
+        if abs(value) < 1000 or unit == _BIT_UNITS[-1]:
+            return f"{int(value)} bps" if unit == "bps" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} Pbps"  # pragma: no cover - loop always returns
+
+
 def human_duration(seconds: float | None) -> str:
     """192 -> '3m 12s'; 7322 -> '2h 2m'; 90061 -> '1d 1h'; None -> '-'."""
     if seconds is None:

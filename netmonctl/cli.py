@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "interval": "netmonctl.commands.interval:interval",
     "fleet": "netmonctl.commands.fleet:fleet",
     "dial-stdio": "netmonctl.commands.dial_stdio:dial_stdio",
+    "completion": "netmonctl.commands.completion:completion",
 }
 
 PREFIX = "netmonctl: "
@@ -66,6 +67,14 @@ class NetmonGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from . import render
+
+        # Rates in bytes unless this invocation says --bits (the switch is
+        # process-wide, and tests run many invocations in one process).
+        render.use_bits(False)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

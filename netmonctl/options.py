@@ -1,6 +1,6 @@
 """Click options shared by several commands, so that none repeats them.
 
-- output_options: --json / --format / --no-color, on the root group AND on
+- output_options: --json / --format / --no-color / --bits, on the root group AND on
   every command (people type `netmonctl conns --json`); a command's own
   choice wins over the global one.
 - filter_options: the connection filter of docs/PROTOCOL.md §8, validated by
@@ -67,6 +67,24 @@ def color_option(f: F) -> F:
     )(f)
 
 
+def _set_bits(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from . import render
+
+        render.use_bits(True)
+
+
+def bits_option(f: F) -> F:
+    """Add --bits: rates in bits per second in tables and lines (JSON keeps bytes/s)."""
+    return click.option(
+        "--bits",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_bits,
+        help="Show rates in bits per second (kbps, Mbps) instead of bytes; JSON keeps bytes/s.",
+    )(f)
+
+
 def output_options(f: F | None = None, *, json_help: str = DAEMON_JSON) -> Any:
     """Add --json, --format and --no-color; they write to the context's Settings.
 
@@ -75,6 +93,7 @@ def output_options(f: F | None = None, *, json_help: str = DAEMON_JSON) -> Any:
     """
 
     def decorate(f: F) -> F:
+        f = bits_option(f)
         f = color_option(f)
         f = click.option(
             "--format",

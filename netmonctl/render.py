@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import click
 
-from common.units import human_bytes, human_rate
+from common.units import human_bits, human_bytes, human_rate
 
 #: Eight levels of a sparkline, lowest first.
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
@@ -57,8 +57,9 @@ _COLUMN_GAP = 2
 
 
 def color_enabled(no_color: bool, stream: TextIO) -> bool:
-    """Colour only on a terminal, never with --no-color or NO_COLOR set (no-color.org)."""
-    if no_color or os.environ.get("NO_COLOR"):
+    """Colour only on a terminal, never with --no-color, NO_COLOR set (no-color.org)
+    or TERM=dumb (a terminal that shows escape sequences as text)."""
+    if no_color or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     try:
         return bool(stream.isatty())
@@ -152,6 +153,27 @@ def state_color(state: Any) -> str | None:
 
 # -- cell formatters -----------------------------------------------------------
 
+#: How rates read in tables and lines: bytes/s, or bits/s after use_bits(True)
+#: (--bits, key b in top). JSON always carries bytes/s.
+_rate_in_bits = False
+
+
+def use_bits(on: bool) -> None:
+    """Show every rate this process renders in bits per second (on) or bytes (off)."""
+    global _rate_in_bits
+    _rate_in_bits = on
+
+
+def bits_shown() -> bool:
+    """Whether rates are shown in bits per second."""
+    return _rate_in_bits
+
+
+def rate(bps: float | None) -> str:
+    """A rate in bytes/s as the user asked to read it: '1.5 MB/s' or '12.0 Mbps'; None -> '-'."""
+    return human_bits(bps) if _rate_in_bits else human_rate(bps)
+
+
 
 def dash(value: Any) -> str:
     """str(value), with unknown (None) shown as '-' and never as 0."""
@@ -244,8 +266,8 @@ def traffic_columns(bytes_drop: int = 0) -> tuple[Column, Column, Column, Column
     `bytes_drop` is the drop order of the two byte totals (0: never dropped).
     """
     return (
-        Column("UP", field("upload_speed"), fmt=human_rate, align="right"),
-        Column("DOWN", field("download_speed"), fmt=human_rate, align="right"),
+        Column("UP", field("upload_speed"), fmt=rate, align="right"),
+        Column("DOWN", field("download_speed"), fmt=rate, align="right"),
         Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=bytes_drop),
         Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=bytes_drop),
     )

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
-from common.units import human_duration, human_rate
+from common.units import human_duration
 
 from . import render
 from .render import Column, clip, field
@@ -46,7 +46,7 @@ SPARK_SECONDS = 60.0
 #: Line styles; commands/top.py maps them to curses attributes.
 STYLES = ("normal", "title", "header", "alert", "dim", "selected")
 
-KEY_HELP = "q:quit a/c:view s:sort r:reverse /:filter j/k:scroll p:pause +/-:interval ?:help"
+KEY_HELP = "q:quit a/c:view s:sort r:reverse /:filter j/k:scroll b:bits p:pause ?:help"
 
 HELP_LINES = (
     "Keys",
@@ -58,13 +58,15 @@ HELP_LINES = (
     "  j / k    move the selection down / up (also the arrow keys);",
     "           PgDn / PgUp (Space) a page, Home / End (g / G) first / last row",
     "  /        filter by text: process, ip or port (Enter keeps it, Esc clears it)",
+    "  b        rates in bits per second (kbps, Mbps) or bytes (kB/s, MB/s)",
     "  p        pause the display (data keeps arriving)",
     "  + / -    the daemon's sampling interval x2 / /2 (slower / faster);",
     "           needs root, the daemon's user or its group",
     "  ?        this help; any key closes it",
     "",
-    "Rates are bytes per second over the daemon's last sample; the table",
-    "is refreshed at every sample the daemon pushes.",
+    "Rates are per second over the daemon's last sample; the table is",
+    "refreshed at every sample the daemon pushes. The line above the keys",
+    "is the selected row's process command line (local daemon only).",
 )
 
 # Single-column stand-ins when the terminal cannot show Unicode.
@@ -90,6 +92,8 @@ class TopModel:
     retry_in: float | None = None
     #: Where the daemon is expected: socket path or -H host.
     where: str = ""
+    #: The -H host's name for the title; None for the local daemon.
+    host: str | None = None
     #: Wall time shown in the title (the last update).
     clock: float | None = None
     #: Seconds without any update while connected, once that is unusual
@@ -319,7 +323,8 @@ def _spread(left: str, right: str, width: int) -> str:
 
 
 def _title(model: TopModel, ui: ViewState, width: int) -> str:
-    left = f"netmon top · {'applications' if ui.view == 'apps' else 'connections'}"
+    host = f"{render.printable(model.host)} · " if model.host else ""
+    left = f"netmon top · {host}{'applications' if ui.view == 'apps' else 'connections'}"
     if ui.paused:
         left += " · PAUSED"
     parts = []
@@ -336,10 +341,10 @@ def _title(model: TopModel, ui: ViewState, width: int) -> str:
 def _spark_line(
     label: str, key: str, rate: float | None, history: Sequence[dict[str, Any]], width: int
 ) -> str:
-    head = f"{label:<5}{human_rate(rate):>11} "
+    head = f"{label:<5}{render.rate(rate):>11} "
     values = [p.get(key) for p in history]
     peak = max((v for v in values if v is not None), default=None)
-    tail = f"  peak {human_rate(peak)}"
+    tail = f"  peak {render.rate(peak)}"
     room = width - len(head) - len(tail)
     if room < 8:  # too narrow for a useful sparkline and its peak: keep the rate
         return clip(head.rstrip(), width)

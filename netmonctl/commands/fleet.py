@@ -37,7 +37,7 @@ from typing import Any, Iterable
 import click
 
 from common import __version__
-from common.units import human_duration, human_rate
+from common.units import human_duration
 
 from .. import render
 from ..options import output_options
@@ -289,8 +289,8 @@ def _columns(now: float) -> tuple[Column, ...]:
         Column("STATUS", render.field("status"), color=lambda s: _STATUS_COLORS.get(s)),
         Column("LAST SEEN", render.field("last_seen"), fmt=lambda t: _ago(t, now), align="right"),
         Column("CONNS", render.field("connections"), align="right", drop=2),
-        Column("UP", render.field("upload_speed"), fmt=human_rate, align="right"),
-        Column("DOWN", render.field("download_speed"), fmt=human_rate, align="right"),
+        Column("UP", render.field("upload_speed"), fmt=render.rate, align="right"),
+        Column("DOWN", render.field("download_speed"), fmt=render.rate, align="right"),
         Column("TOP APP", render.field("top_app"), fmt=render.safe, drop=3),
         Column("VERSION", render.field("version"), drop=4),
     )

@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from common.models import HISTORY_FIELDS
-from common.units import human_rate
 
 from .. import render
 from ..options import output_options
@@ -27,8 +26,8 @@ def _columns(tenths: bool, peak: float | None, bar_width: int) -> tuple[Column, 
     the first thing dropped on a narrow terminal.
     """
     time_col = Column("TIME", field("timestamp"), fmt=lambda ts: render.clock(ts, tenths))
-    up = Column("UP", field("upload"), fmt=human_rate, align="right")
-    down = Column("DOWN", field("download"), fmt=human_rate, align="right")
+    up = Column("UP", field("upload"), fmt=render.rate, align="right")
+    down = Column("DOWN", field("download"), fmt=render.rate, align="right")
     if not peak:
         return (time_col, up, down)  # nothing moved: empty bars say nothing
     return (
@@ -82,5 +81,5 @@ def _describe(points: list[dict[str, Any]], settings: Settings) -> str:
     for label, key in (("up", "upload"), ("down", "download")):
         values = [p.get(key) for p in points]
         peak = max((v for v in values if v is not None), default=None)
-        lines.append(f"{label:<5}{render.sparkline(values, width)}  peak {human_rate(peak)}")
+        lines.append(f"{label:<5}{render.sparkline(values, width)}  peak {render.rate(peak)}")
     return text + "\n\n" + "\n".join(lines)

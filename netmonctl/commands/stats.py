@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from common.units import human_bytes, human_duration, human_rate
+from common.units import human_bytes, human_duration
 
 from .. import render
 from ..options import output_options
@@ -42,7 +42,7 @@ def _share(part: float | None, total: float | None) -> str:
     if part is None:
         return "-"
     pct = f" ({100 * part / total:.0f}%)" if total else ""
-    return human_rate(part) + pct
+    return render.rate(part) + pct
 
 
 def _unknown_process(s: dict[str, Any]) -> str:
@@ -59,8 +59,8 @@ def _describe(s: dict[str, Any], settings: Settings) -> str:
     up, down = s.get("total_upload_speed"), s.get("total_download_speed")
     summary = render.key_values(
         [
-            ("upload", f"{human_rate(up)}  ({human_bytes(s.get('total_bytes_sent'))} since start)"),
-            ("download", f"{human_rate(down)}  ({human_bytes(s.get('total_bytes_received'))} since start)"),
+            ("upload", f"{render.rate(up)}  ({human_bytes(s.get('total_bytes_sent'))} since start)"),
+            ("download", f"{render.rate(down)}  ({human_bytes(s.get('total_bytes_received'))} since start)"),
             ("attributed", f"up {_share(s.get('attributed_upload_speed'), up)}, "
                            f"down {_share(s.get('attributed_download_speed'), down)}"),
             ("unattributed", f"up {_share(s.get('unattributed_upload_speed'), up)}, "

@@ -34,7 +34,7 @@ from typing import Any
 import click
 
 from .. import render
-from ..options import INTERVAL_RANGE, color_option, filter_options
+from ..options import INTERVAL_RANGE, bits_option, color_option, filter_options
 from ..session import Settings, pass_settings
 from ..topview import (
     SORT_KEYS,
@@ -45,6 +45,7 @@ from ..topview import (
     layout,
     next_sort,
     scroll,
+    selected_row,
     table_room,
     visible_rows,
     window,
@@ -53,6 +54,8 @@ from ..topview import (
 #: What --sort accepts: the sort keys of both views (key s cycles through the view's own).
 TOP_SORTS = tuple(dict.fromkeys(k for keys in SORT_KEYS.values() for k in keys))
 NOT_A_FORMAT = "top is a screen; for JSON use `netmonctl watch --json` or `netmonctl conns --json`"
+DUMB_TERMINAL = ("top needs a terminal that can move the cursor (TERM='{term}' cannot); "
+                 "use `netmonctl watch` or `netmonctl conns`, or set TERM (e.g. TERM=xterm)")
 NOT_A_TERMINAL = "top needs a terminal; use `netmonctl watch` or `netmonctl conns`"
 DENIED = "changing the interval needs root, the daemon's user, or its group"
 #: Longest wait without input, in seconds: how late a resize or the
@@ -80,6 +83,7 @@ CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "rem
               f"{', '.join(TOP_SORTS)} (key s cycles; apps have no duration, remote_addr or state).")
 @click.option("--reverse", is_flag=True, help="Start in reverse order (key r).")
 @color_option
+@bits_option
 # Not listed in --help (top has no output format), but answered with the way to get JSON.
 @click.option("--json", "--format", "machine", hidden=True, is_flag=False, flag_value="json",
               expose_value=False, callback=lambda ctx, p, v: _refuse_format(v))
@@ -105,10 +109,12 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
     """
     if settings.format != "table":  # netmonctl --json top
         raise click.UsageError(NOT_A_FORMAT)
-    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+    is_tty = sys.stdout.isatty() and sys.stdin.isatty()
+    if not is_tty or not _can_address_cursor():
         from ..cli import EXIT_USAGE, PREFIX
 
-        click.echo(PREFIX + NOT_A_TERMINAL, err=True)
+        why = NOT_A_TERMINAL if not is_tty else DUMB_TERMINAL.format(term=os.environ.get("TERM", ""))
+        click.echo(PREFIX + why, err=True)
         raise click.exceptions.Exit(EXIT_USAGE)
     if sort_field not in SORT_KEYS[view]:
         sort_field = "speed"
@@ -124,6 +130,60 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
     finally:
         signal.signal(signal.SIGTERM, previous)
         app.feed.close()
+
+
+#: Command lines kept for the detail line (the selection visits a few rows).
+MAX_CMDLINES = 256
+#: Longest command line kept: the detail line is one screen line anyway.
+CMDLINE_CHARS = 1024
+
+
+def read_cmdline(pid: int, name: str | None) -> str:
+    """The command line of `pid` on this machine, if it is still the process `name`."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            # A reused pid, or a daemon in another pid namespace: not this row's process.
+            if name and proc.name() != name and not name.startswith(proc.name()[:15]):
+                return f"(pid {pid} is now {proc.name()!r}, not {name!r})"
+            argv = proc.cmdline()
+    except psutil.NoSuchProcess:
+        return "(the process has exited)"
+    except psutil.AccessDenied:
+        return "(command line not readable: another user's process)"
+    except (psutil.Error, OSError) as exc:
+        return f"(command line unavailable: {exc})"
+    if not argv:
+        return f"[{name or '?'}] (no command line: a kernel thread or a zombie)"
+    return " ".join(argv)[:CMDLINE_CHARS]
+
+
+def describe_host(host: str) -> tuple[str, bool]:
+    """(how the title names an -H target: its hosts.toml name, else its host;
+    whether it is on another machine: ssh)."""
+    from ..transport import TargetError, resolve
+
+    try:
+        target = resolve(host)
+    except (TargetError, OSError, ValueError):
+        return host, True
+    return target.name or target.host or target.url, target.scheme != "unix"
+
+
+def _can_address_cursor() -> bool:
+    """Whether the terminal (TERM) can move the cursor, which a full screen needs: TERM=dumb
+    cannot, and curses on it writes the whole screen onto one line."""
+    import curses
+
+    if os.environ.get("TERM", "") in ("", "dumb"):
+        return False
+    try:
+        curses.setupterm(fd=sys.stdout.fileno())
+        return bool(curses.tigetstr("cup"))
+    except (curses.error, OSError, ValueError, AttributeError):
+        return False
 
 
 def _refuse_format(value: str | None) -> None:
@@ -154,6 +214,10 @@ class TopApp:
         self.no_color = settings.no_color
         self.feed = LiveFeed(settings, ["stats_update", "bandwidth_data"], flt, on_connect=self._seed)
         self.model.where = self.feed.where
+        self.model.host, remote = describe_host(settings.host) if settings.host else (None, False)
+        #: Command lines are read here, so only for a daemon on this machine.
+        self.local = not remote
+        self.cmdlines: dict[tuple[int, str | None], str] = {}
 
     # -- daemon side ---------------------------------------------------------------
     def _seed(self, feed: Any) -> None:
@@ -289,6 +353,8 @@ class TopApp:
         elif key == "p":
             ui.paused = not ui.paused
             self.frozen = replace(self.model, history=list(self.model.history)) if ui.paused else None
+        elif key == "b":
+            render.use_bits(not render.bits_shown())
         elif key in ("+", "="):
             self._change_interval(2.0)
         elif key in ("-", "_"):
@@ -341,6 +407,28 @@ class TopApp:
             self._check_size()
             if not self.quit:
                 self._sync()
+
+    # -- the detail line: the selected row's process command line ------------------------
+    def _detail(self, row: dict[str, Any] | None) -> str:
+        if row is None:
+            return ""
+        pids = [row["pid"]] if "pid" in row else list(row.get("pids") or [])
+        pid = next((p for p in pids if p is not None), None)
+        if pid is None:
+            return "no process known for this row (another user's? a root daemon sees every one)"
+        more = f" (+{len(pids) - 1} more)" if len(pids) > 1 else ""
+        if not self.local:
+            return f"pid {pid}{more}: command lines are shown for a daemon on this machine only"
+        return f"pid {pid}{more}: {self._cmdline(pid, row.get('process_name'))}"
+
+    def _cmdline(self, pid: int, name: str | None) -> str:
+        """pid's command line, read once per (pid, name): one /proc read per new selection."""
+        key = (pid, name)
+        if key not in self.cmdlines:
+            if len(self.cmdlines) >= MAX_CMDLINES:
+                self.cmdlines.clear()  # bounded; re-reading is cheap
+            self.cmdlines[key] = read_cmdline(pid, name)
+        return self.cmdlines[key]
 
     def _silence(self) -> float | None:
         """How long the daemon has said nothing, once that is longer than a few ticks."""
@@ -408,6 +496,7 @@ class TopApp:
         ui = self.ui
         ui.selected, ui.offset = window(ui.selected, ui.offset, len(visible_rows(shown, ui)),
                                         table_room(height))
+        shown.detail = self._detail(selected_row(shown, ui))
         self.screen.erase()
         for y, line in enumerate(layout(shown, self.ui, width, height)):
             try:

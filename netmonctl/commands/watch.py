@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from common.units import human_bytes, human_duration, human_rate
+from common.units import human_bytes, human_duration
 
 from .. import options, render
 from ..options import filter_options, output_options
@@ -226,5 +226,5 @@ def _conn_text(row: dict[str, Any], closed: bool) -> str:
 
 
 def _rates(up: float | None, down: float | None) -> str:
-    return f"↑{human_rate(up)} ↓{human_rate(down)}"
+    return f"↑{render.rate(up)} ↓{render.rate(down)}"
 

@@ -60,9 +60,10 @@ class Terminal:
         return out.stdout
 
     def start(self, socket_path: str, *top_args: str, prefix: str = "", width: int = 100,
-              height: int = 30) -> None:
-        """Run `netmonctl --socket S top ARGS` in a new detached window."""
-        argv = " ".join(f"'{a}'" for a in netmonctl_cmd("--socket", socket_path, "top", *top_args))
+              height: int = 30, host: str | None = None) -> None:
+        """Run `netmonctl --socket S top ARGS` (with `host`: -H HOST) in a new detached window."""
+        where = ("-H", host) if host else ("--socket", socket_path)
+        argv = " ".join(f"'{a}'" for a in netmonctl_cmd(*where, "top", *top_args))
         script = os.path.join(self.directory, f"{self.name}.sh")
         with open(script, "w") as f:
             f.write(
@@ -205,7 +206,7 @@ def test_top_shows_live_rates_and_answers_every_key(start_daemon_process, termin
         terminal.keys(*str(port), "Enter")
 
         def only_our_port(s: str) -> bool:
-            rows = [line for line in s.splitlines()[6:-1] if line.strip()]
+            rows = [line for line in s.splitlines()[6:-2] if line.strip()]  # -2: detail, keys
             return (f"filter '{port}'" in s and bool(rows)
                     and all(str(port) in line for line in rows))
 

@@ -246,3 +246,30 @@ def test_json_is_indented_for_a_terminal_and_compact_for_a_pipe():
     payload = {"a": [1, {"b": None}]}
     assert render.to_json(payload) == '{\n  "a": [\n    1,\n    {\n      "b": null\n    }\n  ]\n}'
     assert render.to_json(payload, pretty=False) == '{"a":[1,{"b":null}]}'
+
+
+def test_rates_in_bits_on_request():
+    from common.units import human_bits
+
+    assert [human_bits(v) for v in (None, 0, 100, 1_500, 1_500_000, 2e9)] == \
+        ["-", "0 bps", "800 bps", "12.0 kbps", "12.0 Mbps", "16.0 Gbps"]
+    try:
+        assert render.rate(1_500_000) == "1.5 MB/s"
+        render.use_bits(True)
+        assert render.rate(1_500_000) == "12.0 Mbps" and render.bits_shown()
+        up = render.traffic_columns()[0]
+        assert up.fmt(125.0) == "1.0 kbps"
+    finally:
+        render.use_bits(False)
+
+
+def test_no_colour_on_a_dumb_terminal(monkeypatch):
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert render.color_enabled(False, Tty())
+    monkeypatch.setenv("TERM", "dumb")
+    assert not render.color_enabled(False, Tty())
