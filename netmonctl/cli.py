@@ -170,7 +170,13 @@ def _unreachable_lines(exc: Any, explicit: bool) -> list[str]:
     import shlex
     import stat
 
-    from common.paths import client_socket_candidates, default_daemon_socket, is_root, system_socket_path
+    from common.paths import (
+        client_socket_candidates,
+        default_daemon_socket,
+        directory_trust_problem,
+        is_root,
+        system_socket_path,
+    )
 
     path = exc.path
     try:
@@ -190,14 +196,18 @@ def _unreachable_lines(exc: Any, explicit: bool) -> list[str]:
         first = f"cannot reach netmond: no socket at {' or '.join(candidates)} (daemon not running)"
     netmond = command_for("netmond")
     directory = os.path.dirname(os.path.abspath(path))
+    # netmond refuses a socket in a directory others could write (common.paths).
+    untrusted = directory_trust_problem(directory) if explicit else None
     if path == system_socket_path() and not is_root():
         # -b: sudo asks for the password first, then puts the daemon in the background.
         lines = [f"start the system daemon with: {command_for('netmond', sudo=True).replace('sudo ', 'sudo -b ', 1)}"]
     elif not explicit or path == default_daemon_socket():
         # netmonctl without --socket finds the default daemon of whoever starts it.
         lines = [f"start the daemon with: {netmond} &   (it listens on {default_daemon_socket()})"]
-    elif os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK):
-        lines = [f"{directory} is not writable for you, so no daemon of yours can listen there: "
+    elif (os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK)) or untrusted:
+        why = (f"netmond refuses it: {untrusted}" if untrusted
+               else f"{directory} is not writable for you")
+        lines = [f"no daemon of yours can listen there ({why}): "
                  f"start yours with: {netmond} &   (it listens on {default_daemon_socket()}; "
                  "then leave out --socket / NETMON_SOCKET)"]
     else:
@@ -205,10 +215,19 @@ def _unreachable_lines(exc: Any, explicit: bool) -> list[str]:
         if not os.path.isdir(directory):
             start = f"mkdir -p {shlex.quote(directory)} && {start}"
         lines = [f"start the daemon with: {start}"]
-    if (is_root() and not explicit) or path == system_socket_path():
+    if ((is_root() and not explicit) or path == system_socket_path()) and _service_manager_runs():
         lines.append(f"  or as a service: {_service_start()}")
     lines.append("or point netmonctl at a running daemon with --socket PATH or NETMON_SOCKET=PATH")
     return [first, *lines]
+
+
+def _service_manager_runs() -> bool:
+    """Whether launchd or systemd runs services here (netmond.service.manager_running's test)."""
+    import shutil
+
+    if sys.platform == "darwin":
+        return shutil.which("launchctl") is not None
+    return os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
 
 
 def _service_start() -> str:

@@ -444,3 +444,26 @@ def test_json_and_another_format_are_refused_together():
     # The same format twice agrees; a command's own choice overrides the global one.
     assert run_cli("--socket", "/nonexistent.sock", "conns", "--json", "--format", "json").returncode == 3
     assert run_cli("--socket", "/nonexistent.sock", "--format", "csv", "conns", "--json").returncode == 3
+
+
+def test_hint_does_not_suggest_a_directory_netmond_refuses(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # others could replace the socket: netmond refuses it
+    path = str(shared / "x.sock")
+    code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
+    text = "\n".join(lines)
+    assert f"--socket {path}" not in text and "writable by other users" in text
+
+
+def test_service_hint_only_where_a_service_manager_runs(monkeypatch):
+    from common import paths
+
+    monkeypatch.setattr(paths, "is_root", lambda: False)
+    path = paths.system_socket_path()
+    monkeypatch.setattr(cli_module, "_service_manager_runs", lambda: False)
+    _code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
+    assert not any("as a service" in line for line in lines)
+    monkeypatch.setattr(cli_module, "_service_manager_runs", lambda: True)
+    _code, lines = exit_code_for(DaemonUnavailable(path, "no socket file"), path)
+    assert any("as a service: sudo " in line for line in lines)
