@@ -195,6 +195,12 @@ class TopColumn:
     ideal: int = 0
     flex: bool = False
     cell: Callable[[Any, int], str] | None = None
+    #: Growth priority towards the ideal width (lowest first); default: the drop priority.
+    grow: int | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.column.drop if self.grow is None else self.grow
 
     def text(self, row: Row, width: int) -> str:
         value = self.column.value(row)
@@ -240,7 +246,8 @@ APP_COLUMNS = (
 
 CONN_COLUMNS = (
     TopColumn(Column("PROTO", field("protocol"), drop=5), 5),
-    TopColumn(Column("LOCAL", field("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell),
+    TopColumn(Column("LOCAL", field("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell,
+              grow=3),  # grows with REMOTE: both addresses as readable
     TopColumn(Column("REMOTE", field("remote_addr"), drop=3), ADDR_MIN, ("remote_addr",),
               ideal=ADDR_IDEAL, cell=_addr_cell),
     TopColumn(Column("STATE", field("state"), drop=4), 11, ("state",)),
@@ -278,10 +285,16 @@ def fit_columns(columns: Sequence[TopColumn], width: int, sort: str = "") -> lis
         keep = [c for c in keep if c not in droppable or c.column.drop != worst]
     widths = [least(c) for c in keep]
     spare = max(0, width - needed())
-    for i in sorted(range(len(keep)), key=lambda i: keep[i].column.drop):  # stable: left first
-        grow = min(spare, max(0, keep[i].ideal - widths[i]))
-        widths[i] += grow
-        spare -= grow
+    # Growth by priority; columns of one priority share the room evenly (LOCAL and REMOTE).
+    for rank in sorted({c.rank for c in keep}):
+        group = [i for i, c in enumerate(keep) if c.rank == rank and c.ideal > widths[i]]
+        while spare and group:
+            for i in list(group):
+                if spare:
+                    widths[i] += 1
+                    spare -= 1
+                if widths[i] >= keep[i].ideal:
+                    group.remove(i)
     flexible = [i for i, c in enumerate(keep) if c.flex]
     for n, i in enumerate(flexible):
         share = spare // (len(flexible) - n)

@@ -356,7 +356,7 @@ def test_addresses_never_lose_their_port(width):
             assert mapped[header.index(name)].endswith(port), (width, mapped)
     assert "REMOTE" in header
     if width >= 160:
-        assert "[::ffff:127.0.0.1]:8080" in " ".join(mapped)  # enough room: shown whole
+        assert "[::ffff:127.0.0.1]:8080" in mapped and "[::ffff:127.0.0.1]:54321" in mapped  # both whole
 
 
 @pytest.mark.parametrize("width", [80, 100, 120, 140, 160])
