@@ -102,10 +102,15 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
       s sort column     r      reverse order
       / filter by text (process, ip, port)
       j / k, arrows, PgUp / PgDn, Home / End   scroll
-      p pause display   + / -  daemon interval x2 / /2 (needs control rights)
+      b bits / bytes    p      pause display
+      + / -  daemon interval x2 / /2 (needs control rights)
       ? help
 
-    Needs a terminal; for pipes and scripts use `watch` or `conns`.
+    The line above the keys is the selected row's command line (for a
+    daemon on this machine); with -H the title names the host.
+
+    Needs a terminal that can move the cursor (not TERM=dumb); for pipes and
+    scripts use `watch` or `conns`.
     """
     if settings.format != "table":  # netmonctl --json top
         raise click.UsageError(NOT_A_FORMAT)
