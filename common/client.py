@@ -2,9 +2,12 @@
 
     with Client.connect("/run/user/1000/netmond.sock", timeout=5) as c:
         c.hello()
-        rows = c.call("connections", {"filter": {"proc": "chrome"}})
-        c.call("subscribe", {"topics": ["connection_update"]})
+        rows = c.connections({"proc": "chrome"})["connections"]
+        c.subscribe([api.CONNECTION_UPDATE])
         note = c.next_notification(timeout=2)
+
+One typed method per RPC method (common.api describes params and results);
+`call(method, params)` is the untyped way to the same requests.
 
 Connection failures are turned into exceptions a CLI can act on:
 DaemonUnavailable (nothing listens: start the daemon), AccessDenied (the
@@ -28,9 +31,9 @@ import struct
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from . import paths, protocol
+from . import api, paths, protocol
 from .protocol import Notification, ProtocolError, RPCError, Response
 
 from . import __version__ as CLIENT_VERSION
@@ -165,9 +168,9 @@ class Client:
         return self._sock.fileno()
 
     # -- calls -------------------------------------------------------------
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> api.HelloResult:
         """Handshake; warns (VersionMismatchWarning) if the daemon differs."""
-        info = self.call("hello", {"client_version": CLIENT_VERSION})
+        info: api.HelloResult = self.call(api.HELLO, {"client_version": CLIENT_VERSION})
         self.server_info = info
         if info.get("protocol") != protocol.PROTOCOL_VERSION:
             warnings.warn(
@@ -183,6 +186,54 @@ class Client:
                 stacklevel=2,
             )
         return info
+
+    def status(self) -> api.Status:
+        """The daemon's own health."""
+        return self.call(api.STATUS)
+
+    def connections(self, filter: api.FilterMap | None = None, *, include_closed: bool = False,
+                    fields: Sequence[str] | None = None) -> api.ConnectionsResult:
+        """Connection rows matching the filter (closed ones last with include_closed)."""
+        params: api.ConnectionsParams = {"include_closed": include_closed}
+        if filter:
+            params["filter"] = filter
+        if fields is not None:
+            params["fields"] = list(fields)
+        return self.call(api.CONNECTIONS, dict(params))
+
+    def apps(self, filter: api.FilterMap | None = None) -> api.AppsResult:
+        """Per-application usage, over the matching rows with a filter."""
+        return self.call(api.APPS, {"filter": filter} if filter else {})
+
+    def stats(self) -> api.Stats:
+        """Machine totals."""
+        return self.call(api.STATS)
+
+    def bandwidth_history(self, seconds: float | None = None) -> api.BandwidthHistoryResult:
+        """History points of the last `seconds` (the daemon's default: 60)."""
+        return self.call(api.BANDWIDTH_HISTORY, {} if seconds is None else {"seconds": seconds})
+
+    def control(self, action: api.ControlAction) -> api.ControlResult:
+        """start | stop | clear (needs control rights)."""
+        return self.call(api.CONTROL, {"action": action})
+
+    def configure(self, interval: float) -> api.ConfigureResult:
+        """Set the sampling interval, seconds (needs control rights)."""
+        return self.call(api.CONFIGURE, {"interval": interval})
+
+    def subscribe(self, topics: Sequence[str] | None = None,
+                  filter: api.FilterMap | None = None) -> api.TopicsResult:
+        """Receive notifications on topics (all by default); read them with next_notification()."""
+        params: api.SubscribeParams = {}
+        if topics is not None:
+            params["topics"] = list(topics)
+        if filter:
+            params["filter"] = filter
+        return self.call(api.SUBSCRIBE, dict(params))
+
+    def unsubscribe(self, topics: Sequence[str] | None = None) -> api.TopicsResult:
+        """Stop notifications on topics (all by default)."""
+        return self.call(api.UNSUBSCRIBE, {} if topics is None else {"topics": list(topics)})
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Send a request and wait for its response; RPCError on error."""
@@ -246,7 +297,7 @@ def wait_for_daemon(path: str, timeout: float = 10.0) -> None:
     while time.monotonic() < deadline:
         try:
             with Client.connect(path, timeout=1.0) as c:
-                c.call("hello", {"client_version": CLIENT_VERSION})
+                c.call(api.HELLO, {"client_version": CLIENT_VERSION})
                 return
         except (DaemonUnavailable, AccessDenied, RPCError, ProtocolError, OSError) as exc:
             last = exc

@@ -1,9 +1,9 @@
 """Wire shapes of netmon (docs/PROTOCOL.md §8) and the connection filter.
 
 The wire carries plain dicts (msgpack maps) with exactly these field names;
-JSON output of netmonctl is the same dicts. The tuples below are the single
-source of the field names: the daemon builds rows from them and tests check
-every row has every field.
+JSON output of netmonctl is the same dicts. The field tuples below come from
+the TypedDicts of common.api, the one description of each shape; tests check
+that every row the daemon builds has exactly those fields.
 """
 
 from __future__ import annotations
@@ -13,83 +13,20 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Iterable
 
-#: Fields of a Connection row, in display order.
-CONNECTION_FIELDS: tuple[str, ...] = (
-    "id",
-    "protocol",
-    "family",
-    "local_addr",
-    "remote_addr",
-    "local_ip",
-    "local_port",
-    "remote_ip",
-    "remote_port",
-    "state",
-    "pid",
-    "process_name",
-    "user",
-    "scope",
-    "bytes_sent",
-    "bytes_received",
-    "upload_speed",
-    "download_speed",
-    "duration",
-    "first_seen",
-    "last_seen",
-    "counters",
-    "closed_at",
-)
+from . import api
 
+# Field names, in display order, from the one description of each shape
+# in common.api.
+#: Fields of a Connection row.
+CONNECTION_FIELDS: tuple[str, ...] = tuple(api.Connection.__annotations__)
 #: Fields of an AppUsage row.
-APP_FIELDS: tuple[str, ...] = (
-    "process_name",
-    "pids",
-    "connections",
-    "upload_speed",
-    "download_speed",
-    "bytes_sent",
-    "bytes_received",
-    "partial",
-)
-
+APP_FIELDS: tuple[str, ...] = tuple(api.AppUsage.__annotations__)
 #: Fields of Stats.
-STATS_FIELDS: tuple[str, ...] = (
-    "total_upload_speed",
-    "total_download_speed",
-    "active_connections",
-    "total_bytes_sent",
-    "total_bytes_received",
-    "uptime",
-    "monitoring",
-    "interval",
-    "interfaces",
-    "attributed_upload_speed",
-    "attributed_download_speed",
-    "unattributed_upload_speed",
-    "unattributed_download_speed",
-    "unattributed_bytes_sent",
-    "unattributed_bytes_received",
-    "socket_bytes_sent",
-    "socket_bytes_received",
-    "unknown_process_bytes_sent",
-    "unknown_process_bytes_received",
-    "listeners",
-    "time_wait",
-    "include_loopback",
-    "top_app",
-)
-
+STATS_FIELDS: tuple[str, ...] = tuple(api.Stats.__annotations__)
 #: Fields of one entry of Stats.interfaces.
-INTERFACE_FIELDS: tuple[str, ...] = (
-    "name",
-    "upload_speed",
-    "download_speed",
-    "bytes_sent",
-    "bytes_received",
-)
-
+INTERFACE_FIELDS: tuple[str, ...] = tuple(api.Interface.__annotations__)
 #: Fields of a HistoryPoint.
-HISTORY_FIELDS: tuple[str, ...] = ("timestamp", "upload", "download")
+HISTORY_FIELDS: tuple[str, ...] = tuple(api.HistoryPoint.__annotations__)
 
 
 SCOPES = ("loopback", "lan", "internet")

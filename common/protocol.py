@@ -20,7 +20,22 @@ from typing import Any
 import msgpack
 import msgpack.fallback
 
-PROTOCOL_VERSION = 1
+# The names of the contract live in common.api (no msgpack there); they are
+# re-exported here for code that speaks the protocol.
+from .api import (  # noqa: F401 - re-exported
+    ACCESS_DENIED,
+    ERROR_CODES,
+    INTERNAL,
+    INVALID_PARAMS,
+    LAGGED,
+    NOT_MONITORING,
+    PROTOCOL_ERROR,
+    PROTOCOL_VERSION,
+    TOO_LARGE,
+    TOO_MANY_CLIENTS,
+    TOPICS,
+    UNKNOWN_METHOD,
+)
 
 REQUEST = 0
 RESPONSE = 1
@@ -38,32 +53,6 @@ MAX_MAP_LEN = 1024
 MAX_OBJECTS = 16384
 #: Deepest nesting of arrays and maps in one message (a request needs 4).
 MAX_DEPTH = 32
-
-# Error codes travelling as {"code": ..., "message": ...}.
-UNKNOWN_METHOD = "unknown_method"
-INVALID_PARAMS = "invalid_params"
-ACCESS_DENIED = "access_denied"
-NOT_MONITORING = "not_monitoring"
-TOO_LARGE = "too_large"
-PROTOCOL_ERROR = "protocol_error"
-INTERNAL = "internal"
-TOO_MANY_CLIENTS = "too_many_clients"
-
-ERROR_CODES = (
-    UNKNOWN_METHOD,
-    INVALID_PARAMS,
-    ACCESS_DENIED,
-    NOT_MONITORING,
-    TOO_LARGE,
-    PROTOCOL_ERROR,
-    INTERNAL,
-    TOO_MANY_CLIENTS,
-)
-
-#: Notification topics a client may subscribe to.
-TOPICS = ("connection_update", "connection_closed", "stats_update", "bandwidth_data")
-#: Sent unasked to a subscriber that fell behind and missed notifications.
-LAGGED = "lagged"
 
 
 class RPCError(Exception):

@@ -23,13 +23,15 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from common.client import AccessDenied, DaemonUnavailable
+from common.client import AccessDenied, Client, DaemonUnavailable
 from common.protocol import TOO_MANY_CLIENTS, Notification, ProtocolError, RPCError
 
 from . import session
 from .session import Settings
+
+T = TypeVar("T")
 
 #: First reconnection delay, doubled after each failed attempt...
 RECONNECT_FIRST = 0.2
@@ -115,7 +117,7 @@ class LiveFeed:
         self.topics = list(topics)
         self.flt = dict(flt or {})
         self.on_connect = on_connect
-        self.client: Any = None  # common.client.Client while connected
+        self.client: Client | None = None  # while connected
         self.lost_reason: str | None = None  # set during an outage
         self.attempts = 0  # failed reconnection attempts in this outage
         self._stack: ExitStack | None = None
@@ -149,10 +151,7 @@ class LiveFeed:
         stack = ExitStack()
         try:
             client = stack.enter_context(session.connect(self.settings))
-            params: dict[str, Any] = {"topics": self.topics}
-            if self.flt:
-                params["filter"] = self.flt
-            client.call("subscribe", params)
+            client.subscribe(self.topics, self.flt)
             self.client, self._stack = client, stack
             if self.on_connect is not None:
                 self.on_connect(self)
@@ -210,8 +209,9 @@ class LiveFeed:
                 pass
 
     # -- using the connection --------------------------------------------------
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """A request on the subscribed connection.
+    def request(self, query: Callable[[Client], T]) -> T:
+        """A request on the subscribed connection: `query` calls one of the
+        client's typed methods, e.g. `feed.request(lambda d: d.stats())`.
 
         Notifications that arrive meanwhile are kept for receive(). A lost
         connection is marked (see lose()) and its exception re-raised.
@@ -219,7 +219,7 @@ class LiveFeed:
         if self.client is None:
             raise DaemonUnavailable(self.where, self.lost_reason or "not connected")
         try:
-            return self.client.call(method, params)
+            return query(self.client)
         except CONNECTION_ERRORS as exc:
             self.lose(describe(exc))
             raise

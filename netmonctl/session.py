@@ -2,7 +2,8 @@
 
 `Settings` lives in the click context object: the root group fills it from
 the global options and the per-command output options refine it. Commands
-reach the daemon through `connect()` / `call()`, which say `hello` first.
+reach the daemon through `connect()`, which says `hello` first, and call the
+client's typed methods (`daemon.connections(flt)`; common.api describes them).
 The client (and so msgpack) is imported only here, only when a command runs.
 """
 
@@ -12,7 +13,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
@@ -88,12 +89,6 @@ def connect(settings: Settings) -> Iterator["Client"]:
         client.clean = render.printable_data
         _hello(client)
         yield client
-
-
-def call(settings: Settings, method: str, params: dict[str, Any] | None = None) -> Any:
-    """Connect, hello, make one request, and return its result."""
-    with connect(settings) as client:
-        return client.call(method, params)
 
 
 def _hello(client: "Client") -> None:

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import psutil
 
+from common import api
+
 from . import listener
 from .backends.base import Backend
 from .config import Config, ConfigError, load_config
@@ -250,25 +252,25 @@ class Daemon:
             return
         # Rows and stats are only serialised for a topic someone subscribed to.
         now = time.time()
-        if changes.updated and server.has_subscribers("connection_update"):
+        if changes.updated and server.has_subscribers(api.CONNECTION_UPDATE):
             server.publish(
-                "connection_update",
+                api.CONNECTION_UPDATE,
                 {"connections": [r.to_wire(now) for r in changes.updated]},
                 rows_key="connections",
             )
-        if changes.closed and server.has_subscribers("connection_closed"):
+        if changes.closed and server.has_subscribers(api.CONNECTION_CLOSED):
             server.publish(
-                "connection_closed",
+                api.CONNECTION_CLOSED,
                 {"connections": [r.to_wire(now) for r in changes.closed]},
                 rows_key="connections",
             )
-        if server.has_subscribers("stats_update"):
+        if server.has_subscribers(api.STATS_UPDATE):
             server.publish(
-                "stats_update",
+                api.STATS_UPDATE,
                 self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring),
             )
-        if changes.history_point is not None and server.has_subscribers("bandwidth_data"):
-            server.publish("bandwidth_data", dict(changes.history_point))
+        if changes.history_point is not None and server.has_subscribers(api.BANDWIDTH_DATA):
+            server.publish(api.BANDWIDTH_DATA, dict(changes.history_point))
 
     # -- life cycle ----------------------------------------------------------
     async def serve(self, sock: socket.socket | None = None, install_signals: bool = False) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from common import protocol
+from common import api, protocol
 from common.models import CONNECTION_FIELDS, Filter, FilterError
 from common.protocol import RPCError
 
@@ -73,7 +73,7 @@ def _require_control(session: "ClientSession") -> None:
 # -- methods ---------------------------------------------------------------
 
 
-def hello(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def hello(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.HelloResult:
     """Handshake: protocol and daemon versions, platform, backend."""
     _check_keys(params, ("client_version",))
     cv = params.get("client_version")
@@ -89,7 +89,7 @@ def hello(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") ->
     }
 
 
-def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.Status:
     """Daemon health: monitoring, interval, backend, warnings, own cost."""
     _check_keys(params, ())
     bst = daemon.backend.status()
@@ -140,7 +140,7 @@ def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -
     }
 
 
-def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.ConnectionsResult:
     """Connection rows matching the filter; closed ones last."""
     _check_keys(params, ("filter", "include_closed", "fields"))
     flt = _filter(params)
@@ -160,7 +160,7 @@ def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSessio
     return {"connections": rows}
 
 
-def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.AppsResult:
     """Per-application usage; with a filter, computed over the matching rows only."""
     _check_keys(params, ("filter",))
     flt = _filter(params)
@@ -176,7 +176,7 @@ def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> 
     return {"apps": daemon.state.app_usage_of(matching)}
 
 
-def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.Stats:
     """Totals, rates, interfaces, attribution."""
     _check_keys(params, ())
     return daemon.state.stats(
@@ -184,7 +184,7 @@ def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") ->
     )
 
 
-def bandwidth_history(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def bandwidth_history(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.BandwidthHistoryResult:
     """History points of the last `seconds` (default 60)."""
     _check_keys(params, ("seconds",))
     seconds = 60.0
@@ -193,23 +193,23 @@ def bandwidth_history(daemon: "Daemon", params: dict[str, Any], session: "Client
     return {"history": daemon.state.bandwidth_history(seconds, time.time())}
 
 
-def control(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def control(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.ControlResult:
     """start | stop | clear monitoring."""
     _check_keys(params, ("action",))
     action = params.get("action")
-    if action not in ("start", "stop", "clear"):
+    if action not in api.ACTIONS:
         raise _invalid("action", "must be start, stop or clear")
     _require_control(session)
-    if action == "start":
+    if action == api.START:
         daemon.set_monitoring(True)
-    elif action == "stop":
+    elif action == api.STOP:
         daemon.set_monitoring(False)
     else:
         daemon.state.clear()
     return {"monitoring": daemon.monitoring}
 
 
-def configure(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def configure(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.ConfigureResult:
     """Change the sampling interval."""
     _check_keys(params, ("interval",))
     if "interval" not in params:
@@ -236,7 +236,7 @@ def _topics(params: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(topics))
 
 
-def subscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def subscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.TopicsResult:
     """Start notifications on topics, filtered by the daemon."""
     _check_keys(params, ("topics", "filter"))
     topics = _topics(params)
@@ -244,7 +244,7 @@ def subscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession"
     return {"topics": sorted(session.topics)}
 
 
-def unsubscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> dict[str, Any]:
+def unsubscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.TopicsResult:
     """Stop notifications on topics (all when none given)."""
     _check_keys(params, ("topics",))
     session.unsubscribe(_topics(params))
@@ -252,14 +252,14 @@ def unsubscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSessio
 
 
 HANDLERS: dict[str, Handler] = {
-    "hello": hello,
-    "status": status,
-    "connections": connections,
-    "apps": apps,
-    "stats": stats,
-    "bandwidth_history": bandwidth_history,
-    "control": control,
-    "configure": configure,
-    "subscribe": subscribe,
-    "unsubscribe": unsubscribe,
+    api.HELLO: hello,
+    api.STATUS: status,
+    api.CONNECTIONS: connections,
+    api.APPS: apps,
+    api.STATS: stats,
+    api.BANDWIDTH_HISTORY: bandwidth_history,
+    api.CONTROL: control,
+    api.CONFIGURE: configure,
+    api.SUBSCRIBE: subscribe,
+    api.UNSUBSCRIBE: unsubscribe,
 }

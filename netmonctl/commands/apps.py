@@ -11,7 +11,7 @@ from common.models import APP_FIELDS
 from .. import render
 from ..options import filter_options, output_options, sort_options
 from ..render import Column, field
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 from ..sorting import order_rows
 
 #: pids listed in a table cell before "+N more".
@@ -50,8 +50,9 @@ def apps(
     connections (open and recently closed), e.g. `apps --pid 123` shows that
     process only; --proc alone lists whole applications, idle ones included.
     """
-    params = {"filter": flt} if flt else {}
-    rows = order_rows(call(settings, "apps", params)["apps"], sort_field, reverse, limit)
+    with connect(settings) as daemon:
+        result = daemon.apps(flt)
+    rows = order_rows(result["apps"], sort_field, reverse, limit)
     render.emit(
         settings.format,
         {"apps": rows},

@@ -12,7 +12,7 @@ from common.units import human_duration
 from .. import render
 from ..options import filter_options, output_options, sort_options
 from ..render import Column, field
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 from ..sorting import order_rows
 
 #: Longest process name shown in a table cell; the JSON has the full name.
@@ -65,12 +65,11 @@ def conns(
       netmonctl conns --ip 10.0.0.0/8 --remote-only
       netmonctl conns --json | jq '.connections[] | .remote_addr'
     """
-    params: dict[str, Any] = {"include_closed": closed}
-    if flt:
-        params["filter"] = flt
+    with connect(settings) as daemon:
+        result = daemon.connections(flt, include_closed=closed)
     # One order over open and closed rows: the biggest closed transfer must be
     # able to reach the top (a closed row's rate is 0: under `speed` it ranks with idle rows, by bytes).
-    rows = order_rows(call(settings, "connections", params)["connections"], sort_field, reverse, limit)
+    rows = order_rows(result["connections"], sort_field, reverse, limit)
     render.emit(
         settings.format,
         {"connections": rows},

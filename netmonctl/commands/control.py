@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import click
 
+from common import api
+
 from .. import render
 from ..options import output_options
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 
 
-def _control(settings: Settings, action: str, done: str) -> None:
-    result = call(settings, "control", {"action": action})
+def _control(settings: Settings, action: api.ControlAction, done: str) -> None:
+    with connect(settings) as daemon:
+        result = daemon.control(action)
     render.emit(settings.format, result, human=lambda: done)
 
 
@@ -22,7 +25,7 @@ def _control(settings: Settings, action: str, done: str) -> None:
 @pass_settings
 def start(settings: Settings) -> None:
     """Resume sampling (rates restart from the next sample)."""
-    _control(settings, "start", "monitoring started")
+    _control(settings, api.START, "monitoring started")
 
 
 @click.command()
@@ -30,7 +33,7 @@ def start(settings: Settings) -> None:
 @pass_settings
 def stop(settings: Settings) -> None:
     """Pause sampling; totals and history are kept."""
-    _control(settings, "stop", "monitoring stopped")
+    _control(settings, api.STOP, "monitoring stopped")
 
 
 @click.command()
@@ -41,4 +44,4 @@ def clear(settings: Settings) -> None:
 
     Also forgets recently closed connections; open ones stay listed.
     """
-    _control(settings, "clear", "totals and history cleared")
+    _control(settings, api.CLEAR, "totals and history cleared")

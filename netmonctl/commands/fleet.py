@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 import click
 
-from common import __version__
+from common import __version__, api
 from common.units import human_duration
 
 from .. import render
@@ -200,8 +200,8 @@ def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing) -> HostSta
         with open_client(target, timeout, extra) as client:
             # `hello` by hand: Client.hello() would warn about a version
             # mismatch on stderr, and here the version is a column.
-            info = client.call("hello", {"client_version": __version__})
-            stats = client.call("stats")
+            info = client.call(api.HELLO, {"client_version": __version__})
+            stats = client.stats()
     except Exception as exc:  # noqa: BLE001 - any failure is this host's status, not ours
         row.status, row.error, row.hints = classify(exc, scheme, timeout)
         return row

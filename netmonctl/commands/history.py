@@ -11,7 +11,7 @@ from common.models import HISTORY_FIELDS
 from .. import render
 from ..options import output_options
 from ..render import Column, field
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 
 #: Widest sparkline drawn under the table, in characters.
 SPARK_WIDTH = 60
@@ -57,7 +57,8 @@ def history(settings: Settings, seconds: float) -> None:
     with a bar, and a sparkline of each under the table. --json prints the
     points only.
     """
-    result = call(settings, "bandwidth_history", {"seconds": seconds})
+    with connect(settings) as daemon:
+        result = daemon.bandwidth_history(seconds)
     render.emit(
         settings.format,
         result,

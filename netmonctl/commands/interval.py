@@ -8,7 +8,7 @@ import click
 
 from .. import render
 from ..options import INTERVAL_RANGE, duration, output_options
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 
 
 def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -32,7 +32,8 @@ def interval(settings: Settings, seconds: float | None) -> None:
     2): the output says so when the interval it really samples at differs.
     """
     if seconds is None:
-        status = call(settings, "status")
+        with connect(settings) as daemon:
+            status = daemon.status()
         result: dict[str, Any] = {"interval": status["interval"]}
         effective = status.get("effective_interval")
         if effective is not None and abs(effective - status["interval"]) > 1e-6:
@@ -40,7 +41,8 @@ def interval(settings: Settings, seconds: float | None) -> None:
         message = f"sampling interval: {render.seconds(result['interval'])}"
     else:
         # The daemon checks the range and answers invalid_params (exit 2).
-        result = call(settings, "configure", {"interval": seconds})
+        with connect(settings) as daemon:
+            result = dict(daemon.configure(seconds))
         message = f"sampling interval set to {render.seconds(result['interval'])}"
     message += _effective_note(result)
     render.emit(settings.format, result, human=lambda: message)

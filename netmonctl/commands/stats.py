@@ -11,7 +11,7 @@ from common.units import human_bytes, human_duration
 from .. import render
 from ..options import output_options
 from ..render import Column, field
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 
 INTERFACE_COLUMNS = (
     Column("INTERFACE", field("name")),
@@ -33,7 +33,8 @@ def stats(settings: Settings) -> None:
     csv prints the Stats map as one row (interfaces as JSON); use --json
     for the per-interface rows.
     """
-    result = call(settings, "stats")
+    with connect(settings) as daemon:
+        result = daemon.stats()
     render.emit(settings.format, result, human=lambda: _describe(result, settings))
 
 

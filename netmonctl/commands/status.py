@@ -10,7 +10,7 @@ from common.units import human_bytes, human_duration
 
 from .. import render
 from ..options import output_options
-from ..session import Settings, call, pass_settings
+from ..session import Settings, connect, pass_settings
 
 
 @click.command()
@@ -21,7 +21,8 @@ def status(settings: Settings) -> None:
 
     Also its backend, uptime, clients and own CPU and memory use.
     """
-    result = call(settings, "status")
+    with connect(settings) as daemon:
+        result = daemon.status()
     render.emit(settings.format, result, human=lambda: _describe(result))
 
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import click
 
+from common import api
+
 from .. import render
 from ..options import INTERVAL_RANGE, bits_option, color_option, filter_options
 from ..session import Settings, pass_settings
@@ -217,7 +219,7 @@ class TopApp:
         self.screen: Any = None
         self.attrs: dict[str, int] = {}
         self.no_color = settings.no_color
-        self.feed = LiveFeed(settings, ["stats_update", "bandwidth_data"], flt, on_connect=self._seed)
+        self.feed = LiveFeed(settings, [api.STATS_UPDATE, api.BANDWIDTH_DATA], flt, on_connect=self._seed)
         self.model.where = self.feed.where
         self.model.host, remote = describe_host(settings.host) if settings.host else (None, False)
         #: Command lines are read here, so only for a daemon on this machine.
@@ -227,34 +229,33 @@ class TopApp:
     # -- daemon side ---------------------------------------------------------------
     def _seed(self, feed: Any) -> None:
         """After each (re)subscription: the last minute, stats and the table."""
-        self.model.history = list(feed.call("bandwidth_history", {"seconds": SPARK_SECONDS})["history"])
-        self.model.stats = feed.call("stats")
+        self.model.history = list(feed.request(lambda d: d.bandwidth_history(SPARK_SECONDS))["history"])
+        self.model.stats = feed.request(lambda d: d.stats())
         self.model.clock = time.time()
         self._fetch_table()
 
     def _fetch_table(self) -> None:
-        params: dict[str, Any] = {"filter": self.flt} if self.flt else {}
         if self.ui.view == "apps":
-            self.model.apps = self.feed.call("apps", params)["apps"]
+            self.model.apps = self.feed.request(lambda d: d.apps(self.flt))["apps"]
         else:
-            params["fields"] = CONN_FIELDS
-            self.model.connections = self.feed.call("connections", params)["connections"]
+            self.model.connections = self.feed.request(
+                lambda d: d.connections(self.flt, fields=CONN_FIELDS))["connections"]
         self.table_view = self.ui.view
         self.stale = False
 
     def _apply(self, notes: list[Any]) -> None:
         for note in notes:
-            if note.method == "stats_update":
+            if note.method == api.STATS_UPDATE:
                 self.model.stats = note.payload
                 self.model.clock = time.time()
                 self.stale = True
-            elif note.method == "bandwidth_data":
+            elif note.method == api.BANDWIDTH_DATA:
                 history = self.model.history
                 history.append(note.payload)
                 newest = note.payload.get("timestamp") or 0
                 while history and (history[0].get("timestamp") or 0) <= newest - SPARK_SECONDS:
                     history.pop(0)
-            elif note.method == "lagged":
+            elif note.method == api.LAGGED:
                 self.ui.message = (f"the display fell behind: {note.payload.get('missed', '?')} "
                                    "updates skipped")
 
@@ -294,7 +295,7 @@ class TopApp:
             self.ui.message = f"the interval is already {render.seconds(current)}, its limit"
             return
         try:
-            result = self.feed.call("configure", {"interval": wanted})
+            result = self.feed.request(lambda d: d.configure(wanted))
         except RPCError as exc:
             self.ui.message = DENIED if exc.code == ACCESS_DENIED else f"interval not changed: {exc.message}"
             return

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from common import api
 from common.units import human_bytes, human_duration
 
 from .. import options, render
@@ -34,13 +35,11 @@ from ..options import filter_options, output_options
 from ..session import Settings, pass_settings
 from ..topview import unattributed_percent
 
-#: The daemon's topics. Mirrors common.protocol.TOPICS, which is not imported
-#: here because it pulls in msgpack (--help must stay fast); a test checks
-#: that the two agree.
-EVENT_NAMES = ("connection_update", "connection_closed", "stats_update", "bandwidth_data")
+#: The daemon's topics (common.api imports no msgpack: --help stays fast).
+EVENT_NAMES = api.TOPICS
 #: Connection events only: one line per tick of stats would drown them.
-DEFAULT_EVENTS = ("connection_update", "connection_closed")
-LAGGED = "lagged"
+DEFAULT_EVENTS = (api.CONNECTION_UPDATE, api.CONNECTION_CLOSED)
+LAGGED = api.LAGGED
 
 _LABEL_COLORS = {"OPEN": "green", "CLOSE": "red", "!": "yellow"}
 
@@ -173,13 +172,13 @@ def readable_lines(event: str, data: dict[str, Any], received: float, color: boo
     """The readable form of one notification: one line per connection row,
     otherwise one line; each starts with the local time it was received."""
     stamp = render.clock(received)
-    if event in ("connection_update", "connection_closed"):
-        closed = event == "connection_closed"
+    if event in (api.CONNECTION_UPDATE, api.CONNECTION_CLOSED):
+        closed = event == api.CONNECTION_CLOSED
         return [
             _line(stamp, _conn_label(row, closed), _conn_text(row, closed), color)
             for row in data.get("connections") or []
         ]
-    if event == "stats_update":
+    if event == api.STATS_UPDATE:
         text = f"{_rates(data.get('total_upload_speed'), data.get('total_download_speed'))}  " \
                f"{render.dash(data.get('active_connections'))} active"
         if data.get("top_app"):
@@ -188,7 +187,7 @@ def readable_lines(event: str, data: dict[str, Any], received: float, color: boo
         if share is not None:
             text += f"  unattributed {share:.0f}%"
         return [_line(stamp, "STATS", text, color)]
-    if event == "bandwidth_data":
+    if event == api.BANDWIDTH_DATA:
         return [_line(stamp, "BW", _rates(data.get("upload"), data.get("download")), color)]
     if event == LAGGED:
         return [_line(stamp, "!", f"lagged: missed {render.dash(data.get('missed'))} updates "

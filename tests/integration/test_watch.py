@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from common.protocol import TOPICS
 from netmonctl.commands import watch as watch_cmd
 from netmonctl.live import Backoff
 from tests.conftest import netmonctl_cmd
@@ -261,11 +260,6 @@ ROW = {
     "download_speed": 3_000.0, "bytes_sent": 1_000_000, "bytes_received": 2_000,
     "duration": 192.0, "first_seen": 100.0, "last_seen": 100.0,
 }
-
-
-def test_event_names_match_the_protocol():
-    assert watch_cmd.EVENT_NAMES == TOPICS
-    assert set(watch_cmd.DEFAULT_EVENTS) <= set(TOPICS)
 
 
 def test_readable_lines():
