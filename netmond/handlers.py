@@ -184,7 +184,9 @@ def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") ->
     )
 
 
-def bandwidth_history(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.BandwidthHistoryResult:
+def bandwidth_history(
+    daemon: "Daemon", params: dict[str, Any], session: "ClientSession"
+) -> api.BandwidthHistoryResult:
     """History points of the last `seconds` (default 60)."""
     _check_keys(params, ("seconds",))
     seconds = 60.0
