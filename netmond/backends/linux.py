@@ -26,17 +26,22 @@ Keys (`SocketSample.key`): ("TCP"|"UDP", cookie), the kernel's socket
 cookie, which the dump and the destroy event both carry (idiag_cookie) and
 which no other socket gets in the same boot. A 4-tuple used again (a client
 port reused, SO_REUSEADDR) is another socket, so another row with its own
-bytes and its own close. The TIME_WAIT remnant of a socket keeps its cookie
-(the kernel copies it), which is how the remnant of a reported socket is
-recognised. Checked on Linux 6.18 (tests/integration/test_linux_backend.py).
+bytes and its own close. The cookie is made when first asked for (a dump or
+the destroy event); the TIME_WAIT remnant copies the socket's, which is 0
+for a socket never dumped: such a remnant gets a cookie of its own, so
+remnants are matched to their destroy event by 4-tuple (below). Checked on
+Linux 6.18 (tests/integration/test_linux_backend.py).
 
 Closed connections (decisions):
   * A connection's row ends at its destroy event, with its final counters.
     The kernel frees the full socket when it enters TIME_WAIT and keeps a
     small "timewait" socket (inode 0, no tcp_info) on the same 5-tuple for
     60 s; later dumps list it. Such a remnant is NOT reported again when its
-    key (cookie) was reported destroyed in the last 65 to 130 seconds
-    (`RecentKeys`).
+    4-tuple was reported destroyed in the last 65 to 130 seconds
+    (`RecentKeys`): by 4-tuple, because a socket that was never dumped had
+    no cookie yet when the kernel made its remnant, which then gets one of
+    its own. A remnant listed before its socket's destroy event arrived is a
+    row already: the event ends that row.
     TIME_WAIT sockets with no destroy event seen (closed before the daemon
     started, or the event was lost) are reported as TIME_WAIT, counters None.
   * Destroy events are ignored for sockets without a remote end (listeners;
@@ -173,7 +178,13 @@ class LinuxBackend(Backend):
         self._owner_history: deque[OwnerTable] = deque(maxlen=OWNER_GENERATIONS)
         # Listeners of the latest dumps with their owners, newest first.
         self._listener_history: deque[ListenerTable] = deque(maxlen=OWNER_GENERATIONS)
+        # 4-tuples (local_ip, local_port, remote_ip, remote_port) of recent
+        # destroy events: their TIME_WAIT remnants are not rows again.
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
+        # Remnants listed as rows by 4-tuple -> key, this tick's and the previous
+        # one's: a destroy event arriving after its remnant was listed ends that row.
+        self._timewait_keys: dict[tuple, tuple] = {}
+        self._timewait_before: dict[tuple, tuple] = {}
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
         # the samples of those that did not change (see _tcp_samples), and
         # their records, which the next dump returns again where equal.
@@ -242,6 +253,8 @@ class LinuxBackend(Backend):
         # dump listed it is reported closed, not open (its key is removed
         # from `sockets` below).
         events = self._destroy.take()
+        # Their TIME_WAIT remnants, which this very dump may list, are hidden.
+        self._remember_destroyed(events, mono)
 
         live_inodes = set(map(_INODE_OF, chain(tcp, udp)))
         live_inodes.discard(0)
@@ -297,6 +310,8 @@ class LinuxBackend(Backend):
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
         destroyed = self._destroyed
+        self._timewait_before, timewait_keys = self._timewait_keys, {}
+        self._timewait_keys = timewait_keys
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
         last_tick = self._unchanged.get
@@ -338,8 +353,12 @@ class LinuxBackend(Backend):
                 continue
             local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode, cookie)
             if inode == 0 and counters is None and state in _TIMEWAIT_STATES:
-                if key in destroyed:
+                # By 4-tuple, not cookie: a socket never dumped had no cookie
+                # yet when its remnant was made, so the remnant got another.
+                endpoints_key = (local_ip, sport, remote_ip, remote_port)
+                if endpoints_key in destroyed:
                     continue  # its row already ended at the destroy event
+                timewait_keys[endpoints_key] = key
                 # The full socket is gone; the last dump may still know its owner.
                 pid, name, user = (previous.get(key) or _NO_OWNER)[:3]
                 append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
@@ -389,7 +408,6 @@ class LinuxBackend(Backend):
 
     def _closed_samples(self, events: list[DiagSocket], owner_of: _OwnerLookup, mono: float) -> list[SocketSample]:
         """SocketSamples (final counters) of the destroy events worth reporting."""
-        remember_destroyed = self._destroyed.add
         out: list[SocketSample] = []
         for family, state, sport, dport, src, dst, uid, _inode, counters, cookie in events:
             if counters is None or dport == 0:
@@ -398,6 +416,10 @@ class LinuxBackend(Backend):
                 continue  # never established, nothing moved: a failed connect
             local_ip, remote_ip, _, key = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
             known = self._remembered_owner(key)
+            if known is None:
+                # Never dumped, but its remnant was, and became a row before
+                # this event came: that row is this connection's, and ends now.
+                key = self._timewait_before.get((local_ip, sport, remote_ip, dport), key)
             # Final counters say which side opened, but for one reading (see
             # tcpbytes): then what a dump saw, else the passive side, which
             # a graceful close (by far the commonest) gives.
@@ -428,7 +450,6 @@ class LinuxBackend(Backend):
                 key, "TCP", _FAMILY_NAMES[family], local_ip, sport, remote_ip, dport,
                 TCP_STATES.get(state, "CLOSE"), pid, name, user, sent, received,
             ))
-            remember_destroyed(key, mono)
             # The connection is over: a later event on this 5-tuple (a port
             # reused) is another socket and must not inherit its owner or bytes.
             for table in self._owner_history:
@@ -453,6 +474,15 @@ class LinuxBackend(Backend):
             return local_ip, None, None, (protocol, cookie) if cookie else (protocol, local_ip, sport, None, None, inode)
         remote_ip = texts.get(dst) or self._addresses.format(family, dst)
         return local_ip, remote_ip, dport, (protocol, cookie) if cookie else (protocol, local_ip, sport, remote_ip, dport)
+
+    def _remember_destroyed(self, events: list[DiagSocket], mono: float) -> None:
+        """Note the 4-tuples of the destroy events worth reporting (see _closed_samples)."""
+        remember = self._destroyed.add
+        for family, _state, sport, dport, src, dst, _uid, _inode, counters, cookie in events:
+            if counters is None or dport == 0 or (counters.bytes_acked == 0 and counters.bytes_received == 0):
+                continue
+            local_ip, remote_ip, _, _ = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
+            remember((local_ip, sport, remote_ip, dport), mono)
 
     def _listener_owner(self, family: int, src: bytes, sport: int) -> tuple | None:
         """(pid, process_name, user) of the listener that accepted a connection

@@ -126,6 +126,12 @@ def test_short_connections_count_for_the_server_app_and_the_rest_is_named(daemon
     assert stats["unknown_process_bytes_sent"] >= (unknown["bytes_sent"] or 0) > 0
     text = ctl(daemon, "apps", as_json=False)
     assert "(process unknown)" in text and "nm-srv" in text
+    # One row per connection on the server's side: its TIME_WAIT remnants are not rows again.
+    port = int(server.first)
+    rows = [r for r in ctl(daemon, "conns", "--closed", "--port", str(port))["connections"]
+            if r["local_port"] == port and r["remote_port"]]
+    assert len(rows) == n and {(r["state"], r["bytes_sent"], r["process_name"]) for r in rows} == {
+        ("CLOSED", response, "nm-srv")}
     assert "process unknown:" in ctl(daemon, "stats", as_json=False)
 
 

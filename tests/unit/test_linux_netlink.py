@@ -1070,3 +1070,25 @@ def test_request_sockets_of_handshakes_in_progress_are_not_rows(crafted) -> None
     backend, dumper, _ = crafted
     dumper.tcp = [record(3, SERVER_PORT, CLIENT_PORT, 0, None, cookie=70)]  # SYN_RECV, no socket yet
     assert backend.sample().sockets == []
+
+
+def test_remnant_of_a_never_dumped_socket_has_its_own_cookie_and_is_still_hidden(crafted) -> None:
+    # The kernel makes a cookie when first asked: a socket never dumped had
+    # none when its TIME_WAIT remnant was made, so the remnant's differs.
+    backend, dumper, listener = crafted
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
+                                                                   sent=1200), cookie=80)]
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=81)]  # same tick
+    snap = backend.sample()
+    assert [c.key for c in snap.closed] == [("TCP", 80)] and snap.sockets == []
+    assert backend.sample().sockets == []  # and later ticks
+
+
+def test_remnant_listed_before_its_destroy_event_is_the_row_the_event_ends(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=91)]
+    [remnant] = backend.sample().sockets
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
+                                                                   sent=1200), cookie=90)]
+    snap = backend.sample()
+    assert [(c.key, c.bytes_sent) for c in snap.closed] == [(remnant.key, 1200)] and snap.sockets == []

@@ -273,3 +273,34 @@ def test_no_colour_on_a_dumb_terminal(monkeypatch):
     assert render.color_enabled(False, Tty())
     monkeypatch.setenv("TERM", "dumb")
     assert not render.color_enabled(False, Tty())
+
+
+def test_apps_table_names_the_unknown_process_line_marks_partial_and_shows_unknown_as_dash():
+    from netmonctl.commands import apps as apps_command
+
+    rows = [
+        {"process_name": "dnsd", "pids": [7], "connections": 1, "upload_speed": 10.0, "download_speed": 0.0,
+         "bytes_sent": 300, "bytes_received": 0, "partial": True},
+        {"process_name": None, "pids": [], "connections": 0, "upload_speed": 0.0, "download_speed": 0.0,
+         "bytes_sent": 700, "bytes_received": 300, "partial": False},
+        {"process_name": "udpapp", "pids": [9], "connections": 1, "upload_speed": None, "download_speed": None,
+         "bytes_sent": None, "bytes_received": None, "partial": False},
+    ]
+
+    class Settings:
+        color, width = False, None
+
+    text = apps_command._describe(rows, Settings())
+    lines = text.splitlines()
+    assert any(line.startswith("dnsd *") for line in lines)
+    assert any(line.startswith(render.UNKNOWN_PROCESS_LABEL) for line in lines)
+    udp_line = next(line for line in lines if line.startswith("udpapp"))
+    assert udp_line.split()[-4:] == ["-", "-", "-", "-"]
+    assert lines[-1] == render.PARTIAL_NOTE
+
+
+def test_status_and_stats_name_the_connection_counts_alike():
+    assert render.connection_counts({"connections": 2, "listeners": 3, "time_wait": 1}) == (
+        "2 active, 3 listening, 1 TIME_WAIT")
+    assert render.connection_counts({"active_connections": 2, "listeners": 3, "time_wait": 1}) == (
+        "2 active, 3 listening, 1 TIME_WAIT")

@@ -288,3 +288,111 @@ def test_time_wait_remnants_are_listed_but_not_active_nor_an_apps_connection():
     assert len(list(st.connections())) == 2
     assert st.stats(uptime=0, monitoring=True)["active_connections"] == 1
     assert [(a["process_name"], a["connections"]) for a in st.app_usage()] == [("curl", 1)]
+
+
+# -- issue 11: numbers that add up ---------------------------------------------
+
+
+def udp(port: int, name: str = "dnsd", remote: str | None = None) -> SocketSample:
+    key = ("UDP", "192.168.1.5", port, remote, 53 if remote else None)
+    return SocketSample(key, "UDP", "IPv4", "192.168.1.5", port, remote, 53 if remote else None, "NONE",
+                        50, name, "alice")
+
+
+def test_an_app_whose_sockets_have_no_counters_has_null_bytes_and_speeds():
+    st = MonitorState()
+    st.apply(snap(0, [udp(5353)]))
+    st.apply(snap(1, [udp(5353), udp(40000, remote="192.168.1.1")]))
+    [app] = st.app_usage()
+    assert (app["bytes_sent"], app["bytes_received"], app["upload_speed"], app["download_speed"]) == (
+        None, None, None, None)
+    assert app["partial"] is False and app["connections"] == 1  # the connected one; 5353 listens
+    st.apply(snap(2, []))  # all closed: still unknown, not 0
+    [app] = st.app_usage_of(st.connections(True))
+    assert app["bytes_sent"] is None
+
+
+def test_an_app_with_counted_and_uncounted_sockets_is_partial():
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, 0, 0, name="dnsd"), udp(5353)]))
+    st.apply(snap(1, [sock(5000, 300, 100, name="dnsd"), udp(5353)]))
+    [app] = st.app_usage()
+    assert (app["bytes_sent"], app["upload_speed"], app["partial"]) == (300, pytest.approx(300), True)
+
+
+def test_bytes_of_unknown_processes_are_the_null_line_and_stats_gives_their_share():
+    st = MonitorState()
+    st.apply(snap(0, []))
+    st.apply(snap(1, closed=[sock(5000, 700, 300, pid=None, name=None), sock(5001, 100, 0)]))
+    apps = {a["process_name"]: a for a in st.app_usage()}
+    assert apps[None]["bytes_sent"] == 700 and apps["curl"]["bytes_sent"] == 100
+    s = st.stats(uptime=1, monitoring=True)
+    assert (s["unknown_process_bytes_sent"], s["unknown_process_bytes_received"]) == (700, 300)
+    assert (s["socket_bytes_sent"], s["socket_bytes_received"]) == (800, 300)
+    assert s["top_app"] == "curl"  # never the unknown line
+
+
+def test_one_definition_of_connections_for_every_view():
+    st = MonitorState()
+    rows = [sock(5000), sock(5001, state="LISTEN"), sock(5002, state="TIME_WAIT", pid=None, name=None),
+            udp(5353, name="curl")]
+    st.apply(snap(0, rows))
+    counts = st.connection_counts()
+    assert counts == {"sockets": 4, "connections": 1, "listeners": 2, "time_wait": 1}
+    s = st.stats(uptime=0, monitoring=True)
+    assert (s["active_connections"], s["listeners"], s["time_wait"]) == (1, 2, 1)
+    assert sum(a["connections"] for a in st.app_usage()) == counts["connections"]
+
+
+def test_without_loopback_no_view_has_loopback_sockets_or_bytes():
+    st = MonitorState(include_loopback=False)
+    lo = sock(6000, 0, 0, remote="127.0.0.1")
+    st.apply(snap(0, [lo, sock(5000)], ifaces=[iface("lo", 0, 0, True), iface("en0", 0, 0)]))
+    st.apply(snap(1, [sock(6000, 5000, 5000, remote="127.0.0.1"), sock(5000, 10, 0)],
+                  closed=[sock(6001, 900, 0, remote="127.0.0.1")],
+                  ifaces=[iface("lo", 10_000, 10_000, True), iface("en0", 60, 0)]))
+    assert [r.local_port for r in st.connections(True)] == [5000]
+    assert [(a["process_name"], a["bytes_sent"]) for a in st.app_usage()] == [("curl", 10)]
+    s = st.stats(uptime=1, monitoring=True)
+    assert (s["total_upload_speed"], s["attributed_upload_speed"]) == (pytest.approx(60), pytest.approx(10))
+    # switching the policy on: loopback rows come back at a baseline (no burst of old bytes)
+    st.set_include_loopback(True)
+    st.apply(snap(2, [sock(6000, 6000, 5000, remote="127.0.0.1"), sock(5000, 10, 0)],
+                  ifaces=[iface("lo", 11_000, 11_000, True), iface("en0", 60, 0)]))
+    st.apply(snap(3, [sock(6000, 6500, 5000, remote="127.0.0.1"), sock(5000, 10, 0)],
+                  ifaces=[iface("lo", 11_600, 11_600, True), iface("en0", 60, 0)]))
+    assert {a["process_name"]: a["bytes_sent"] for a in st.app_usage()}["curl"] == 10 + 500
+
+
+def test_unattributed_carries_an_excess_instead_of_clamping_it():
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, 0, 0)], ifaces=[iface("en0", 0, 0)]))
+    # tick 1: the interface read a little early: sockets 1000, interface 900 (+0 unattributed)
+    st.apply(snap(1, [sock(5000, 1000, 0)], ifaces=[iface("en0", 900, 0)]))
+    assert st.unattributed_upload_speed == 0 and st.total_upload_speed == pytest.approx(1000)
+    # tick 2: sockets 1000 more, interface 1300 (the 100 it owed + 200 of UDP)
+    st.apply(snap(2, [sock(5000, 2000, 0)], ifaces=[iface("en0", 2200, 0)]))
+    assert st.unattributed_upload_speed == pytest.approx(200)
+    assert st.total_upload_speed == pytest.approx(1200)
+    s = st.stats(uptime=2, monitoring=True)
+    # over the run: interface bytes = socket bytes + unattributed bytes
+    assert s["total_bytes_sent"] == s["socket_bytes_sent"] + s["unattributed_bytes_sent"] == 2200
+    # a lasting excess (traffic on an interface that is not counted) does not pile up
+    for t in range(3, 10):
+        st.apply(snap(t, [sock(5000, 2000 + 1000 * (t - 2), 0)], ifaces=[iface("en0", 2200, 0)]))
+    st.apply(snap(10, [sock(5000, 9000, 0)], ifaces=[iface("en0", 2200 + 5000, 0)]))
+    assert st.unattributed_upload_speed == pytest.approx(5000 - 1000)
+    # and the total is never below what the sockets explain
+    assert all(p["upload"] >= 0 for p in st.history)
+
+
+def test_total_is_never_below_the_app_rows_it_sits_above():
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, 0, 0), sock(5001, 0, 0, name="wget")], ifaces=[iface("en0", 0, 0)]))
+    for t in range(1, 6):
+        # the interface lags the sockets by a varying amount
+        st.apply(snap(t, [sock(5000, 1000 * t, 0), sock(5001, 500 * t, 0, name="wget")],
+                      ifaces=[iface("en0", 1500 * t - (300 if t % 2 else 0), 0)]))
+        apps_up = sum(a["upload_speed"] or 0 for a in st.app_usage())
+        assert st.total_upload_speed >= apps_up - 1e-9
+        assert st.history[-1]["upload"] >= apps_up - 1e-9
