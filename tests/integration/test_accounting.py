@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from common.client import Client
 from tests.conftest import netmonctl_cmd
 from tests.helpers import REPO, wait_until
 
@@ -203,9 +204,13 @@ def test_totals_follow_one_loopback_policy_and_cover_the_app_rows(daemon, peers)
     paced = peers("nm-paced", "tcp_paced", 3_000_000, 20)
 
     def busy():
-        # stats, apps, stats: compared only when both stats are of one tick
-        s, apps, again = ctl(daemon, "stats"), apps_by_name(daemon), ctl(daemon, "stats")
-        app = apps.get("nm-paced")
+        # stats, apps, stats on one connection, milliseconds apart (a loaded
+        # machine makes three netmonctl runs span ticks): compared only when
+        # both stats are of one tick.
+        with Client.connect(daemon.socket) as c:
+            c.hello()
+            s, apps, again = c.call("stats"), c.call("apps")["apps"], c.call("stats")
+        app = next((a for a in apps if a["process_name"] == "nm-paced"), None)
         same_tick = (s["total_upload_speed"], s["attributed_upload_speed"]) == (
             again["total_upload_speed"], again["attributed_upload_speed"])
         return (s, app) if same_tick and app and (app["upload_speed"] or 0) > 0 else None
