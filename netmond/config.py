@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -56,15 +57,45 @@ class Config:
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+#: Largest config file read (a real one is a few hundred bytes).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_file(path: str) -> dict[str, Any]:
-    """Read a TOML file into a dict of config keys (validated later)."""
+    """Read a TOML file into a dict of config keys (validated later).
+
+    Every failure is a ConfigError that names the file, at start and at
+    SIGHUP alike. Opened non-blocking and checked to be a regular file before
+    reading: a FIFO at the config path hung the whole daemon on SIGHUP, a
+    directory or bytes that are not UTF-8 gave a traceback.
+    """
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except PermissionError:
         raise ConfigError(f"config file not readable: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path} is a directory: --config takes the TOML file, e.g. {path}/netmond.toml")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path} is not a regular file (a FIFO, device or socket): "
+                              "the config must be a TOML file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {st.st_size} bytes, more than a config file can be (1 MiB)")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     # Accept both a flat file and one with a [netmond] table.

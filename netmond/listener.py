@@ -134,9 +134,9 @@ def bind_unix_socket(path: str, group: str | int | None = None, backlog: int = 1
     old_umask = os.umask(0o177)  # the file is born 0600: no window before chmod
     try:
         sock.bind(path)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(_bind_failure(path, exc)) from None
     finally:
         os.umask(old_umask)
     try:
@@ -148,6 +148,19 @@ def bind_unix_socket(path: str, group: str | int | None = None, backlog: int = 1
         raise OSError(f"cannot secure {path}: {exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def _bind_failure(path: str, exc: OSError) -> str:
+    """A bind() error as one line: the path, why, and what to do."""
+    directory = os.path.dirname(os.path.abspath(path))
+    where = ("/run" if sys.platform.startswith("linux") else "/var/run") if paths.is_root() \
+        else "$XDG_RUNTIME_DIR or your home directory"
+    if isinstance(exc, PermissionError) or not os.access(directory, os.W_OK):
+        why = f"directory {directory} is not writable by uid {os.geteuid()}"
+    else:
+        why = exc.strerror or str(exc)
+    return (f"cannot create the socket {path}: {why}; choose a path in a directory netmond may write "
+            f"(e.g. {where}) with --socket PATH")
 
 
 def socket_file_id(path: str) -> tuple[int, int] | None:

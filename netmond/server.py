@@ -497,6 +497,7 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self.note = LogBudget()
         self.loop_note = LogBudget(burst=5)
+        self._tasks: set[Any] = set()  # the tasks serving sessions
         self.debug_note = LogBudget(summary_level=logging.DEBUG)
 
     def queued_total(self) -> int:
@@ -561,12 +562,19 @@ class Server:
         session.buffered_total = self.buffered_total
         session.queued_total = self.queued_total
         self.sessions.add(session)
+        self._tasks.add(asyncio.current_task())
         try:
             await session.serve()
+        except asyncio.CancelledError:
+            # Shutdown cancelled a session still waiting on its client: end
+            # quietly (a cancelled task here made asyncio log a traceback
+            # per session, 18-19 of them for a SIGTERM under load).
+            pass
         except Exception:  # noqa: BLE001 - one client never takes the daemon down
             self.note(logging.ERROR, "client %s failed", session.label, exc_info=True)
         finally:
             self.sessions.discard(session)
+            self._tasks.discard(asyncio.current_task())
 
     def publish(self, topic: str, payload: dict[str, Any], rows_key: str | None = None) -> None:
         """Queue a notification for every session subscribed to topic.
@@ -602,11 +610,24 @@ class Server:
         return any(topic in s.topics for s in self.sessions)
 
     async def close(self) -> None:
-        """Stop listening and close every session."""
+        """Stop listening and close every session.
+
+        Sessions are closed (what is buffered is still sent), given a second
+        to end, and then aborted: one blocked on a client that does not read
+        must not hold the shutdown (nor be cancelled mid-await, see
+        _on_client).
+        """
         if self._server is not None:
             self._server.close()
         for s in list(self.sessions):
             s.writer.close()
+        pending = {t for t in self._tasks if t is not None and not t.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            for s in list(self.sessions):
+                s.writer.transport.abort()
+            await asyncio.wait(pending, timeout=1.0)
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)

@@ -858,3 +858,90 @@ def tcp_traffic() -> Iterator[None]:
         cli.sendall(b"x" * 1000)
         srv.recv(4096)
         yield
+
+
+def test_config_that_is_a_fifo_a_directory_or_not_utf8_is_a_clean_error_at_start_and_at_sighup(
+        start_daemon_process, short_dir):
+    import signal
+
+    fifo = os.path.join(short_dir, "fifo.toml")
+    os.mkfifo(fifo)
+    bad = os.path.join(short_dir, "bad.toml")
+    with open(bad, "wb") as fh:
+        fh.write(b'interval = "\xff"\n')
+    cases = {fifo: "is not a regular file", short_dir: "is a directory: --config takes the TOML file",
+             bad: "not UTF-8 text"}
+    for path, needle in cases.items():
+        d = start_daemon_process("--backend", "portable", "--config", path, wait=False)
+        assert d.proc.wait(30) == 2, d.log()
+        assert needle in d.log() and "Traceback" not in d.log(), d.log()
+    config = os.path.join(short_dir, "netmond.toml")
+    with open(config, "w") as fh:
+        fh.write("interval = 0.2\n")
+    d = start_daemon_process("--backend", "portable", "--config", config)
+    for path, needle in cases.items():
+        os.replace(config, config + ".ok") if os.path.exists(config) else None
+        if os.path.isdir(path):
+            os.mkdir(config)
+        elif path == fifo:
+            os.mkfifo(config)
+        else:
+            shutil.copy(path, config)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: d.log().count("reload failed") >= list(cases).index(path) + 1, timeout=20)
+        assert needle in d.log()
+        assert netmonctl(d.socket, "status").returncode == 0  # never hung, still serving
+        if os.path.isdir(config):
+            os.rmdir(config)
+        else:
+            os.unlink(config)
+    assert "Traceback" not in d.log() and "Exception in callback" not in d.log()
+
+
+def test_socket_paths_that_cannot_work_are_refused_with_the_path_and_what_to_do(start_daemon_process, short_dir):
+    # Issue 13 item 7, done here with the socket path checks.
+    d = start_daemon_process("--backend", "portable", socket_path="/proc/x.sock", wait=False)
+    assert d.proc.wait(30) == 1
+    assert "cannot create the socket /proc/x.sock" in d.log() and "--socket PATH" in d.log()
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        ro = os.path.join(short_dir, "ro")
+        os.mkdir(ro, 0o755)
+        d = start_daemon_process("--backend", "portable", socket_path=os.path.join(ro, "n.sock"), wait=False,
+                                 prefix=["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"])
+        assert d.proc.wait(30) == 1
+        assert f"directory {ro} is not writable by uid {NOBODY}" in d.log(), d.log()
+        assert "Traceback" not in d.log()
+
+
+SLOW_READERS = r"""
+import socket, sys, time
+from common import protocol
+held = []
+for _ in range(20):
+    s = socket.socket(socket.AF_UNIX)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect(sys.argv[1])
+    s.sendall(protocol.pack_request(1, "subscribe", {}))
+    for i in range(50):
+        s.sendall(protocol.pack_request(i + 2, "connections", {"include_closed": True}))
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_sigterm_under_load_is_quiet_and_exits_0(start_daemon_process):
+    import signal
+
+    d = start_daemon_process("--backend", "portable", "--interval", "0.1")
+    load = subprocess.Popen([sys.executable, "-c", SLOW_READERS, d.socket], env=nobody_env(), cwd="/",
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert load.stdout.readline().strip() == "ready"
+        time.sleep(1)
+        assert d.stop(signal.SIGTERM) == 0
+    finally:
+        load.stdin.close()
+        stop(load)
+    assert "Traceback" not in d.log() and "CancelledError" not in d.log(), d.log()[-3000:]
+    assert d.log().rstrip().endswith("stopped")
