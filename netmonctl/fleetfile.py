@@ -24,6 +24,7 @@ it was last seen online, kept across runs. Writes merge with what is on disk
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -274,22 +275,66 @@ def _mode_of(path: str) -> int:
 # -- fleet.json --------------------------------------------------------------------
 
 
+#: Largest fleet.json read: ~10,000 hosts. A bigger one is ignored (and
+#: rewritten from hosts.toml's hosts at the next save) rather than parsed.
+MAX_STATE_BYTES = 1024 * 1024
+
+
+def _warn(message: str) -> None:
+    import click
+
+    click.echo(f"netmonctl: warning: {message}", err=True)
+
+
 def load_state(path: str | None = None) -> dict[str, dict[str, Any]]:
-    """{host name: {"last_seen": unix seconds, ...}}; unreadable or absent -> {}."""
+    """{host name: {"last_seen": unix seconds}}; unreadable or absent -> {}.
+
+    Validated on read, since anything may have written the file: one that is
+    too large, not JSON or nested too deep is ignored; entries that are not
+    {"last_seen": number} are dropped. Either way with a warning, and the
+    next save writes a clean file. Before, `"last_seen": "yesterday"` or
+    JSON nested 100,000 deep crashed every `netmonctl fleet` until the file
+    was fixed by hand.
+    """
     path = path or state_path()
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}  # a lost or torn state file only costs the "last seen" column
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STATE_BYTES + 1)
+    except OSError:
+        return {}  # a lost state file only costs the "last seen" column
+    if len(raw) > MAX_STATE_BYTES:
+        _warn(f"{path} is larger than {MAX_STATE_BYTES // 1024} KiB; ignored (rewritten at the next save)")
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        _warn(f"{path} is not valid JSON; ignored (rewritten at the next save)")
+        return {}
     hosts = data.get("hosts") if isinstance(data, dict) else None
     if not isinstance(hosts, dict):
+        if raw.strip():
+            _warn(f"{path} has no \"hosts\" map; ignored (rewritten at the next save)")
         return {}
-    return {k: v for k, v in hosts.items() if isinstance(k, str) and isinstance(v, dict)}
+    out: dict[str, dict[str, Any]] = {}
+    bad = 0
+    for name, info in hosts.items():
+        seen = info.get("last_seen") if isinstance(info, dict) else "bad"
+        if seen is not None and (isinstance(seen, bool) or not isinstance(seen, (int, float))
+                                 or not math.isfinite(seen) or seen < 0):
+            bad += 1
+            continue
+        out[name] = {} if seen is None else {"last_seen": seen}
+    if bad:
+        _warn(f"{path}: {bad} bad entr{'y' if bad == 1 else 'ies'} dropped (last_seen must be unix seconds)")
+    return out
 
 
 def save_state(seen: dict[str, dict[str, Any]], path: str | None = None) -> None:
-    """Merge `seen` into fleet.json (latest last_seen wins) and write it atomically."""
+    """Merge `seen` into fleet.json (latest last_seen wins) and write it atomically.
+
+    Hosts no longer in hosts.toml are pruned (when hosts.toml can be read),
+    so the file never grows past the hosts the user has.
+    """
     path = path or state_path()
     merged = load_state(path)
     for name, info in seen.items():
@@ -297,6 +342,12 @@ def save_state(seen: dict[str, dict[str, Any]], path: str | None = None) -> None
         if (old.get("last_seen") or 0) > (info.get("last_seen") or 0):
             info = {**info, "last_seen": old["last_seen"]}
         merged[name] = {**old, **info}
+    try:
+        known = set(load_hosts())
+    except (FleetFileError, OSError):
+        known = None
+    if known:  # no hosts.toml (or an empty one): nothing to prune against
+        merged = {k: v for k, v in merged.items() if k in known or k in seen}
     _write_atomic(path, json.dumps({"hosts": merged}, indent=2, sort_keys=True) + "\n")
 
 

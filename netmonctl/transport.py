@@ -208,7 +208,14 @@ def resolve(value: str) -> Target:
 
 def ssh_command() -> list[str]:
     """The ssh program and its own leading arguments ($NETMON_SSH_COMMAND or `ssh`)."""
-    words = shlex.split(os.environ.get(ENV_SSH_COMMAND) or "ssh")
+    value = os.environ.get(ENV_SSH_COMMAND) or "ssh"
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:  # unbalanced quotes: a usage error (exit 2), not a traceback
+        import click
+
+        raise click.UsageError(f"{ENV_SSH_COMMAND}={value!r} cannot be split into words "
+                               f"({str(exc).lower()}): fix its quoting") from None
     return words or ["ssh"]
 
 

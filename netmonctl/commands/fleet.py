@@ -400,6 +400,9 @@ def fleet(ctx: click.Context, watch: bool, tags: tuple[str, ...], interval: floa
         else:
             render.emit(settings.format, {"hosts": []}, rows_key="hosts", human=lambda: "")
         return
+    from ..transport import ssh_command
+
+    ssh_command()  # a NETMON_SSH_COMMAND that cannot be parsed is exit 2 here, not in a worker
     seen = load_state()
     poller = Poller(entries, host_timeout, parallel, share=not no_share)
     try:
