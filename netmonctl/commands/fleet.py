@@ -435,9 +435,13 @@ def _watch(poller: Poller, entries: list[Any], seen: dict[str, dict[str, Any]],
             round_end = time.monotonic() + interval
             while True:
                 left = round_end - time.monotonic()
-                if left <= 0:
+                # A script reading the stream gets no line until every host
+                # has answered once (each poll is bounded by --timeout): a
+                # first round of "UNKNOWN" would only mean "not polled yet".
+                first_answers_due = not live and poller.busy and any(e.name not in results for e in entries)
+                if left <= 0 and not first_answers_due:
                     break
-                fresh = poller.collect(min(1.0, left))
+                fresh = poller.collect(min(1.0, left) if left > 0 else 0.2)
                 for res in fresh:
                     results[res.name] = res
                 if _remember(fresh, seen):

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -345,15 +344,23 @@ def test_importing_the_cli_loads_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
-def test_version_starts_fast():
-    argv = [sys.executable, "-m", "netmonctl.cli", "--version"]
-    best = float("inf")
-    for _ in range(5):  # best of five: a loaded machine must not fail this
-        t0 = time.perf_counter()
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        best = min(best, time.perf_counter() - t0)
-        assert out.returncode == 0 and out.stdout.startswith("netmonctl ")
-    assert best < 0.15, f"netmonctl --version took {best * 1000:.0f} ms"
+def test_version_imports_nothing_heavy():
+    """What keeps start-up fast is what a command imports: `--version` loads
+    none of the libraries the data commands need. (The time itself is
+    measured against a peer in bench/roundtrip.py, not here: a wall-clock
+    limit in a test fails on a loaded machine.)"""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['netmonctl', '--version']\n"
+        "try:\n    runpy.run_module('netmonctl.cli', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ('psutil', 'msgpack', 'tabulate', 'curses', 'ssl', 'asyncio', 'netmond')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("netmonctl ")
+    assert out.stdout.splitlines()[-1] == "[]"
 
 
 def test_netmonctl_never_imports_netmond():
