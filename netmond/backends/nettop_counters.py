@@ -31,9 +31,11 @@ frame by frame, and is fed by darwin.py (tests feed it recorded frames).
    duplicate data is added to rxbytes and to rxduplicatebytes (rx_dupe).
    netmon reports bytes_sent = bytes_out - re-tx and bytes_received =
    bytes_in - rx_dupe, as deltas per frame. re-tx and rx_dupe are 32-bit
-   counters in xnu (u_int32_t in struct tcp_stat / nstat_counts), so they
-   wrap: a delta is taken modulo 2**32. Where the columns are absent
-   (`-J` without them, UDP rows), nothing is subtracted.
+   counters in xnu (u_int32_t nstat_txretransmit and nstat_rxduplicatebytes
+   in bsd/net/ntstat.h's nstat_counts, from tcpcb's t_stat), so they wrap:
+   a delta is taken modulo 2**32. Out-of-order data (rx_ooo) is added to
+   rxbytes once, on arrival, so nothing is taken off for it. Where the
+   columns are absent (`-J` without them, UDP rows), nothing is subtracted.
 
 4. Bytes of connections that closed. nettop has no close events, and a
    socket row vanishes with its last interval of bytes. A long-lived
