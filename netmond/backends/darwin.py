@@ -28,8 +28,9 @@ How it runs:
   Ffinnis/OpenActivity). NSUnbufferedIO=YES is set as stats does.
 * If nettop exits, it is restarted with exponential backoff (1 s, 2 s, ...
   30 s; back to 1 s once a run has produced a sample), and status() says so.
-  If it gives no sample for max(3 x -s, 5 s) it has hung (seen in the wild;
-  exelban/stats kills theirs after 5 s): it is killed, restarted the same
+  If it gives no sample for max(3 x -s, 5 s) it has hung (reported in the
+  wild; exelban/stats is reported to kill its nettop after 5 s, in a
+  version newer than the one we could read): it is killed, restarted the same
   way, and status() says so. nettop answers a flag it does not know with
   its usage text and exit status 0, so a run whose first line is not a
   CSV header is reported in status() with what it printed.
@@ -97,7 +98,9 @@ RESTART_NOTICE_SECONDS = 300.0
 MAX_LINE_BYTES = 1 << 20
 #: A nettop that gives no sample for max(HANG_FACTOR x its -s, HANG_MIN_SECONDS)
 #: has hung and is killed (then restarted with the usual backoff). nettop
-#: has been seen to hang outright; exelban/stats kills theirs after 5 s.
+#: has been reported to hang outright; exelban/stats reportedly kills its
+#: own after 5 s (not in the stored readers.swift we could read, which
+#: runs one-shot `nettop -L 1` and waits for EOF with no limit at all).
 HANG_FACTOR = 3
 HANG_MIN_SECONDS = 5.0
 #: Lines of non-CSV output (nettop's usage text) kept for status().
@@ -539,7 +542,7 @@ class NettopRunner:
         """Read nettop until its stdout closes; returns samples published.
 
         Kills a nettop that gives no complete sample for hang_seconds()
-        (it has hung outright: exelban/stats kills theirs after 5 s).
+        (nettop has been reported to hang outright; see HANG_MIN_SECONDS).
         """
         parser = NettopParser()
         produced = 0
