@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from common import protocol
+from common import models, protocol
 from common.models import (
     APP_FIELDS, CONNECTION_FIELDS, HISTORY_FIELDS, INTERFACE_FIELDS, STATS_FIELDS, Filter,
 )
 from netmond.backends.base import Backend
 from netmond.config import Config
+from netmond import server
 from netmond.handlers import HANDLERS
 from tests.helpers import REPO
 
@@ -78,6 +79,13 @@ def test_the_documented_limits_are_the_codes():
     limits = section(3)
     assert protocol.MAX_BUFFER_SIZE == 1024 * 1024 and "1 MiB" in limits
     assert f"| {protocol.MAX_ARRAY_LEN} |" in limits and f"| {protocol.MAX_MAP_LEN} entries |" in limits
+    assert f"| {protocol.MAX_OBJECTS} |" in limits and f"| {protocol.MAX_DEPTH} levels |" in limits
+    assert f"| {models.MAX_FILTER_TEXT} characters |" in limits
+    assert (f"| {server._BUFFERED_CAP // 2**20} MiB (a client holding more than "
+            f"{server._BUFFERED_SMALL // 1024} KiB of one is the one dropped) |") in limits
+    assert (f"and {server._QUEUE_BYTES // 2**20} MiB (queue and socket buffer; "
+            f"{server._QUEUE_BYTES_TOTAL // 2**20} MiB for all subscribers;") in limits
+    assert f"| {server._LAG_GRACE:g} s (or the idle timeout if shorter) |" in limits
     defaults = Config()
     assert f"`client_idle_timeout`, {defaults.client_idle_timeout:g} s" in limits
     assert f"`max_clients`, {defaults.max_clients}," in limits
