@@ -21,7 +21,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ("tick", "steady", "traffic", "roundtrip")
+BENCHES = ("tick", "steady", "traffic", "roundtrip", "ebpf")
 
 
 def main() -> int:

@@ -75,7 +75,7 @@ def bench(sockets: int, runs: int) -> list[tuple[str, int, float, float]]:
     """(method, sockets listed, median wall s, median cpu s) for each method."""
     rows = []
     with Holder(sockets):
-        backend = LinuxBackend()
+        backend = LinuxBackend()  # root mode off: its cost is bench/ebpf.py's
         state = MonitorState()
         try:
             backend.start()

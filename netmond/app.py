@@ -52,7 +52,7 @@ def make_backend(config: Config) -> tuple[Backend, list[str]]:
             from .backends import linux
 
             if linux.netlink_available():
-                return linux.LinuxBackend(), warnings
+                return linux.LinuxBackend(ebpf=config.ebpf), warnings
             reason = "netlink sock_diag unavailable"
         except Exception as exc:  # noqa: BLE001 - any failure means fall back
             reason = f"{type(exc).__name__}: {exc}"
@@ -373,7 +373,7 @@ def run(
 
 
 # Config keys a reload cannot apply to a running daemon.
-_RESTART_ONLY = frozenset({"socket", "backend", "metrics_listen", "metrics_textfile"})
+_RESTART_ONLY = frozenset({"socket", "backend", "metrics_listen", "metrics_textfile", "ebpf"})
 
 
 def _show(value: Any) -> str:

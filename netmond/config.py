@@ -48,6 +48,8 @@ class Config:
     subscriber_queue: int = 256
     metrics_listen: str | None = None
     metrics_textfile: str | None = None
+    # Linux root mode: eBPF attribution and UDP counters when allowed (false: never).
+    ebpf: bool = True
 
     def socket_path(self) -> str:
         """The socket path to bind."""
@@ -152,6 +154,8 @@ def validate(cfg: Config) -> None:
         _number("client_idle_timeout", cfg.client_idle_timeout, 1, 86400)
     )
     cfg.subscriber_queue = int(_number("subscriber_queue", cfg.subscriber_queue, 1, 100000))
+    if not isinstance(cfg.ebpf, bool):
+        raise ConfigError(f"ebpf must be true or false, got {cfg.ebpf!r}")
     if not isinstance(cfg.include_loopback, bool):
         raise ConfigError(f"include_loopback must be true or false, got {cfg.include_loopback!r}")
     if cfg.backend not in BACKENDS:

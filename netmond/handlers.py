@@ -118,6 +118,7 @@ def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -
         "per_socket_bytes": daemon.backend.per_socket_bytes,
         "privileged": bst.privileged,
         "attribution_complete": bst.attribution_complete,
+        "root_mode": bst.root_mode,
         "events_lost": bst.events_lost,
         "warnings": warnings,
         "cpu_percent": daemon.cpu_window.percent(),

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus /metrics there, e.g. 127.0.0.1:9101 (default: off)")
     p.add_argument("--metrics-textfile", metavar="PATH",
                    help="write Prometheus metrics to PATH every tick, for node_exporter's textfile collector")
+    p.add_argument("--no-ebpf", dest="ebpf", action="store_const", const=False, default=None,
+                   help="Linux: never load the eBPF programs of root mode (config: ebpf = false)")
     p.add_argument("--version", action="version", version=f"netmond {__version__}")
     return p
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": args.log_level,
         "metrics_listen": args.metrics_listen,
         "metrics_textfile": args.metrics_textfile,
+        "ebpf": args.ebpf,
     }
     try:
         config = load_config(args.config, **overrides)

@@ -145,7 +145,8 @@ class ConnRow:
             "duration": round(max(0.0, end - self.first_seen), 3),
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "counters": "kernel" if self.bytes_sent is not None or self.bytes_received is not None else None,
+            "counters": (self.sample.counters or "kernel")
+            if self.bytes_sent is not None or self.bytes_received is not None else None,
             "closed_at": self.closed_at,
         }
 

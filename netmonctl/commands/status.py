@@ -30,6 +30,13 @@ def _yes(value: Any) -> str:
     return "-" if value is None else "yes" if value else "no"
 
 
+def _root_mode(mode: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The 'root mode' line (Linux backend only): on or off, and why."""
+    if not mode:
+        return []
+    return [("root mode", f"{'on' if mode.get('active') else 'off'} ({mode.get('reason')})")]
+
+
 def _describe(s: dict[str, Any]) -> str:
     # The daemon may add fields over time: read them with .get().
     monitoring = "yes" if s.get("monitoring") else "no (resume with: netmonctl start)"
@@ -48,6 +55,7 @@ def _describe(s: dict[str, Any]) -> str:
             ("monitoring", monitoring),
             ("backend", f"{s.get('backend')} (per-socket bytes: {_yes(s.get('per_socket_bytes'))}, "
                         f"privileged: {_yes(s.get('privileged'))})"),
+            *_root_mode(s.get("root_mode")),
             ("uptime", human_duration(s.get("uptime"))),
             ("connections", render.connection_counts(s)
                             + f"; {render.dash(s.get('closed_retained'))} recently closed"),

@@ -46,6 +46,9 @@ class SocketSample:
     user: str | None = None
     bytes_sent: int | None = None
     bytes_received: int | None = None
+    #: Where the byte counters come from when not the kernel's own per-socket
+    #: counters: "ebpf" (Linux root mode's UDP counters). None: "kernel".
+    counters: str | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +93,8 @@ class BackendStatus:
     # The interval the OS source really samples at, where it differs from
     # the one asked (nettop takes whole seconds); None: as asked.
     effective_interval: float | None = None
+    # Linux root mode (eBPF): {"active": bool, "reason": str}; None elsewhere.
+    root_mode: dict | None = None
 
 
 class Backend:

@@ -67,6 +67,21 @@ before. Without root, other users' /proc/PID/fd cannot be read: their sockets
 keep their counters with pid None (user: the socket's uid, which the kernel
 reports), and `status()` says so.
 
+Root mode (eBPF, `ebpf/`): when netmond may load BPF programs (root or
+CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN, libbpf.so.1, cgroup v2), the kernel
+records the owner of every socket as it is created, connected or accepted,
+and counts UDP payload bytes per socket. Joined by socket cookie (the
+`cookie` of dumps and destroy events):
+  * a socket whose owner the /proc scan does not know (it lived shorter than
+    a tick, or has no file yet) gets the eBPF owner: an accepted socket its
+    listener's, any other the process that created or connected it; a
+    process that already exited is named by its kernel comm;
+  * UDP rows get bytes_sent/bytes_received (payload, since the daemon
+    started; `counters: "ebpf"`), and a UDP socket closed between two ticks
+    becomes a closed row with its final counts.
+Without it (or with `ebpf=False`) everything above works as before; `status`
+says which mode runs and why (`root_mode`).
+
 Failures: a dump the kernel refuses at start() (no IPv6, no udp_diag) is
 dropped with a warning; a dump failing later is retried once, then sample()
 raises, so that the daemon skips the tick rather than see every socket close.
@@ -83,6 +98,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
+from .ebpf.attribution import EbpfAttribution
 from .interfaces import sample_interfaces
 from .netlink import (
     ALL_STATES_MASK,
@@ -166,8 +182,11 @@ class LinuxBackend(Backend):
         destroy_listener: DestroyListener | None = None,
         dumper: SockDiagDumper | None = None,
         max_pending_events: int = 50_000,
+        ebpf: bool = False,
     ) -> None:
-        """`destroy_listener` (unstarted) and `dumper`: tests inject fakes."""
+        """`destroy_listener` (unstarted) and `dumper`: tests inject fakes.
+        `ebpf`: use root mode when this machine allows it; the daemon passes
+        its `ebpf` setting (default true), a bare backend has it off."""
         self._dumper = dumper or SockDiagDumper()
         self._destroy = destroy_listener or DestroyListener(max_pending=max_pending_events)
         self._destroy_error: str | None = None
@@ -194,12 +213,16 @@ class LinuxBackend(Backend):
         self._dump_warnings: list[str] = []
         self._attribution_complete = True
         self._started = False
+        self._ebpf_wanted = ebpf
+        self._ebpf: EbpfAttribution | None = None
+        self._ebpf_reason = "not started"
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> None:
         """Check which dumps this kernel supports and start the destroy-event reader."""
         self._started = True
         self._probe_dumps()
+        self._start_root_mode()
         try:
             self._destroy.start()
         except OSError as exc:
@@ -226,9 +249,34 @@ class LinuxBackend(Backend):
                 log.warning("%s", self._dump_warnings[-1])
         self._dumps = kept
 
+    def _start_root_mode(self) -> None:
+        """Load the eBPF programs if wanted and possible; otherwise say why, once."""
+        if not self._ebpf_wanted:
+            self._ebpf_reason = "turned off (--no-ebpf / ebpf = false)"
+            log.info("root mode (eBPF) %s", self._ebpf_reason)
+            return
+        try:
+            from .ebpf.loader import EbpfUnavailable, Probe
+
+            try:
+                self._ebpf = EbpfAttribution(Probe.open())
+            except EbpfUnavailable as exc:
+                self._ebpf_reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - root mode is optional: never a crash
+            self._ebpf_reason = f"loading the eBPF programs failed ({type(exc).__name__}: {exc})"
+        if self._ebpf is not None:
+            self._ebpf_reason = ("eBPF programs attached: every socket's process is recorded by the "
+                                 "kernel, UDP bytes are counted")
+            log.info("root mode on: %s", self._ebpf_reason)
+        else:
+            log.warning("root mode (eBPF) off: %s", self._ebpf_reason)
+
     def close(self) -> None:
         self._destroy.close()
         self._dumper.close()
+        if self._ebpf is not None:
+            self._ebpf.close()
+            self._ebpf = None
 
     def discard_pending(self) -> None:
         self._destroy.take()
@@ -255,6 +303,9 @@ class LinuxBackend(Backend):
         events = self._destroy.take()
         # Their TIME_WAIT remnants, which this very dump may list, are hidden.
         self._remember_destroyed(events, mono)
+        ebpf = self._ebpf
+        if ebpf is not None:
+            ebpf.refresh()  # after the dumps: every socket they list is in the maps
 
         live_inodes = set(map(_INODE_OF, chain(tcp, udp)))
         live_inodes.discard(0)
@@ -270,6 +321,10 @@ class LinuxBackend(Backend):
         self._listener_history.appendleft(listeners)
 
         closed = self._closed_samples(events, owner_of, mono)
+        if ebpf is not None:
+            live_cookies = {rec.cookie for rec in chain(tcp, udp)}
+            closed += self._closed_udp_samples(ebpf, live_cookies, owner_of)
+            ebpf.finish_tick(live_cookies, (event.cookie for event in events))
         if closed:
             closed_keys = {s.key for s in closed}
             sockets = [s for s in sockets if s.key not in closed_keys]
@@ -315,6 +370,7 @@ class LinuxBackend(Backend):
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
         last_tick = self._unchanged.get
+        ebpf_owner = self._ebpf_owner if self._ebpf is not None else None
         this_tick: dict[int, _Unchanged] = {}
         records_by_cookie: dict[int, DiagSocket] = {}
         out: list[SocketSample] = []
@@ -326,6 +382,8 @@ class LinuxBackend(Backend):
                 info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
                 if info is None:
                     info = owner_info(pid, uid)
+                if info[0] is None and ebpf_owner is not None:
+                    info = ebpf_owner(cookie, owner_of) or info
                 if state == TCP_LISTEN:
                     listener_key = (family, src, sport)
                     holders = listeners.get(listener_key)
@@ -371,6 +429,8 @@ class LinuxBackend(Backend):
                 pid, name, user = known[:3]
             else:  # in the accept queue (no file yet), or never seen with one
                 pid = name = user = None
+            if pid is None and ebpf_owner is not None and cookie:
+                pid, name, user = ebpf_owner(cookie, owner_of) or (None, name, user)
             entry = None
             if remote_ip is None:  # a listener: it moves no bytes itself
                 sent = received = 0 if counters is not None else None
@@ -394,17 +454,56 @@ class LinuxBackend(Backend):
         return out
 
     def _udp_samples(self, records: list[DiagSocket], owner_of: _OwnerLookup) -> list[SocketSample]:
-        """SocketSamples of a UDP dump: no byte counters exist for UDP."""
+        """SocketSamples of a UDP dump: bytes only in root mode (the kernel keeps none)."""
         endpoints = self._endpoints
         inode_owner = self._owners.owners.get
         owner_info = owner_of.info
+        ebpf = self._ebpf
         out: list[SocketSample] = []
         for family, _state, sport, dport, src, dst, uid, inode, _counters, cookie in records:
             local_ip, remote_ip, remote_port, key = endpoints("UDP", family, src, sport, dst, dport, inode, cookie)
             pid, name, user = owner_info(inode_owner(inode), uid)
+            if ebpf is None:
+                out.append(SocketSample(key, "UDP", _FAMILY_NAMES[family], local_ip, sport, remote_ip,
+                                        remote_port, "NONE", pid, name, user))
+                continue
+            if pid is None:
+                pid, name, user = self._ebpf_owner(cookie, owner_of) or (pid, name, user)
+            sent, received = ebpf.udp_bytes(cookie)
             out.append(SocketSample(key, "UDP", _FAMILY_NAMES[family], local_ip, sport, remote_ip,
-                                    remote_port, "NONE", pid, name, user))
+                                    remote_port, "NONE", pid, name, user, sent, received, "ebpf"))
         return out
+
+    def _closed_udp_samples(
+        self, ebpf: EbpfAttribution, live_cookies: set[int], owner_of: _OwnerLookup
+    ) -> list[SocketSample]:
+        """Closed rows, with final counts, of the UDP sockets closed since the last tick
+        (keyed by cookie, like their rows: a row a dump listed ends there)."""
+        out = []
+        for cookie, counts, (sent, received) in ebpf.closed_udp(live_cookies):
+            family, src, dst = counts.family, counts.local_addr, counts.remote_addr
+            if family not in _FAMILY_NAMES:
+                continue
+            local_ip, remote_ip, remote_port, key = self._endpoints(
+                "UDP", family, src, counts.local_port, dst, counts.remote_port, 0, cookie)
+            pid, name, user = self._ebpf_owner(cookie, owner_of) or (None, None, None)
+            out.append(SocketSample(key, "UDP", _FAMILY_NAMES[family], local_ip, counts.local_port, remote_ip,
+                                    remote_port, "NONE", pid, name, user, sent, received, "ebpf"))
+        return out
+
+    def _ebpf_owner(self, cookie: int, owner_of: _OwnerLookup) -> tuple | None:
+        """(pid, process_name, user) the eBPF maps know for a socket, or None.
+
+        A live process is named as /proc names it; one that exited (or whose
+        pid now belongs to another program) by the comm the kernel recorded.
+        """
+        known = self._ebpf.owner(cookie) if self._ebpf is not None else None
+        if known is None:
+            return None
+        info = owner_of.info(known.pid, known.uid)
+        if info[0] is None or not (info[1] or "").startswith(known.comm):
+            info = (known.pid, known.comm, owner_of.user_name(known.uid))
+        return info
 
     def _closed_samples(self, events: list[DiagSocket], owner_of: _OwnerLookup, mono: float) -> list[SocketSample]:
         """SocketSamples (final counters) of the destroy events worth reporting."""
@@ -446,6 +545,8 @@ class LinuxBackend(Backend):
                 listener = None if side else self._listener_owner(family, src, sport)
                 pid, name, user = listener or owner_of.info(None, uid)
                 sent, received = payload(counters, state, side)
+            if pid is None and self._ebpf is not None:  # root mode knows who it was
+                pid, name, user = self._ebpf_owner(cookie, owner_of) or (pid, name, user)
             out.append(SocketSample(
                 key, "TCP", _FAMILY_NAMES[family], local_ip, sport, remote_ip, dport,
                 TCP_STATES.get(state, "CLOSE"), pid, name, user, sent, received,
@@ -536,11 +637,17 @@ class LinuxBackend(Backend):
                 f"{lost} TCP destroy events lost (netlink buffer overflow): bytes of connections "
                 "that closed then are missing from per-connection totals"
             )
+        if self._ebpf is not None:
+            warnings += self._ebpf.warnings()
+        elif self._ebpf_wanted and self._started:
+            warnings.append(f"root mode (eBPF) off: {self._ebpf_reason}; connections shorter than a tick "
+                            "may be shown without process, UDP rows have no byte counters")
         return BackendStatus(
             privileged=is_privileged(),
             attribution_complete=self._attribution_complete,
             warnings=warnings,
             events_lost=lost,
+            root_mode={"active": self._ebpf is not None, "reason": self._ebpf_reason},
         )
 
 
@@ -632,6 +739,9 @@ class _OwnerLookup:
             self._owners.forget_pid(pid)
             return (None, None, self._user_names(uid))
         return (pid, name, user)
+
+    def user_name(self, uid: int) -> str | None:
+        return self._user_names(uid)
 
     def live_pids(self) -> set[int]:
         return {info[0] for info in self.by_pid.values() if info[0] is not None}
