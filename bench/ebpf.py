@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What Linux root mode (eBPF) costs: each figure with the programs attached and without.
 
-    python bench/ebpf.py [--sockets 10000] [--rate 5000] [--seconds 10] [--runs 7] [--quick]
+    python bench/ebpf.py [--sockets 10000] [--rate 5000] [--seconds 10] [--runs 7]
+                         [--only tick connections iperf3] [--quick]
 
     tick          LinuxBackend.sample() + MonitorState.apply() at N TCP sockets,
                   root mode on (the backend attached its programs before the
@@ -13,7 +14,8 @@
                   process's CPU per connection (the kernel runs the hooks on
                   its time) and the daemon's CPU %, root mode on and off
     iperf3        loopback throughput, TCP and UDP (1,400-byte datagrams, no
-                  rate limit), with the programs attached and without
+                  rate limit), with the programs attached and without, runs
+                  interleaved
 
 Needs root (or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN), libbpf.so.1, cgroup v2 and
 the built object (`make`); otherwise it says why and exits 0. iperf3 is the
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -143,11 +146,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def throughput(seconds: int) -> list[tuple[str, float | None, float | None]]:
-    off_tcp, off_udp = iperf3(False, seconds), iperf3(True, seconds)
-    with loader.Probe.open():
-        on_tcp, on_udp = iperf3(False, seconds), iperf3(True, seconds)
-    return [("TCP", off_tcp, on_tcp), ("UDP, 1400-byte datagrams", off_udp, on_udp)]
+def throughput(seconds: int, rounds: int) -> list[tuple[str, float | None, float | None]]:
+    """Median Gbit/s without and with the programs, runs interleaved (the load of a shared machine moves)."""
+    runs: dict[tuple[bool, bool], list[float]] = {(udp, on): [] for udp in (False, True) for on in (False, True)}
+    for _ in range(rounds):
+        for udp in (False, True):
+            runs[udp, False].append(iperf3(udp, seconds))
+            with loader.Probe.open():
+                runs[udp, True].append(iperf3(udp, seconds))
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return [(name, median(runs[udp, False]), median(runs[udp, True]))
+            for name, udp in (("TCP", False), ("UDP, 1400-byte datagrams", True))]
+
+
+PARTS = ("tick", "connections", "iperf3")
 
 
 def _pct(on: float | None, off: float | None) -> str:
@@ -160,39 +176,41 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="small and short: a smoke run")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--quick", action="store_true", help="small and short, no iperf3: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.sockets, args.rate, args.seconds, args.runs = 100, 200, 1, 2
+        args.only = [part for part in args.only if part != "iperf3"]
     print(f"# ebpf: {machine_line()}")
     reason = loader.unavailable_reason()
     if reason:
         print(f"\nroot mode unavailable here: {reason}")
         return
     raise_fd_limit()
-    sockets = min(args.sockets, max_sockets())
-    rows = []
-    results = {mode: tick_cost(sockets, args.runs, mode == "on") for mode in ("off", "on")}
-    for mode in ("off", "on"):
-        listed, cpu, wall = results[mode]
-        rows.append((f"root mode {mode}", listed, f"{cpu * 1000:.1f}", f"{wall * 1000:.1f}",
-                     "" if mode == "off" else f"{(cpu - results['off'][1]) * 1000:+.1f}"))
-    table(f"Tick cost, {sockets} TCP sockets held (median of {args.runs})",
-          ("netmond tick", "listed", "cpu ms", "wall ms", "eBPF adds ms"), rows)
-
-    churn = {mode: connection_cost(args.rate, args.seconds, mode == "on") for mode in ("off", "on")}
-    rows = [(f"root mode {mode}", f"{rate:.0f}", f"{per:.1f}", f"{daemon:.1f}")
-            for mode, (rate, per, daemon) in churn.items()]
-    table(f"Connections at {args.rate:.0f}/s for {args.seconds:g} s, beside netmond (1 s interval)",
-          ("mode", "conn/s made", "churn cpu us/conn", "netmond cpu %"), rows)
-    print(f"root mode adds {churn['on'][1] - churn['off'][1]:+.1f} us of CPU per connection to the process "
-          f"making it, and {churn['on'][2] - churn['off'][2]:+.1f} points to the daemon")
-
-    if args.quick:
-        return
-    rows = [(name, "-" if off is None else f"{off:.2f}", "-" if on is None else f"{on:.2f}", _pct(on, off))
-            for name, off, on in throughput(5)]
-    table("iperf3 over loopback, 5 s (Gbit/s)", ("transfer", "programs detached", "attached", "change"), rows)
+    if "tick" in args.only:
+        sockets = min(args.sockets, max_sockets())
+        results = {mode: tick_cost(sockets, args.runs, mode == "on") for mode in ("off", "on")}
+        rows = []
+        for mode in ("off", "on"):
+            listed, cpu, wall = results[mode]
+            rows.append((f"root mode {mode}", listed, f"{cpu * 1000:.1f}", f"{wall * 1000:.1f}",
+                         "" if mode == "off" else f"{(cpu - results['off'][1]) * 1000:+.1f}"))
+        table(f"Tick cost, {sockets} TCP sockets held (median of {args.runs})",
+              ("netmond tick", "listed", "cpu ms", "wall ms", "eBPF adds ms"), rows)
+    if "connections" in args.only:
+        churn = {mode: connection_cost(args.rate, args.seconds, mode == "on") for mode in ("off", "on")}
+        rows = [(f"root mode {mode}", f"{rate:.0f}", f"{per:.1f}", f"{daemon:.1f}")
+                for mode, (rate, per, daemon) in churn.items()]
+        table(f"Connections at up to {args.rate:.0f}/s for {args.seconds:g} s, beside netmond (1 s interval)",
+              ("mode", "conn/s made", "churn cpu us/conn", "netmond cpu %"), rows)
+        print(f"root mode adds {churn['on'][1] - churn['off'][1]:+.1f} us of CPU per connection to the process "
+              f"making it, and {churn['on'][2] - churn['off'][2]:+.1f} points to the daemon")
+    if "iperf3" in args.only:
+        rows = [(name, "-" if off is None else f"{off:.2f}", "-" if on is None else f"{on:.2f}", _pct(on, off))
+                for name, off, on in throughput(3, 3)]
+        table("iperf3 over loopback, 3 s runs, median of 3 interleaved (Gbit/s)",
+              ("transfer", "programs detached", "attached", "change"), rows)
 
 
 if __name__ == "__main__":

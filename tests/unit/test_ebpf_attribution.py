@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from netmond.backends.ebpf.attribution import OWNER_GRACE_TICKS, EbpfAttribution
-from netmond.backends.ebpf.loader import OWNERS_CAPACITY, Owner, UdpCounts
+from netmond.backends.ebpf.loader import OWNERS_CAPACITY, RELEASED, Owner, UdpCounts
 
 
 class FakeProbe:
@@ -19,10 +19,11 @@ class FakeProbe:
         self.fail = False
         self.closed = False
 
-    def owners(self):
+    def owner_records(self):
         if self.fail:
             raise OSError(5, "EIO")
-        return dict(self.owner_map)
+        return {cookie: (o.pid, o.uid, RELEASED if o.released else 0, 0, o.comm.encode().ljust(16, b"\0"))
+                for cookie, o in self.owner_map.items()}
 
     def udp_counts(self):
         return dict(self.udp_map)

@@ -75,3 +75,25 @@ def test_an_old_kernel_is_the_reason(monkeypatch):
     monkeypatch.setattr(loader, "effective_capabilities", lambda: caps(*range(41)))
     monkeypatch.setattr(loader, "kernel_version", lambda: (5, 4))
     assert loader.unavailable_reason() == "kernel 5.4 is older than 5.10"
+
+
+def test_ebpf_setting_is_validated_and_turned_off_by_the_flag():
+    from netmond.config import ConfigError, build_config
+    from netmond.main import build_parser
+
+    assert build_config().ebpf is True
+    assert build_config({"ebpf": False}).ebpf is False
+    with pytest.raises(ConfigError, match="ebpf must be true or false, got 'no'"):
+        build_config({"ebpf": "no"})
+    assert build_parser().parse_args(["--no-ebpf"]).ebpf is False
+    assert build_parser().parse_args([]).ebpf is None  # not given: the file or the default decides
+
+
+def test_status_shows_the_root_mode_line_only_where_there_is_one():
+    from netmonctl.commands.status import _describe
+
+    on = _describe({"root_mode": {"active": True, "reason": "eBPF programs attached"}})
+    assert "root mode:   on (eBPF programs attached)" in on
+    off = _describe({"root_mode": {"active": False, "reason": "turned off (--no-ebpf / ebpf = false)"}})
+    assert "root mode:   off (turned off (--no-ebpf / ebpf = false))" in off
+    assert "root mode" not in _describe({"root_mode": None})  # darwin, portable

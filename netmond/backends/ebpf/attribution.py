@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-from .loader import OWNERS_CAPACITY, UDP_CAPACITY, Owner, Probe, UdpCounts
+from .loader import OWNERS_CAPACITY, RELEASED, UDP_CAPACITY, Owner, Probe, UdpCounts, owner_from_record
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,12 @@ class EbpfAttribution:
 
     def __init__(self, probe: Probe) -> None:
         self._probe = probe
-        self._owners: dict[int, Owner] = {}
+        # cookie -> raw owner record (Probe.owner_records): made an Owner
+        # only when looked up, which few sockets of a tick are.
+        self._owners: dict[int, tuple] = {}
         self._udp: dict[int, UdpCounts] = {}
         # Owners whose map entry was deleted, newest tick first.
-        self._gone_owners: list[dict[int, Owner]] = []
+        self._gone_owners: list[dict[int, tuple]] = []
         # cookie -> (last sent, last received, added sent, added received)
         self._udp_seen: dict[int, tuple[int, int, int, int]] = {}
         self._udp_reported_closed: list[int] = []
@@ -56,7 +58,7 @@ class EbpfAttribution:
     def refresh(self) -> None:
         """Read both maps; a failed read keeps the previous tick's view (logged)."""
         try:
-            self._owners = self._probe.owners()
+            self._owners = self._probe.owner_records()
             self._udp = self._probe.udp_counts()
         except OSError as exc:
             self.read_errors += 1
@@ -76,14 +78,15 @@ class EbpfAttribution:
 
     # -- lookups -----------------------------------------------------------------------------------
     def owner(self, cookie: int) -> Owner | None:
-        known = self._owners.get(cookie)
-        if known is not None:
-            return known
-        for gone in self._gone_owners:
-            known = gone.get(cookie)
-            if known is not None:
-                return known
-        return None
+        record = self._owners.get(cookie)
+        if record is None:
+            for gone in self._gone_owners:
+                record = gone.get(cookie)
+                if record is not None:
+                    break
+            else:
+                return None
+        return owner_from_record(record)
 
     def udp_bytes(self, cookie: int) -> tuple[int, int]:
         """(sent, received) payload bytes since the daemon started; (0, 0) if none moved."""
@@ -122,8 +125,8 @@ class EbpfAttribution:
     def finish_tick(self, live: set[int], ended: Iterable[int]) -> None:
         """Delete the entries read for the last time (see the module docstring)."""
         ended = set(ended)
-        done = {cookie: owner for cookie, owner in self._owners.items()
-                if cookie in ended or (owner.released and cookie not in live)}
+        done = {cookie: record for cookie, record in self._owners.items()
+                if cookie in ended or (record[2] & RELEASED and cookie not in live)}
         if done:
             self._probe.delete_owners(done)
         self._gone_owners.insert(0, done)

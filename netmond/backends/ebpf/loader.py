@@ -207,6 +207,12 @@ def _libbpf() -> ctypes.CDLL:
         return lib
 
 
+def owner_from_record(record: tuple) -> Owner:
+    """An Owner from a raw owner record (see Probe.owner_records)."""
+    tgid, uid, flags, _pad, comm = record
+    return Owner(tgid, uid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), bool(flags & RELEASED))
+
+
 def _errno_text(code: int) -> str:
     code = abs(code)
     return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
@@ -272,56 +278,59 @@ class Probe:
         return cls(lib, obj, links, owners_fd, udp_fd)
 
     # -- reading -------------------------------------------------------------------------------
+    def owner_records(self) -> dict[int, tuple]:
+        """cookie -> raw (tgid, uid, flags, pad, comm bytes) of every entry: cheap, for every tick.
+
+        `owner_from_record` turns one into an Owner, where it is needed.
+        """
+        keys, values = self._read_map(self._owners_fd, _OWNER.size, OWNERS_CAPACITY)
+        return dict(zip(keys, _OWNER.iter_unpack(values)))
+
     def owners(self) -> dict[int, Owner]:
         """cookie -> Owner for every socket the programs have seen (and not yet deleted)."""
-        out = {}
-        unpack = _OWNER.unpack_from
-        for cookie, value, offset in self._entries(self._owners_fd, _OWNER.size, OWNERS_CAPACITY):
-            tgid, uid, flags, _pad, comm = unpack(value, offset)
-            out[cookie] = Owner(tgid, uid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
-                                bool(flags & RELEASED))
-        return out
+        return {cookie: owner_from_record(record) for cookie, record in self.owner_records().items()}
 
     def udp_counts(self) -> dict[int, UdpCounts]:
         """cookie -> UdpCounts of every UDP socket that moved a datagram."""
         out = {}
-        unpack = _UDP.unpack_from
         inet6 = socket.AF_INET6
-        for cookie, value, offset in self._entries(self._udp_fd, _UDP.size, UDP_CAPACITY):
-            sent, received, psent, preceived, flags, family, local, remote, lport, rport, _ = unpack(value, offset)
+        keys, values = self._read_map(self._udp_fd, _UDP.size, UDP_CAPACITY)
+        for cookie, record in zip(keys, _UDP.iter_unpack(values)):
+            sent, received, psent, preceived, flags, family, local, remote, lport, rport, _ = record
             if family != inet6:  # IPv4 in the first 4 bytes; keep DiagSocket's 16-byte form
                 local, remote = local[:4] + bytes(12), remote[:4] + bytes(12)
             out[cookie] = UdpCounts(sent, received, psent, preceived, bool(flags & RELEASED),
                                     family, local, remote, lport, rport)
         return out
 
-    def _entries(self, fd: int, value_size: int, capacity: int):
-        """(key, values buffer, offset) of every entry, read in batches."""
+    def _read_map(self, fd: int, value_size: int, capacity: int) -> tuple[list[int], bytes]:
+        """(keys, their values end to end) of every entry, read in batches of _BATCH."""
+        all_keys: list[int] = []
+        chunks: list[bytes] = []
         with self._lock:
             if self._closed:
-                return
+                return all_keys, b""
             lib = self._lib
             keys = (ctypes.c_uint64 * _BATCH)()
             values = ctypes.create_string_buffer(value_size * _BATCH)
             token_in, token_out = ctypes.c_uint64(0), ctypes.c_uint64(0)
             count = ctypes.c_uint32()
             first = True
-            seen = 0
-            while seen <= capacity:
+            while len(all_keys) <= capacity:
                 count.value = _BATCH
                 err = lib.bpf_map_lookup_batch(fd, None if first else ctypes.byref(token_in),
                                                ctypes.byref(token_out), keys, values, ctypes.byref(count), None)
                 done = err == -errno.ENOENT
                 if err and not done:
                     raise OSError(-err, f"BPF map batch lookup failed ({_errno_text(err)})")
-                raw = values.raw
-                for i in range(count.value):
-                    yield keys[i], raw, i * value_size
-                seen += count.value
+                n = count.value
+                all_keys += keys[:n]
+                chunks.append(values.raw[: n * value_size])
                 if done:
-                    return
+                    break
                 token_in.value = token_out.value
                 first = False
+        return all_keys, b"".join(chunks)
 
     def delete_owners(self, cookies: Iterable[int]) -> int:
         return self._delete(self._owners_fd, cookies)
