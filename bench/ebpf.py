@@ -2,7 +2,7 @@
 """What Linux root mode (eBPF) costs: each figure with the programs attached and without.
 
     python bench/ebpf.py [--sockets 10000] [--rate 5000] [--seconds 10] [--runs 7]
-                         [--only tick connections iperf3] [--quick]
+                         [--only tick connections udp iperf3] [--quick]
 
     tick          LinuxBackend.sample() + MonitorState.apply() at N TCP sockets,
                   root mode on (the backend attached its programs before the
@@ -13,6 +13,8 @@
                   seconds beside a real netmond at a 1 s interval: the churn
                   process's CPU per connection (the kernel runs the hooks on
                   its time) and the daemon's CPU %, root mode on and off
+    udp           CPU per 1,400-byte loopback datagram sent and received
+                  (both hooks), with the programs attached and without
     iperf3        loopback throughput, TCP and UDP (1,400-byte datagrams, no
                   rate limit), with the programs attached and without, runs
                   interleaved
@@ -115,6 +117,45 @@ def connection_cost(rate: float, seconds: float, ebpf: bool) -> tuple[float, flo
     return count / float(elapsed), float(cpu) / count * 1e6, usage.cpu_percent["netmond"]
 
 
+# -- UDP datagrams ---------------------------------------------------------------------------------
+def datagram_cost(datagrams: int) -> float:
+    """CPU µs per 1,400-byte loopback datagram sent and received by this process.
+
+    On loopback the receive path (and so the ingress program) runs on the
+    sender's time too: one process measures both hooks.
+    """
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    data = b"x" * 1400
+    try:
+        c0 = time.process_time()
+        for i in range(datagrams):
+            sender.send(data)
+            if i % 64 == 63:
+                try:
+                    while True:
+                        receiver.recv(2048)
+                except BlockingIOError:
+                    pass
+        return (time.process_time() - c0) / datagrams * 1e6
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def datagram_costs(datagrams: int, rounds: int) -> tuple[float, float]:
+    """Median µs per datagram without and with the programs, interleaved."""
+    off, on = [], []
+    for _ in range(rounds):
+        off.append(datagram_cost(datagrams))
+        with loader.Probe.open():
+            on.append(datagram_cost(datagrams))
+    return statistics.median(off), statistics.median(on)
+
+
 # -- iperf3 --------------------------------------------------------------------------------------------
 def iperf3(udp: bool, seconds: int) -> float | None:
     """Loopback throughput in Gbit/s (UDP: received), or None without iperf3."""
@@ -163,7 +204,7 @@ def throughput(seconds: int, rounds: int) -> list[tuple[str, float | None, float
             for name, udp in (("TCP", False), ("UDP, 1400-byte datagrams", True))]
 
 
-PARTS = ("tick", "connections", "iperf3")
+PARTS = ("tick", "connections", "udp", "iperf3")
 
 
 def _pct(on: float | None, off: float | None) -> str:
@@ -206,6 +247,11 @@ def main() -> None:
               ("mode", "conn/s made", "churn cpu us/conn", "netmond cpu %"), rows)
         print(f"root mode adds {churn['on'][1] - churn['off'][1]:+.1f} us of CPU per connection to the process "
               f"making it, and {churn['on'][2] - churn['off'][2]:+.1f} points to the daemon")
+    if "udp" in args.only:
+        off, on = datagram_costs(2000 if args.quick else 200_000, 1 if args.quick else 3)
+        table("UDP, 1,400-byte loopback datagrams sent and received by one process (median of 3 interleaved)",
+              ("programs", "cpu us/datagram"), [("detached", f"{off:.2f}"), ("attached", f"{on:.2f}"),
+                                                ("eBPF adds", f"{on - off:+.2f}")])
     if "iperf3" in args.only:
         rows = [(name, "-" if off is None else f"{off:.2f}", "-" if on is None else f"{on:.2f}", _pct(on, off))
                 for name, off, on in throughput(3, 3)]
