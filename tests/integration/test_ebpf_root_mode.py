@@ -13,9 +13,11 @@ skip with the reason (the daemon's own).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -78,8 +80,8 @@ def test_short_connections_bytes_land_on_their_apps(root_daemon):
     try:
         port = line_of(server)["port"]
         client = peer("tcp-client", "nm18cli", port, connections, request, reply)
-        assert len(line_of(client)["cookies"]) == connections
-        assert len(line_of(server)["cookies"]) == connections
+        cookies = set(line_of(client)["cookies"]) | set(line_of(server)["cookies"])
+        assert len(cookies) == 2 * connections
         assert client.wait(30) == 0 and server.wait(30) == 0
     finally:
         for proc in (server, client):
@@ -100,6 +102,34 @@ def test_short_connections_bytes_land_on_their_apps(root_daemon):
     assert len(client_rows) >= 0.99 * connections and len(server_rows) >= 0.99 * connections
     assert {(r["pid"], r["process_name"]) for r in client_rows} == {(client.pid, "nm18cli")}
     assert {(r["pid"], r["process_name"]) for r in server_rows} == {(server.pid, "nm18srv")}
+    if shutil.which("bpftool"):
+        # Read for the last time, then deleted: none of these sockets is left in the daemon's map.
+        assert not cookies & map_keys(root_daemon.proc.pid, "owners")
+
+
+def map_keys(pid: int, name: str) -> set[int]:
+    """Keys (socket cookies) of the BPF map `name` that process pid holds, read with bpftool."""
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                info = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        if "map_id" not in info:
+            continue
+        map_id = info["map_id"].strip()
+        shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", map_id],
+                                          capture_output=True, text=True, timeout=30, check=True).stdout)
+        if shown.get("name") != name:
+            continue
+        dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", map_id],
+                                         capture_output=True, text=True, timeout=60, check=True).stdout or "[]")
+        keys = set()
+        for entry in dump:
+            key = entry.get("formatted", entry)["key"]
+            keys.add(int.from_bytes(bytes(int(b, 16) for b in key), "little") if isinstance(key, list) else int(key))
+        return keys
+    raise AssertionError(f"process {pid} holds no BPF map named {name}")
 
 
 @needs_ebpf
