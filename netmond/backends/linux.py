@@ -280,6 +280,8 @@ class LinuxBackend(Backend):
 
     def discard_pending(self) -> None:
         self._destroy.take()
+        if self._ebpf is not None:
+            self._ebpf.discard_released()
 
     # -- the tick ----------------------------------------------------------------
     def sample(self) -> Snapshot:

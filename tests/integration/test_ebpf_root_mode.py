@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -200,3 +201,28 @@ def test_daemon_as_nobody_falls_back_with_one_warning(start_daemon_process, shor
     assert len(ebpf_warnings) == 1 and ebpf_warnings[0].startswith("root mode (eBPF) off: not running as root")
     assert d.log().count("root mode (eBPF) off") == 1
     assert d.proc.poll() is None  # and it samples on, as before
+
+
+@needs_ebpf
+def test_udp_moved_while_paused_is_not_counted_at_resume(root_daemon):
+    """Like TCP's destroy events, UDP sockets that closed during `stop` are dropped, not billed at `start`."""
+    sock = root_daemon.socket
+    netmonctl_json(sock, "stop")
+    status = netmonctl_json(sock, "status")
+    assert status["monitoring"] is False
+    proc = peer("udp", "nm18paused", "IPv4", "connected", 100, 1000)
+    try:
+        line_of(proc)
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        assert line_of(proc) == {"closed": True}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    # Two paused intervals: the daemon drops what was gathered meanwhile.
+    time.sleep(2 * float(INTERVAL) + 0.5)
+    netmonctl_json(sock, "start")
+    after_two_more_ticks(sock)
+    apps = netmonctl_json(sock, "apps")["apps"]
+    assert not [a for a in apps if a["process_name"] == "nm18paused"], apps

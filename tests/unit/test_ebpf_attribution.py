@@ -91,6 +91,16 @@ def test_closed_udp_reports_final_counts_then_deletes():
     assert [(c, b) for c, _, b in att.closed_udp(live={5})] == [(8, (1, 1))]
 
 
+def test_while_paused_closed_udp_sockets_are_forgotten_not_reported_at_resume():
+    probe = FakeProbe()
+    probe.udp_map = {5: udp(100, 0), 6: udp(300, 0, released=True)}
+    att = EbpfAttribution(probe)
+    att.discard_released()
+    assert probe.deleted_udp == [6] and set(probe.udp_map) == {5}
+    att.refresh()
+    assert att.closed_udp(live={5}) == []
+
+
 def test_a_socket_without_an_entry_moved_nothing_since_start():
     att = EbpfAttribution(FakeProbe())
     att.refresh()

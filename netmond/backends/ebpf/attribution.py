@@ -142,6 +142,24 @@ class EbpfAttribution:
             for cookie in [c for c in self._udp_seen if c not in self._udp and c not in live]:
                 del self._udp_seen[cookie]
 
+    def discard_released(self) -> None:
+        """While monitoring is paused: forget UDP sockets closed meanwhile.
+
+        Their datagrams moved while nothing was counted, like the TCP destroy
+        events the backend drops then; without this, the first tick after
+        `start` would report them as closed rows with all their bytes.
+        """
+        try:
+            released = [cookie for cookie, counts in self._probe.udp_counts().items() if counts.released]
+        except OSError as exc:
+            log.warning("reading the eBPF UDP map failed (%s)", exc)
+            return
+        if released:
+            self._probe.delete_udp(released)
+            for cookie in released:
+                self._udp_seen.pop(cookie, None)
+                self._udp.pop(cookie, None)
+
     def warnings(self) -> list[str]:
         out = []
         if self.read_errors:
