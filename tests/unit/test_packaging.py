@@ -64,7 +64,9 @@ def test_sdist_carries_tests_service_files_and_license(tmp_path):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     expected = {"LICENSE", "README.md", "pyproject.toml", "Makefile", "tests/conftest.py",
                 "tests/unit/test_packaging.py", "tests/integration/test_top.py",
-                "netmond/main.py", "netmonctl/cli.py", "common/paths.py"}
+                "netmond/main.py", "netmonctl/cli.py", "common/paths.py",
+                # eBPF root mode: the C source and the hook that compiles it at wheel-build time.
+                "setup.py", "netmond/backends/ebpf/netmon.bpf.c", "netmond/backends/ebpf/build.py"}
     for folder in ("launchd", "systemd", "tests/data"):
         files = {str(p.relative_to(REPO)) for p in (REPO / folder).rglob("*") if p.is_file()
                  and "__pycache__" not in p.parts}
@@ -72,3 +74,4 @@ def test_sdist_carries_tests_service_files_and_license(tmp_path):
         expected |= files
     assert expected <= names, sorted(expected - names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert not any(n.endswith(".bpf.o") for n in names)  # built per machine, never shipped in the sdist
