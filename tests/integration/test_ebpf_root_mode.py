@@ -34,7 +34,10 @@ INTERVAL = "2"
 
 @pytest.fixture
 def root_daemon(start_daemon_process):
-    return start_daemon_process("--backend", "linux", "--include-loopback", "--interval", INTERVAL)
+    d = start_daemon_process("--backend", "linux", "--include-loopback", "--interval", INTERVAL)
+    # Past the first tick, a baseline: bytes moved before it are not counted (by design).
+    wait_until(lambda: ticks(d.socket) >= 1, timeout=30, interval=0.2)
+    return d
 
 
 def ticks(sock: str) -> int:
