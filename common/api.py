@@ -202,6 +202,13 @@ class HelloResult(TypedDict):
     pid: int
 
 
+class RootMode(TypedDict):
+    """Linux root mode (eBPF): whether it runs, and why or why not."""
+
+    active: bool
+    reason: str
+
+
 class Status(TypedDict):
     """The `status` result: the daemon's own health."""
 
@@ -213,6 +220,7 @@ class Status(TypedDict):
     per_socket_bytes: bool
     privileged: bool
     attribution_complete: bool
+    root_mode: RootMode | None  # None: not the Linux backend
     events_lost: int
     warnings: list[str]
     cpu_percent: float | None  # percent of one core, over cpu_window_seconds
