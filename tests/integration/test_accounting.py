@@ -51,7 +51,9 @@ def netns():
 
 @pytest.fixture
 def daemon(start_daemon_process, netns):
-    d = start_daemon_process("--backend", "linux", "--interval", "1", prefix=netns)
+    # Without root mode (eBPF): these are the numbers of the /proc scan and the
+    # kernel's counters (root mode: tests/integration/test_ebpf_root_mode.py).
+    d = start_daemon_process("--backend", "linux", "--interval", "1", "--no-ebpf", prefix=netns)
     d.netns = netns
     return d
 
@@ -240,7 +242,9 @@ def test_unattributed_is_measured_not_clamped(start_daemon_process, netns, peers
                              capture_output=True, text=True, check=True)
         return int(out.stdout)
 
-    d = start_daemon_process("--backend", "linux", "--interval", "1", prefix=netns)
+    # Without root mode (eBPF): these are the numbers of the /proc scan and the
+    # kernel's counters (root mode: tests/integration/test_ebpf_root_mode.py).
+    d = start_daemon_process("--backend", "linux", "--interval", "1", "--no-ebpf", prefix=netns)
     wait_until(lambda: ctl(d, "status")["ticks"] >= 2, timeout=20)
     lo_before = lo_tx()
     tcp = peers("nm-tcp", "tcp_paced", tcp_rate, seconds)
