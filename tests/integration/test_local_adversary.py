@@ -271,11 +271,14 @@ def test_hole2_a_socket_another_user_planted_never_answers_root(start_daemon_thr
         assert os.stat(planted).st_uid == NOBODY
         env = root_env(tmp, home)
         results = {}
-        for cmd in (["status"], ["conns"], ["stop"]):
+        # Not `stop`: with the planted socket passed over, root's netmonctl
+        # goes on to /run/netmond.sock, where a real daemon may be running.
+        for cmd in (["status", "--json"], ["conns", "--json"]):
             ran = subprocess.run(netmonctl_cmd(*cmd), capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
             results[cmd[0]] = ran
-            assert "FAKE-ROW" not in ran.stdout and "monitoring stopped" not in ran.stdout, (cmd, ran.stdout)
-            assert ran.returncode != 0, (cmd, ran.stdout)
+            assert "FAKE-ROW" not in ran.stdout, (cmd, ran.stdout)
+            if cmd[0] == "status" and ran.returncode == 0:  # a real root daemon answered
+                assert json.loads(ran.stdout)["socket"] != planted
     finally:
         answered = served(fake)
     assert answered == [], f"the planted daemon answered root: {answered}"
