@@ -123,10 +123,15 @@ def resolve_group(group: str | int | None) -> int | None:
     return grp.getgrnam(group).gr_gid
 
 
+def is_owner(peer: PeerCredentials | None) -> bool:
+    """Root or the user the daemon runs as, by the kernel's word."""
+    return peer is not None and peer.uid in (0, os.geteuid())
+
+
 def may_control(peer: PeerCredentials | None, control_gid: int | None) -> bool:
     """Control rights: root, the daemon's own uid, or the configured group."""
     if peer is None:
         return False
-    if peer.uid == 0 or peer.uid == os.geteuid():
+    if is_owner(peer):
         return True
     return control_gid is not None and peer.in_group(control_gid)

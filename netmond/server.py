@@ -12,7 +12,11 @@ bounded on every axis:
   (Half-open peers go with these rules);
 - count: at most `max_clients` sessions (never more than the descriptor
   limit leaves room for); the next one is answered `too_many_clients` and
-  closed, so descriptors are never exhausted;
+  closed, so descriptors are never exhausted. The last slots are kept for
+  root and the daemon's own user (owner_reserve()): other users (a socket
+  group's members) holding every slot they may have never lock the owner out
+  of its own daemon (before: one member holding 128 idle connections made
+  root's `netmonctl status` fail for as long as it liked);
 - queue: notifications wait in a bounded per-session queue, bounded in count
   (subscriber_queue) and in bytes (_QUEUE_BYTES per subscriber, queue and
   socket buffer together, and _QUEUE_BYTES_TOTAL over all subscribers); a
@@ -54,7 +58,7 @@ from common.models import Filter
 from common.protocol import BadMessage, Notification, ProtocolError, Request, RPCError
 
 from .handlers import HANDLERS
-from .peercred import PeerCredentials, may_control, peer_credentials
+from .peercred import PeerCredentials, is_owner, may_control, peer_credentials
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import Daemon
@@ -107,6 +111,12 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             pass
+
+
+def owner_reserve(cap: int) -> int:
+    """Client slots that only root and the daemon's own user may take: an
+    eighth of the cap, at least 1 and at most 8 (none for a cap of 1)."""
+    return 0 if cap < 2 else max(1, min(8, cap // 8))
 
 
 def client_fd_budget() -> int | None:
@@ -544,6 +554,8 @@ class Server:
         sock = writer.get_extra_info("socket")
         peer = peer_credentials(sock) if sock is not None else None
         cap = self.max_clients
+        if not is_owner(peer):
+            cap -= owner_reserve(cap)
         if len(self.sessions) >= cap:
             self.note(logging.WARNING, "client limit (%d) reached: refusing a connection", cap)
             writer.write(

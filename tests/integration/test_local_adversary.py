@@ -948,3 +948,50 @@ def test_sigterm_under_load_is_quiet_and_exits_0(start_daemon_process):
         stop(load)
     assert "Traceback" not in d.log() and "CancelledError" not in d.log(), d.log()[-3000:]
     assert d.log().rstrip().endswith("stopped")
+
+
+# -- the client cap: another user holding every slot ---------------------------------------------
+
+HOLD_SLOTS = r"""
+import json, sys
+from common.client import Client, DaemonUnavailable
+from common.protocol import RPCError
+held, refused = [], []
+for _ in range(int(sys.argv[2])):
+    c = Client.connect(sys.argv[1], timeout=5)
+    try:
+        c.call("hello", {})
+        held.append(c)
+    except (RPCError, DaemonUnavailable) as exc:
+        refused.append(getattr(exc, "code", type(exc).__name__))
+        c.close()
+print(json.dumps({"held": len(held), "refused": refused}), flush=True)
+sys.stdin.readline()  # hold them, idle, until told to stop
+"""
+
+
+@needs_setpriv
+def test_another_user_holding_every_slot_never_locks_root_out(start_daemon_process, as_nobody_argv):
+    # A socket group's member (here: anyone, mode 0666) may connect, but the
+    # last slots of max_clients are root's and the daemon user's.
+    d = start_daemon_process("--max-clients", "16")
+    os.chmod(d.socket, 0o666)
+    hog = subprocess.Popen([*as_nobody_argv, "-c", HOLD_SLOTS, d.socket, "20"], env=nobody_env(), cwd="/",
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        got = json.loads(hog.stdout.readline())
+        assert got["held"] == 14, got  # 16 less the owner's 2
+        assert got["refused"] == ["too_many_clients"] * 6, got
+        for cmd in ("status", "conns", "apps"):
+            ran = netmonctl(d.socket, cmd, "--json")
+            assert ran.returncode == 0, (cmd, ran.stderr)
+        with Client.connect(d.socket) as c1, Client.connect(d.socket) as c2:
+            assert c2.call("status")["clients"] == 16
+            with pytest.raises(Exception) as refused:  # root too is refused beyond the cap
+                with Client.connect(d.socket, timeout=5) as c3:
+                    c3.call("status")
+            assert getattr(refused.value, "code", None) == "too_many_clients", refused.value
+            assert c1.call("status")["clients"] == 16
+    finally:
+        hog.stdin.close()
+        stop(hog)
