@@ -275,7 +275,22 @@ class Client:
         try:
             self._sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal from None
             raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})") from None
+
+    def _refusal(self) -> RPCError | None:
+        """The error a daemon that refused this connection sent before closing
+        it (too_many_clients, msgid 0), if that is why sending failed: without
+        it a busy daemon read as a stopped one ("start the daemon with...")."""
+        try:
+            msg = self._read_message()
+        except (DaemonUnavailable, OSError, ProtocolError, ValueError):
+            return None
+        if isinstance(msg, Response) and msg.msgid == 0 and isinstance(msg.error, RPCError):
+            return msg.error
+        return None
 
     def _read_message(self) -> Any:
         while True:

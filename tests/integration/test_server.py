@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import time
@@ -139,6 +140,29 @@ def test_client_limit_answers_too_many_clients(start_daemon_thread):
             c.close()
     with d.client() as c:  # slots are given back when clients leave
         wait_until(lambda: c.call("status")["clients"] == 1, timeout=5)
+
+
+def test_a_client_refused_for_the_cap_is_told_so_even_when_its_request_hits_the_closed_socket(
+        start_daemon_thread):
+    # The daemon answers too_many_clients and closes before the client has sent
+    # anything: sending then fails with EPIPE, and the client must still report
+    # the refusal, not a daemon that is gone ("start the daemon with ...").
+    d = start_daemon_thread(max_clients=1)
+    with d.client() as held:
+        held.call("status")
+        extra = Client.connect(d.socket, timeout=5)
+        try:
+            poller = select.poll()
+            poller.register(extra._sock, select.POLLIN)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the daemon has closed its end
+                if any(ev & select.POLLHUP for _, ev in poller.poll(100)):
+                    break
+            with pytest.raises(RPCError) as e:
+                extra.call("status")
+            assert e.value.code == protocol.TOO_MANY_CLIENTS
+        finally:
+            extra.close()
 
 
 def test_stop_start_and_clear(start_daemon_thread):
