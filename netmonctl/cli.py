@@ -82,6 +82,13 @@ class NetmonGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: usage errors (2), --help, Ctrl-C
         except Exception as exc:
+            from . import render
+
+            if isinstance(exc, BrokenPipeError) and render.stdout_reader_gone():
+                # `netmonctl conns | head`: the reader had what it wanted. Not
+                # a daemon error (click's own handling exits 1), as in watch.
+                render.silence_stdout()
+                ctx.exit(0)
             settings = ctx.ensure_object(Settings)
             mapped = exit_code_for(exc, settings.host or settings.socket_path,
                                    explicit=bool(settings.host or settings.socket))

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import select
 import shutil
 import sys
 import time
@@ -440,6 +441,34 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, (bool, list, tuple, dict)):
         return json.dumps(value)
     return value
+
+
+# -- a reader that leaves early -----------------------------------------------
+
+
+def stdout_reader_gone() -> bool:
+    """True if stdout is a pipe whose reader has left (`netmonctl conns | head`):
+    what made a write fail was the reader, not the daemon or ssh."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR is always reported
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has left.
+
+    Python flushes stdout again at exit; pointed at the closed pipe it
+    would print "Exception ignored ... BrokenPipeError".
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 # -- dispatch ------------------------------------------------------------------

@@ -20,7 +20,6 @@ Pushed by the daemon (`subscribe`), never polled. Decisions:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -136,24 +135,13 @@ def watch(
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends: exit 0, no traceback
     except BrokenPipeError:
-        _silence_stdout()  # the reader left (`| head -1`): nothing more to say
+        render.silence_stdout()  # the reader left (`| head -1`): nothing more to say
     finally:
         feed.close()
 
 
 def _notice(text: str) -> None:
     click.echo(f"netmonctl: {text}", err=True)
-
-
-def _silence_stdout() -> None:
-    # Python flushes stdout again at exit; pointed at the closed pipe it
-    # would print "Exception ignored ... BrokenPipeError".
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 # -- formatting (pure) --------------------------------------------------------

@@ -232,6 +232,21 @@ def test_watch_into_a_closed_pipe_exits_0_without_a_traceback(start_daemon_proce
             proc.wait(5)
 
 
+@pytest.mark.parametrize("args", [["status"], ["conns"], ["apps", "--json"], ["history", "--format", "csv"]])
+def test_a_command_whose_reader_left_exits_0_without_a_traceback(start_daemon_process, args):
+    # `netmonctl conns | head -3` with more rows than the pipe holds: the write
+    # fails with EPIPE. click's own handling made that exit 1, "daemon error".
+    daemon = start_daemon_process(*DAEMON_ARGS)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first byte
+    try:
+        out = subprocess.run(netmonctl_cmd("--socket", daemon.socket, *args), stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=30, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert (out.returncode, out.stderr) == (0, "")
+
+
 def test_watch_without_a_daemon_is_exit_3_with_a_hint(short_dir):
     out = subprocess.run(
         netmonctl_cmd("--socket", os.path.join(short_dir, "none.sock"), "watch"),
