@@ -379,6 +379,9 @@ class ClientSession:
                         await self._fatal(protocol.TOO_LARGE, f"more than {protocol.MAX_OBJECTS} "
                                           "objects in one message")
                         return
+                    except msgpack.StackError:  # deeper than msgpack's own stack (1024)
+                        await self._fatal(protocol.TOO_LARGE, f"nested deeper than {protocol.MAX_DEPTH} levels")
+                        return
                     except ValueError as exc:
                         # msgpack says "N exceeds max_xxx_len(M)" for a header
                         # over a limit; anything else is corrupt data.

@@ -694,9 +694,10 @@ def test_hole8_what_clients_send_never_amplifies_into_gigabytes(start_daemon_pro
 
 
 @needs_setpriv
-def test_hole8_a_message_nested_a_thousand_deep_is_refused_without_a_traceback(start_daemon_thread):
+@pytest.mark.parametrize("depth", [1000, 100_000])  # below and beyond msgpack's own stack limit (1024)
+def test_hole8_a_message_nested_a_thousand_deep_is_refused_without_a_traceback(start_daemon_thread, depth):
     d = start_daemon_thread()
-    deep = b"\x94" + b"\x91" * 1000 + b"\x00" + b"\x01\xa1x\x90"  # kind = [[[...]]]
+    deep = b"\x94" + b"\x91" * depth + b"\x00" + b"\x01\xa1x\x90"  # kind = [[[...]]]
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(d.socket)
