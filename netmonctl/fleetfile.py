@@ -27,10 +27,11 @@ import json
 import math
 import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from common.atomicfile import write_atomically
 
 from .transport import NAME_RE, Target, TargetError, parse_url
 
@@ -184,23 +185,9 @@ def entry_to_toml(entry: HostEntry) -> str:
 
 
 def _write_atomic(path: str, text: str, mode: int = 0o600) -> None:
-    """Write via a temporary file in the same directory and rename it over `path`."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write `text` atomically and durably, creating its directory (0700) if needed."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_atomically(path, text.encode("utf-8"), mode, durable=True)
 
 
 def _read_text(path: str) -> str:

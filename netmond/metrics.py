@@ -83,7 +83,6 @@ import resource
 import socket
 import stat
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,6 +91,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from common import __version__
+from common.atomicfile import write_atomically
 
 from .config import Config, ConfigError
 
@@ -557,24 +557,10 @@ def textfile_problem(path: str) -> str | None:
 def write_textfile(path: str, data: bytes, mode: int) -> None:
     """Write `data` to `path` atomically without following any link (OSError on failure).
 
-    mkstemp opens a new, unpredictable name in the same directory with
-    O_CREAT|O_EXCL|O_NOFOLLOW; rename() then replaces PATH itself (a symlink
-    at PATH is replaced, never followed). node_exporter never reads half a
-    file and ignores the temporary one (it does not end in .prom).
+    node_exporter never reads half a file and ignores the temporary one (it
+    does not end in .prom).
     """
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), mode)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, data, mode)
 
 
 class MetricsExporter:

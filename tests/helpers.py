@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def linux_backend_works() -> bool:
+    """True where netmond's Linux backend runs here (Linux with netlink sock_diag)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        from netmond.backends import linux
+
+        return linux.netlink_available()
+    except Exception:  # noqa: BLE001 - any failure means: skip those tests
+        return False
 
 
 @contextmanager

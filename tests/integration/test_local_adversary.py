@@ -23,7 +23,7 @@ import pytest
 
 from common.client import Client
 from tests.conftest import netmonctl_cmd
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, linux_backend_works, wait_until
 
 NOBODY = 65534
 
@@ -78,17 +78,6 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def linux_backend_works() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        from netmond.backends import linux
-
-        return linux.netlink_available()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def netmonctl(socket_path: str, *args: str, prefix: list[str] | None = None,

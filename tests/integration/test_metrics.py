@@ -22,7 +22,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from common.client import Client  # noqa: E402
-from tests.helpers import wait_until  # noqa: E402
+from tests.helpers import linux_backend_works, wait_until  # noqa: E402
 
 APP = "nmmetrics"
 UP = 3_000_000  # client -> server
@@ -50,17 +50,6 @@ for line in sys.stdin:
     move(cli, srv, {UP}); move(srv, cli, {DOWN})
     print("done", flush=True)
 """
-
-
-def linux_backend_works() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        from netmond.backends import linux
-
-        return linux.netlink_available()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 pytestmark = pytest.mark.skipif(not linux_backend_works(), reason="needs the Linux backend (netlink sock_diag)")
