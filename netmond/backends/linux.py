@@ -269,7 +269,12 @@ class LinuxBackend(Backend):
                                  "kernel, UDP bytes are counted")
             log.info("root mode on: %s", self._ebpf_reason)
         else:
-            log.warning("root mode (eBPF) off: %s", self._ebpf_reason)
+            log.warning("%s", self._root_mode_off_warning())
+
+    def _root_mode_off_warning(self) -> str:
+        """Why root mode is off, and what that costs (said here only: the reason alone is status' root_mode)."""
+        return (f"root mode (eBPF) off: {self._ebpf_reason}; connections shorter than a tick "
+                "may be shown without process, UDP rows have no byte counters")
 
     def close(self) -> None:
         self._destroy.close()
@@ -642,8 +647,7 @@ class LinuxBackend(Backend):
         if self._ebpf is not None:
             warnings += self._ebpf.warnings()
         elif self._ebpf_wanted and self._started:
-            warnings.append(f"root mode (eBPF) off: {self._ebpf_reason}; connections shorter than a tick "
-                            "may be shown without process, UDP rows have no byte counters")
+            warnings.append(self._root_mode_off_warning())
         return BackendStatus(
             privileged=is_privileged(),
             attribution_complete=self._attribution_complete,

@@ -202,6 +202,7 @@ def test_daemon_as_nobody_falls_back_with_one_warning(start_daemon_process, shor
     assert status["root_mode"]["reason"].startswith(f"not running as root (uid {NOBODY}) and without CAP_BPF")
     ebpf_warnings = [w for w in status["warnings"] if "eBPF" in w]
     assert len(ebpf_warnings) == 1 and ebpf_warnings[0].startswith("root mode (eBPF) off: not running as root")
+    assert ebpf_warnings[0].count("UDP") == 1, ebpf_warnings  # what it costs, said once
     assert d.log().count("root mode (eBPF) off") == 1
     assert d.proc.poll() is None  # and it samples on, as before
 

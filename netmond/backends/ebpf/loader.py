@@ -140,8 +140,8 @@ def unavailable_reason(object_path: str = OBJECT_PATH) -> str | None:
         return "eBPF root mode is Linux only"
     missing = missing_capabilities(effective_capabilities())
     if missing:
-        return (f"not running as root (uid {os.geteuid()}) and without {'+'.join(missing)}: "
-                "short connections are attributed only when seen by a scan, UDP has no byte counters")
+        # What follows from it is said once, by the status warning (linux.py).
+        return f"not running as root (uid {os.geteuid()}) and without {'+'.join(missing)}"
     major, minor = kernel_version()
     if (major, minor) < MIN_KERNEL:
         return f"kernel {major}.{minor} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}"
