@@ -164,6 +164,14 @@ class AppTotals:
     bytes_received: int = 0
     counted: bool = False
     uncounted: bool = False
+    # Bytes counted in the tick in progress, and the rates they gave at the
+    # last tick: every socket's bytes, closed ones included, so that an app
+    # of short connections moves at the speed its totals grow (its open rows
+    # alone would say 0 B/s).
+    tick_sent: int = 0
+    tick_received: int = 0
+    upload_speed: float = 0.0
+    download_speed: float = 0.0
 
 
 @dataclass
@@ -207,7 +215,10 @@ def _app_wire(name: str | None, live: _AppLive | None, totals: AppTotals | None)
     """One AppUsage map (see MonitorState.app_usage for what each field means)."""
     counted = bool((totals and totals.counted) or (live and live.counted))
     uncounted = bool((totals and totals.uncounted) or (live and live.uncounted))
-    if live is None:  # nothing open: nothing moves now, if its bytes are known at all
+    if totals is not None and (totals.upload_speed or totals.download_speed):
+        # What its sockets moved in the last tick, those closed in it included.
+        up, down = totals.upload_speed, totals.download_speed
+    elif live is None:  # nothing open: nothing moves now, if its bytes are known at all
         up = down = 0.0 if counted else None
     elif live.counted:
         up, down = live.up, live.down
@@ -272,6 +283,9 @@ class MonitorState:
         self.closed: deque[ConnRow] = deque()
         self._closed_by_key: dict[Hashable, ConnRow] = {}
         self.apps: dict[str | None, AppTotals] = {}
+        # Apps whose bytes moved in the tick in progress / in the last tick.
+        self._apps_moving: dict[str | None, AppTotals] = {}
+        self._apps_moved: dict[str | None, AppTotals] = {}
         self._ifaces: dict[str, _IfaceTrack] = {}
         self.history: deque[dict[str, float]] = deque(maxlen=self._history_len())
         self._baseline = True
@@ -311,6 +325,8 @@ class MonitorState:
     def clear(self) -> None:
         """Zero totals and history; forget closed rows. Open rows stay."""
         self.apps.clear()
+        self._apps_moving.clear()
+        self._apps_moved.clear()
         self.history.clear()
         self.closed.clear()
         self._closed_by_key.clear()
@@ -440,6 +456,7 @@ class MonitorState:
                 changes.closed.append(row)
 
         self._expire_closed(wall)
+        self._apply_app_rates(dt)
         iface_up, iface_down = self._apply_interfaces(snap.interfaces, dt, baseline)
         self._apply_totals(dt, counted_up, counted_down, iface_up, iface_down)
         if not baseline and dt:
@@ -522,9 +539,25 @@ class MonitorState:
             totals.counted = True
             totals.bytes_sent += up
             totals.bytes_received += down
+            if up or down:
+                totals.tick_sent += up
+                totals.tick_received += down
+                self._apps_moving[row.app] = totals
             row.counted_sent += up
             row.counted_received += down
         return up, down
+
+    def _apply_app_rates(self, dt: float | None) -> None:
+        """Turn the bytes each app moved this tick into its rates; apps that
+        moved last tick and not this one are back to 0."""
+        for totals in self._apps_moved.values():
+            totals.upload_speed = totals.download_speed = 0.0
+        for totals in self._apps_moving.values():
+            if dt:
+                totals.upload_speed = totals.tick_sent / dt
+                totals.download_speed = totals.tick_received / dt
+            totals.tick_sent = totals.tick_received = 0
+        self._apps_moved, self._apps_moving = self._apps_moving, {}
 
     def _close(self, row: ConnRow, wall: float) -> None:
         row.state = "CLOSED"
@@ -633,8 +666,9 @@ class MonitorState:
         "process unknown" line (process_name None) when it has any.
 
         bytes_*: since start/clear, None when none of the app's sockets had
-        counters; *_speed: over its open sockets that have counters, None
-        when it has open sockets and none has; `partial`: some sockets have
+        counters; *_speed: what its sockets moved in the last tick, those
+        that closed in it included, None when it has open sockets, none has
+        counters and nothing counted moved; `partial`: some sockets have
         counters and some not, so the figures are a lower bound;
         `connections`: its active connections (listeners and TIME_WAIT
         remnants are not connections: see connection_counts).

@@ -138,6 +138,29 @@ def test_short_connections_count_for_the_server_app_and_the_rest_is_named(daemon
     assert "process unknown:" in ctl(daemon, "stats", as_json=False)
 
 
+def test_an_app_of_short_connections_shows_the_speed_its_bytes_grow_at(daemon, peers):
+    # Every connection is far shorter than a tick, so the server app has no
+    # open connection to take a speed from: its speed is what its sockets
+    # moved in the last tick, closed ones included (it was 0 B/s before).
+    n, request, response = 10_000, 100, 50_000  # a few seconds of short connections
+    server = peers("nm-srv", "serve", n, request, response)
+    wait_until(lambda: ctl(daemon, "conns", "--proc", "nm-srv", "--listening")["connections"], timeout=10)
+    client = peers("nm-cli", "clients", server.first, n, request)
+    samples = []  # (monotonic, bytes_sent, upload_speed) of the server app while it serves
+    deadline = time.monotonic() + 60
+    while client.proc.poll() is None and time.monotonic() < deadline:
+        srv = apps_by_name(daemon).get("nm-srv")
+        if srv is not None:
+            samples.append((time.monotonic(), srv["bytes_sent"] or 0, srv["upload_speed"] or 0.0))
+        time.sleep(0.3)
+    assert int(client.result()) == n * response
+    moving = [s for s in samples if s[1] > 0]
+    assert len(moving) >= 2, samples
+    grew_at = (moving[-1][1] - moving[0][1]) / (moving[-1][0] - moving[0][0])
+    assert grew_at > 0
+    assert max(speed for _, _, speed in moving) > 0.3 * grew_at, (grew_at, moving)
+
+
 def test_short_connections_of_servers_sharing_a_port_count_for_their_name(daemon, peers):
     n, request, response = 100, 50, 1000
     with socket_port() as port:

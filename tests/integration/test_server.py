@@ -55,7 +55,15 @@ def test_methods_answer_with_the_documented_shapes(start_daemon_thread):
         assert info["protocol"] == 1 and info["backend"] == "portable" and info["pid"] == os.getpid()
         wait_until(lambda: c.call("status")["ticks"] >= 2)
         port = cli.getsockname()[1]
-        rows = c.call("connections", {"filter": {"port": port}})["connections"]
+
+        def rows_with_our_pid():
+            # psutil finds a socket's pid by walking /proc/*/fd; a walk that
+            # races with this busy test process can miss it for a tick.
+            rows = c.call("connections", {"filter": {"port": port}})["connections"]
+            mine = [r for r in rows if r["local_port"] == port and r["pid"] == os.getpid()]
+            return rows if mine else None
+
+        rows = wait_until(rows_with_our_pid, timeout=10)
         assert rows and all(set(r) == set(CONNECTION_FIELDS) for r in rows)
         mine = next(r for r in rows if r["local_port"] == port)
         assert mine["pid"] == os.getpid() and mine["state"] == "ESTABLISHED"

@@ -396,3 +396,24 @@ def test_total_is_never_below_the_app_rows_it_sits_above():
         apps_up = sum(a["upload_speed"] or 0 for a in st.app_usage())
         assert st.total_upload_speed >= apps_up - 1e-9
         assert st.history[-1]["upload"] >= apps_up - 1e-9
+
+
+def test_an_app_of_short_connections_moves_at_the_speed_its_totals_grow():
+    # Connections that open and close between two samples (destroy events
+    # only, each with its process known: a listener's owner or root mode):
+    # the app's speed is what its sockets moved in the tick, closed ones
+    # included, not the 0 B/s of the open rows it has none of.
+    st = MonitorState()
+    st.apply(snap(0, []))
+    short = [sock(6000 + i, 20_000, 100, name="shortconn") for i in range(5)]
+    st.apply(snap(2, [], closed=short))
+    (app,) = [a for a in st.app_usage() if a["process_name"] == "shortconn"]
+    assert app["bytes_sent"] == 100_000
+    assert app["upload_speed"] == pytest.approx(50_000)  # 100,000 B over 2 s
+    assert app["download_speed"] == pytest.approx(250)
+    assert app["connections"] == 0  # nothing open: the rate is the closed ones'
+    assert sum(a["upload_speed"] or 0 for a in st.app_usage()) == pytest.approx(st.attributed_upload_speed)
+    st.apply(snap(3, []))  # a tick that moved nothing
+    (app,) = [a for a in st.app_usage() if a["process_name"] == "shortconn"]
+    assert (app["upload_speed"], app["download_speed"]) == (0.0, 0.0)
+    assert app["bytes_sent"] == 100_000
