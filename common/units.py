@@ -77,3 +77,16 @@ def parse_duration(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"not a finite duration: {text!r}")
     return value
+
+
+def human_percent(part: float, total: float) -> str:
+    """part / total as a whole percentage that never claims all or nothing
+    when it is not: 99.6% is ">99%", 0.3% is "<1%", only exactly all is "100%"."""
+    if total <= 0:
+        return "-"
+    pct = 100 * part / total
+    if 0 < pct < 1:
+        return "<1%"
+    if 99 < pct < 100:
+        return ">99%"
+    return f"{pct:.0f}%"

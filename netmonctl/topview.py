@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
-from common.units import human_duration
+from common.units import human_duration, human_percent
 
 from . import render
 from .render import Column, clip, field
@@ -376,7 +376,7 @@ def _summary(model: TopModel, width: int) -> str:
     parts = [f"{render.dash(s.get('active_connections'))} active connections"]
     parts.append(f"top app {render.safe(s.get('top_app') or None)}")
     share = unattributed_percent(s)
-    parts.append("unattributed " + ("-" if share is None else f"{share:.0f}%"))
+    parts.append("unattributed " + ("-" if share is None else human_percent(share, 100.0)))
     return clip("  ".join(parts), width)
 
 

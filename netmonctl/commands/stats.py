@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from common.units import human_bytes, human_duration
+from common.units import human_bytes, human_duration, human_percent
 
 from .. import render
 from ..options import output_options
@@ -42,7 +42,7 @@ def _share(part: float | None, total: float | None) -> str:
     """part as a rate and its percentage of total ('-' when there is no total)."""
     if part is None:
         return "-"
-    pct = f" ({100 * part / total:.0f}%)" if total else ""
+    pct = f" ({human_percent(part, total)})" if total else ""
     return render.rate(part) + pct
 
 
@@ -52,7 +52,7 @@ def _unknown_process(s: dict[str, Any]) -> str:
     if sent is None or received is None:
         return "-"
     total = (s.get("socket_bytes_sent") or 0) + (s.get("socket_bytes_received") or 0)
-    share = f" ({100 * (sent + received) / total:.0f}% of socket bytes)" if total else ""
+    share = f" ({human_percent(sent + received, total)} of socket bytes)" if total else ""
     return f"{human_bytes(sent)} sent, {human_bytes(received)} received since start{share}"
 
 

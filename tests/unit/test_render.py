@@ -304,3 +304,10 @@ def test_status_and_stats_name_the_connection_counts_alike():
         "2 active, 3 listening, 1 TIME_WAIT")
     assert render.connection_counts({"active_connections": 2, "listeners": 3, "time_wait": 1}) == (
         "2 active, 3 listening, 1 TIME_WAIT")
+
+
+def test_percentages_never_claim_all_or_nothing_when_not_exact():
+    from common.units import human_percent
+
+    assert [human_percent(p, 1000) for p in (0, 3, 10, 500, 996, 1000)] == ["0%", "<1%", "1%", "50%", ">99%", "100%"]
+    assert human_percent(5, 0) == "-"
