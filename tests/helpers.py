@@ -70,3 +70,22 @@ def promtool_check_metrics(text: str) -> None:
     out = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), (
         f"promtool check metrics: exit {out.returncode}\n{out.stdout}{out.stderr}")
+
+
+@contextmanager
+def throwaway_group() -> Iterator[tuple[str, int]]:
+    """A new group (name, gid) with no members, deleted on exit; skips the
+    test where groupadd is missing."""
+    import grp
+    import uuid
+
+    import pytest
+
+    if shutil.which("groupadd") is None:
+        pytest.skip("needs groupadd")
+    name = "nmt" + uuid.uuid4().hex[:8]
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        yield name, grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], check=False)

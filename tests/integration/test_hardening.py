@@ -8,7 +8,6 @@ credentials (run as `nobody` through setpriv).
 
 from __future__ import annotations
 
-import grp
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import msgpack
 import psutil
@@ -31,7 +29,7 @@ from common import protocol
 from common.client import Client, wait_for_daemon
 from netmond.backends.base import Backend, Snapshot, SocketSample, now
 from netmond.handlers import HANDLERS
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, throwaway_group, wait_until
 from tests.integration.test_server import raw_exchange
 
 # -- helpers -------------------------------------------------------------------
@@ -671,12 +669,8 @@ needs_root_tools = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def test_group():
     """A throw-away group (name, gid); nobody is not a member."""
-    name = "nmt" + uuid.uuid4().hex[:8]
-    subprocess.run(["groupadd", name], check=True)
-    try:
-        yield name, grp.getgrnam(name).gr_gid
-    finally:
-        subprocess.run(["groupdel", name], check=False)
+    with throwaway_group() as group:
+        yield group
 
 
 def as_nobody(short_dir: str, sock: str, requests: list[tuple[str, dict]], groups: list[int] | None = None):

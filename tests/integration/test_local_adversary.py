@@ -23,6 +23,7 @@ import pytest
 
 from common.client import Client
 from tests.conftest import netmonctl_cmd
+from tests import helpers
 from tests.helpers import REPO, linux_backend_works, wait_until
 
 NOBODY = 65534
@@ -568,17 +569,8 @@ def test_metrics_listen_is_parsed_strictly_and_listening_beyond_loopback_is_loud
 
 @pytest.fixture
 def throwaway_group() -> Iterator[tuple[str, int]]:
-    if shutil.which("groupadd") is None:
-        pytest.skip("needs groupadd")
-    import grp
-    import uuid
-
-    name = "nmt" + uuid.uuid4().hex[:8]
-    subprocess.run(["groupadd", name], check=True)
-    try:
-        yield name, grp.getgrnam(name).gr_gid
-    finally:
-        subprocess.run(["groupdel", name], check=False)
+    with helpers.throwaway_group() as group:
+        yield group
 
 
 # One connection, kept open: a control call, then (after a line on stdin) two more.
