@@ -69,11 +69,15 @@ def serve(count: int, request: int, response: int, port: int = 0, reuseport: boo
     print("done", flush=True)
 
 
-def clients(port: int, count: int, request: int) -> None:
-    """`count` short connections, one after the other: send, read to EOF, close."""
+def clients(port: int, count: int, request: int, spread: float = 0.0) -> None:
+    """`count` short connections, one after the other: send, read to EOF, close;
+    with `spread`, paced to take about that many seconds in all."""
     print("ready", flush=True)
     received = 0
+    pause = spread / count if count else 0.0
     for _ in range(count):
+        if pause:
+            time.sleep(pause)
         with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as c:
             c.sendall(b"q" * request)
             received += read_all(c)
@@ -192,7 +196,7 @@ def reader(port: int, hold: float) -> None:
 MODES = {
     "serve": lambda a: serve(int(a[0]), int(a[1]), int(a[2]), int(a[3]) if len(a) > 3 else 0,
                              len(a) > 4 and a[4] == "reuseport"),
-    "clients": lambda a: clients(int(a[0]), int(a[1]), int(a[2])),
+    "clients": lambda a: clients(int(a[0]), int(a[1]), int(a[2]), *map(float, a[3:4])),
     "reuse": lambda a: reuse(int(a[0]), int(a[1]), [int(x) for x in a[2].split(",")], float(a[3])),
     "sink": lambda a: sink(int(a[0])),
     "udp": lambda a: udp(float(a[0]), float(a[1])),
