@@ -316,7 +316,13 @@ def test_watch_refreshes_until_interrupted(fleet: Fleet):
         rounds = [json.loads(proc.stdout.readline()) for _ in range(3)]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Never leave it polling (and rewriting fleet.json) under the next tests.
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"fleet --watch did not end within 30 s of Ctrl-C; stderr: {err[-2000:]}")
     assert proc.returncode == 0, err
     assert rounds[0]["timestamp"] < rounds[1]["timestamp"] < rounds[2]["timestamp"]
     for r in rounds:
