@@ -40,6 +40,20 @@ def root_daemon(start_daemon_process):
     return d
 
 
+def close_peer(proc) -> None:
+    """Ask a udp peer to close its sockets and wait until it says it did."""
+    proc.stdin.write("close\n")
+    proc.stdin.flush()
+    assert line_of(proc) == {"closed": True}
+
+
+def reap(proc) -> None:
+    """The peer is gone when this returns, however the test ended."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def ticks(sock: str) -> int:
     return netmonctl_json(sock, "status")["ticks"]
 
@@ -153,13 +167,9 @@ def test_udp_app_bytes_within_one_percent(root_daemon, family, connected):
         by_port = {r["local_port"]: r for r in rows}
         assert by_port[ports["sender_port"]]["bytes_sent"] == datagrams * size
         assert by_port[ports["receiver_port"]]["bytes_received"] == datagrams * size
-        proc.stdin.write("close\n")
-        proc.stdin.flush()
-        assert line_of(proc) == {"closed": True}
+        close_peer(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        reap(proc)
     after_two_more_ticks(sock)
     totals = app(sock, name)
     assert datagrams * size * 0.99 <= totals["bytes_sent"] <= datagrams * size * 1.01, totals
@@ -217,13 +227,9 @@ def test_udp_moved_while_paused_is_not_counted_at_resume(root_daemon):
     proc = peer("udp", "nm18paused", "IPv4", "connected", 100, 1000)
     try:
         line_of(proc)
-        proc.stdin.write("close\n")
-        proc.stdin.flush()
-        assert line_of(proc) == {"closed": True}
+        close_peer(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        reap(proc)
     # Two paused intervals: the daemon drops what was gathered meanwhile.
     time.sleep(2 * float(INTERVAL) + 0.5)
     netmonctl_json(sock, "start")
