@@ -34,36 +34,43 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from . import api, paths, protocol
+from .errors import FailureKind, NetmonError
 from .protocol import Notification, ProtocolError, RPCError, Response
 
 from . import __version__ as CLIENT_VERSION
 
 
-class DaemonUnavailable(Exception):
-    """No daemon answers at the socket path (absent, refused, or gone)."""
+class DaemonUnavailable(NetmonError):
+    """No daemon answers at the socket path (absent, refused, or gone).
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot reach netmond at {path}: {reason}")
+    kind: NO_DAEMON when none could be reached, CONNECTION_LOST when one
+    was and the connection then broke.
+    """
+
+    def __init__(self, path: str, reason: str, kind: FailureKind = FailureKind.NO_DAEMON) -> None:
+        super().__init__(f"cannot reach netmond at {path}: {reason}", reason)
         self.path = path
-        self.reason = reason
+        self.kind = kind
 
 
-class AccessDenied(Exception):
+class AccessDenied(NetmonError):
     """The daemon's socket refused us (file mode or group)."""
 
+    kind = FailureKind.ACCESS_DENIED
+
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"access to {path} denied: {reason}")
+        super().__init__(f"access to {path} denied: {reason}", reason)
         self.path = path
-        self.reason = reason
 
 
 class UntrustedSocket(AccessDenied):
     """The socket or the daemon behind it belongs to a user we do not trust."""
 
+    kind = FailureKind.UNTRUSTED
+
     def __init__(self, path: str, reason: str) -> None:
-        Exception.__init__(self, f"refusing to use {path}: {reason}")
+        NetmonError.__init__(self, f"refusing to use {path}: {reason}", reason)
         self.path = path
-        self.reason = reason
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -278,7 +285,8 @@ class Client:
             refusal = self._refusal()
             if refusal is not None:
                 raise refusal from None
-            raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})") from None
+            raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})",
+                                    FailureKind.CONNECTION_LOST) from None
 
     def _refusal(self) -> RPCError | None:
         """The error a daemon that refused this connection sent before closing
@@ -299,9 +307,10 @@ class Client:
             try:
                 chunk = self._sock.recv(256 * 1024)
             except (ConnectionResetError, BrokenPipeError) as exc:
-                raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})") from None
+                raise DaemonUnavailable(self.path, f"connection lost ({exc.strerror})",
+                                    FailureKind.CONNECTION_LOST) from None
             if not chunk:
-                raise DaemonUnavailable(self.path, "daemon closed the connection")
+                raise DaemonUnavailable(self.path, "daemon closed the connection", FailureKind.CONNECTION_LOST)
             self._unpacker.feed(chunk)
 
 

@@ -187,9 +187,35 @@ def socket_trust_problem(path: str, explicit: bool = False) -> str | None:
     return None
 
 
+# -- per-user files (XDG base directories) ------------------------------------------
+
+
+def xdg_home(var: str, fallback: str) -> str:
+    """$var (XDG_CONFIG_HOME, ...) if set to an absolute path, else `fallback` (~ expanded).
+
+    The XDG spec: relative values are invalid and must be ignored.
+    """
+    base = os.environ.get(var)
+    return base if base and os.path.isabs(base) else os.path.expanduser(fallback)
+
+
+def config_dir() -> str:
+    """~/.config/netmon, or under $XDG_CONFIG_HOME (netmond.toml, hosts.toml)."""
+    return os.path.join(xdg_home("XDG_CONFIG_HOME", "~/.config"), "netmon")
+
+
+def state_dir() -> str:
+    """~/.local/state/netmon, or under $XDG_STATE_HOME (fleet.json)."""
+    return os.path.join(xdg_home("XDG_STATE_HOME", "~/.local/state"), "netmon")
+
+
+def cache_dir() -> str:
+    """~/.cache/netmon, or under $XDG_CACHE_HOME (ssh ControlMaster sockets)."""
+    return os.path.join(xdg_home("XDG_CACHE_HOME", "~/.cache"), "netmon")
+
+
 def default_config_path() -> str:
     """/etc/netmon/netmond.toml for root, ~/.config/netmon/netmond.toml otherwise."""
     if is_root():
         return "/etc/netmon/netmond.toml"
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return os.path.join(base, "netmon", "netmond.toml")
+    return os.path.join(config_dir(), "netmond.toml")

@@ -20,6 +20,8 @@ from typing import Any
 import msgpack
 import msgpack.fallback
 
+from .errors import FailureKind, NetmonError
+
 # The names of the contract live in common.api (no msgpack there); they are
 # re-exported here for code that speaks the protocol.
 from .api import (  # noqa: F401 - re-exported
@@ -55,13 +57,18 @@ MAX_OBJECTS = 16384
 MAX_DEPTH = 32
 
 
-class RPCError(Exception):
+#: Error codes that say more than "the daemon answered with an error".
+_CODE_KINDS = {ACCESS_DENIED: FailureKind.ACCESS_DENIED, INVALID_PARAMS: FailureKind.USAGE}
+
+
+class RPCError(NetmonError):
     """An error with a wire code; raised by handlers, carried to the client."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.kind = _CODE_KINDS.get(code, FailureKind.DAEMON_ERROR)
 
     def to_wire(self) -> dict[str, str]:
         """The {code, message} map sent in a response."""
@@ -78,8 +85,14 @@ class RPCError(Exception):
         return f"{self.code}: {self.message}"
 
 
-class ProtocolError(Exception):
+class ProtocolError(NetmonError):
     """The byte stream is not valid msgpack-RPC; the connection must be dropped."""
+
+    kind = FailureKind.PROTOCOL
+
+    @property
+    def reason(self) -> str:
+        return f"unexpected data ({self})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """netmonctl's root command: global options, lazy commands, exit codes.
 
 This is the ONE place where failures become exit codes and fix-it lines
-(`exit_code_for`); commands just let exceptions rise.
+(`exit_code_for`, by the FailureKind of common.errors each failure
+carries); commands just let exceptions rise.
 
     0  ok
     1  the daemon answered with an error
@@ -19,20 +20,42 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from common import __version__
+from common.errors import FailureKind, NetmonError, failure_kind
 
 from .options import output_options
 from .session import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from common.client import DaemonUnavailable
 
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_ACCESS_DENIED = 4
+
+#: The exit code of each kind of failure (the README's list).
+EXIT_CODES: dict[FailureKind, int] = {
+    FailureKind.DAEMON_ERROR: EXIT_DAEMON_ERROR,
+    FailureKind.PROTOCOL: EXIT_DAEMON_ERROR,
+    FailureKind.USAGE: EXIT_USAGE,
+    FailureKind.NO_DAEMON: EXIT_UNREACHABLE,
+    FailureKind.CONNECTION_LOST: EXIT_UNREACHABLE,
+    FailureKind.TIMEOUT: EXIT_UNREACHABLE,
+    FailureKind.OFFLINE: EXIT_UNREACHABLE,
+    FailureKind.HOST_KEY: EXIT_UNREACHABLE,
+    FailureKind.NO_REMOTE_COMMAND: EXIT_UNREACHABLE,
+    FailureKind.SSH_MISSING: EXIT_UNREACHABLE,
+    FailureKind.REMOTE_FAILED: EXIT_UNREACHABLE,
+    FailureKind.ACCESS_DENIED: EXIT_ACCESS_DENIED,
+    FailureKind.UNTRUSTED: EXIT_ACCESS_DENIED,
+    FailureKind.AUTH: EXIT_ACCESS_DENIED,
+}
 
 #: Command name -> "module:attribute", in the order `--help` lists them.
 COMMANDS: dict[str, str] = {
@@ -109,38 +132,37 @@ def exit_code_for(
     `explicit` says whether the user chose it (--socket, NETMON_SOCKET) or
     netmonctl did (then starting the default daemon is the fix).
     """
-    # Imported here: only needed on failure, and they pull in msgpack.
-    from common.client import AccessDenied, DaemonUnavailable, UntrustedSocket
-    from common.protocol import ACCESS_DENIED, INVALID_PARAMS, ProtocolError, RPCError
+    kind = failure_kind(exc)
+    if kind is None:
+        return None  # a bug: its traceback should show
+    return EXIT_CODES[kind], _failure_lines(exc, kind, socket_path, explicit)
 
-    # Failures over ssh (netmonctl.transport) bring their own fix-it lines.
-    hints = getattr(exc, "hints", None)
-    if isinstance(exc, DaemonUnavailable):
-        if hints is not None:
-            return EXIT_UNREACHABLE, [str(exc), *hints]
-        return EXIT_UNREACHABLE, _unreachable_lines(exc, explicit)
-    if isinstance(exc, UntrustedSocket):  # another user's socket or daemon: never used
-        return EXIT_ACCESS_DENIED, [str(exc), "another user may have put it there: check who owns it, "
-                                    "or name the daemon you mean with --socket PATH"]
+
+def _failure_lines(exc: BaseException, kind: FailureKind, socket_path: str | None, explicit: bool) -> list[str]:
+    """What went wrong and how to fix it, one line each."""
+    # Imported here: only needed on failure, and they pull in msgpack.
+    from common.client import AccessDenied, DaemonUnavailable
+    from common.protocol import RPCError
+
+    if isinstance(exc, NetmonError) and exc.hints is not None:
+        return [str(exc), *exc.hints]  # found where it failed (over ssh: netmonctl.transport)
+    if kind is FailureKind.UNTRUSTED:  # another user's socket or daemon: never used
+        return [str(exc), "another user may have put it there: check who owns it, "
+                          "or name the daemon you mean with --socket PATH"]
+    if isinstance(exc, RPCError):  # the daemon's answer
+        if kind is FailureKind.ACCESS_DENIED:
+            return [str(exc), _access_hint(socket_path, explicit)]
+        return [str(exc)]
     if isinstance(exc, AccessDenied):
-        return EXIT_ACCESS_DENIED, [str(exc), *([_access_hint(exc.path, explicit)] if hints is None else hints)]
-    if isinstance(exc, RPCError):
-        line = f"{exc.code}: {exc.message}"
-        if exc.code == ACCESS_DENIED:
-            return EXIT_ACCESS_DENIED, [line, _access_hint(socket_path, explicit)]
-        if exc.code == INVALID_PARAMS:
-            return EXIT_USAGE, [line]
-        return EXIT_DAEMON_ERROR, [line]
-    if isinstance(exc, ProtocolError):
-        return EXIT_DAEMON_ERROR, [
-            f"unexpected reply from {socket_path}: {exc} (is a netmond of this version listening there?)"
-        ]
-    if isinstance(exc, TimeoutError):  # socket.timeout: connected, but no answer
-        return EXIT_UNREACHABLE, [
-            f"netmond at {socket_path} did not answer in time "
-            "(busy or hung? raise --timeout, or restart the daemon)"
-        ]
-    return None
+        return [str(exc), _access_hint(exc.path, explicit)]
+    if isinstance(exc, DaemonUnavailable):
+        return _unreachable_lines(exc, explicit)
+    if kind is FailureKind.PROTOCOL:
+        return [f"unexpected reply from {socket_path}: {exc} (is a netmond of this version listening there?)"]
+    if kind is FailureKind.TIMEOUT:
+        return [f"netmond at {socket_path} did not answer in time "
+                "(busy or hung? raise --timeout, or restart the daemon)"]
+    return [str(exc)]
 
 
 # -- fix-it lines -------------------------------------------------------------------
@@ -172,7 +194,7 @@ def command_for(name: str, sudo: bool = False) -> str:
     return name if on_path else shlex.quote(own)
 
 
-def _unreachable_lines(exc: Any, explicit: bool) -> list[str]:
+def _unreachable_lines(exc: DaemonUnavailable, explicit: bool) -> list[str]:
     """Why no daemon answers at exc.path, and the commands that start one there."""
     import shlex
     import stat

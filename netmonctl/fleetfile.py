@@ -31,15 +31,17 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import paths
 from common.atomicfile import write_atomically
+from common.errors import UsageProblem
 
-from .transport import NAME_RE, Target, TargetError, parse_url
+from .targets import NAME_RE, Target, TargetError, parse_url
 
 #: Keys a hosts.toml entry may have.
 ENTRY_KEYS = ("url", "socket", "remote_command", "tags", "ssh_options")
 
 
-class FleetFileError(ValueError):
+class FleetFileError(UsageProblem):
     """hosts.toml cannot be used as it is; the message names the file and the entry."""
 
 
@@ -79,28 +81,40 @@ class HostEntry:
 # -- where ---------------------------------------------------------------------
 
 
-def _xdg(var: str, fallback: str) -> str:
-    base = os.environ.get(var)
-    # The XDG spec: relative values are invalid and must be ignored.
-    return base if base and os.path.isabs(base) else os.path.expanduser(fallback)
-
-
 def hosts_path() -> str:
     """~/.config/netmon/hosts.toml, or under $XDG_CONFIG_HOME."""
-    return os.path.join(_xdg("XDG_CONFIG_HOME", "~/.config"), "netmon", "hosts.toml")
+    return os.path.join(paths.config_dir(), "hosts.toml")
 
 
 def state_path() -> str:
     """~/.local/state/netmon/fleet.json, or under $XDG_STATE_HOME."""
-    return os.path.join(_xdg("XDG_STATE_HOME", "~/.local/state"), "netmon", "fleet.json")
-
-
-def cache_dir() -> str:
-    """~/.cache/netmon, or under $XDG_CACHE_HOME (ssh ControlMaster sockets)."""
-    return os.path.join(_xdg("XDG_CACHE_HOME", "~/.cache"), "netmon")
+    return os.path.join(paths.state_dir(), "fleet.json")
 
 
 # -- hosts.toml ------------------------------------------------------------------
+
+
+def resolve(value: str) -> Target:
+    """The Target a `-H` value names: a URL, or a host name from hosts.toml."""
+    value = value.strip()
+    if "://" in value:
+        return parse_url(value)
+    if not NAME_RE.match(value):
+        raise TargetError(
+            f"{value!r}: expected ssh://[user@]host[:port][/socket], unix:///path, "
+            "or a host name from hosts.toml"
+        )
+    try:
+        hosts = load_hosts()
+    except FleetFileError as exc:  # unreadable or invalid hosts.toml
+        raise TargetError(str(exc)) from None
+    entry = hosts.get(value)
+    if entry is None:
+        raise TargetError(
+            f"unknown host {value!r}: not in {hosts_path()} "
+            f"(add it with: netmonctl fleet add {value} ssh://[user@]host)"
+        )
+    return entry.target()
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:

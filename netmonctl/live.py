@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 from common.client import AccessDenied, Client, DaemonUnavailable
+from common.errors import short_reason
 from common.protocol import TOO_MANY_CLIENTS, Notification, ProtocolError, RPCError
 
 from . import session
@@ -85,19 +86,6 @@ class Restored:
     """Yielded by LiveFeed.events() when the subscription is back after an Outage."""
 
 
-def describe(exc: BaseException) -> str:
-    """A short reason for a lost connection, for people."""
-    if isinstance(exc, (DaemonUnavailable, AccessDenied)):
-        return exc.reason
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, ProtocolError):
-        return f"unexpected data ({exc})"
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc)
-
-
 class LiveFeed:
     """One subscription (topics + filter) that reconnects when the daemon goes away.
 
@@ -119,7 +107,6 @@ class LiveFeed:
         self.on_connect = on_connect
         self.client: Client | None = None  # while connected
         self.lost_reason: str | None = None  # set during an outage
-        self.attempts = 0  # failed reconnection attempts in this outage
         self._stack: ExitStack | None = None
         self._backoff = Backoff()
         self._retry_at = 0.0
@@ -161,7 +148,6 @@ class LiveFeed:
             raise
         self._backoff.reset()
         self.lost_reason = None
-        self.attempts = 0
 
     def try_reopen(self) -> bool:
         """One reconnection attempt if one is due; True when subscribed again.
@@ -176,7 +162,7 @@ class LiveFeed:
         try:
             self.open()
         except CONNECTION_ERRORS as exc:
-            self._schedule_retry(describe(exc))
+            self._schedule_retry(short_reason(exc))
             return False
         except RPCError as exc:
             if exc.code != TOO_MANY_CLIENTS:
@@ -195,8 +181,6 @@ class LiveFeed:
         self._close_connection()
 
     def _schedule_retry(self, reason: str) -> None:
-        if self.lost_reason is not None:
-            self.attempts += 1
         self.lost_reason = reason
         self._retry_at = time.monotonic() + self._backoff.next()
 
@@ -221,7 +205,7 @@ class LiveFeed:
         try:
             return query(self.client)
         except CONNECTION_ERRORS as exc:
-            self.lose(describe(exc))
+            self.lose(short_reason(exc))
             raise
 
     def receive(self, timeout: float | None) -> list[Notification]:
@@ -245,7 +229,7 @@ class LiveFeed:
                     break
                 note = self.client.next_notification(_DRAIN_POLL)
         except CONNECTION_ERRORS as exc:
-            self.lose(describe(exc))
+            self.lose(short_reason(exc))
         return notes
 
     def events(self, deadline: float | None = None) -> Iterator[Notification | Outage | Restored]:

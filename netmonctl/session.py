@@ -69,14 +69,21 @@ def connect(settings: Settings) -> Iterator["Client"]:
     """A connected client that has already said hello.
 
     Failures surface as common.client exceptions (DaemonUnavailable,
-    AccessDenied) or RPCError; the root group maps them to exit codes.
+    AccessDenied), RPCError or, for a bad -H value, TargetError; the root
+    group maps them to exit codes by their kind (common.errors).
     """
     from common.client import Client
 
     if settings.host:
+        from .fleetfile import resolve
+        from .targets import TargetError
         from .transport import open_host  # -H: maybe ssh; see transport.py
 
-        opened = open_host(settings.host, settings.timeout)
+        try:
+            target = resolve(settings.host)
+        except TargetError as exc:
+            raise TargetError(f"-H: {exc}") from None
+        opened = open_host(target, settings.timeout)
     else:
         from common.paths import socket_named_explicitly
 

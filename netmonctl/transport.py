@@ -1,8 +1,5 @@
-"""Where netmonctl finds its daemon (`-H`), and the ssh bridge to a remote one.
-
-    -H unix:///run/netmond.sock              a local socket
-    -H ssh://[user@]host[:port][/socket]     netmond on another machine, over ssh
-    -H NAME                                  an entry of ~/.config/netmon/hosts.toml
+"""How netmonctl connects to a Target (netmonctl.targets): a local socket, or
+the ssh bridge to a remote one.
 
 The ssh case follows DOCKER_HOST=ssh://: netmonctl runs the system `ssh` as a
 subprocess with the remote command `netmonctl dial-stdio [--socket PATH]`,
@@ -16,8 +13,9 @@ is an ordinary stream socket, so common.client.Client works unchanged and
 every command (conns, apps, watch, top, ...) works remotely. When the stream
 ends early, ssh's exit status and the tail of its stderr say why:
 `explain_failure` turns them into DaemonUnavailable / AccessDenied subclasses
-carrying fix-it `hints`, which netmonctl.cli.exit_code_for turns into exit
-codes like local failures (3: not reachable, 4: access denied).
+carrying a FailureKind (common.errors) and fix-it `hints`, which
+netmonctl.cli.exit_code_for turns into exit codes like local failures
+(3: not reachable, 4: access denied).
 
 `NETMON_SSH_COMMAND` (like GIT_SSH_COMMAND) replaces `ssh`, e.g.
 `NETMON_SSH_COMMAND="ssh -F ~/.ssh/fleet_config"`: OpenSSH reads ~/.ssh from
@@ -26,21 +24,22 @@ the passwd home directory, not $HOME, so this is also how tests isolate it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shlex
 import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
-from urllib.parse import unquote, urlsplit
 
 from common.client import AccessDenied, DaemonUnavailable
+from common.errors import FailureKind
+
+from .targets import Target, TargetError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import contextlib
+
     from common.client import Client
 
 ENV_SSH_COMMAND = "NETMON_SSH_COMMAND"
@@ -59,150 +58,6 @@ SSH_SETUP_SECONDS = 30.0
 #: stderr lines of ssh shown with a failure.
 STDERR_TAIL_LINES = 5
 
-#: Host names in hosts.toml (also what `-H` accepts without a scheme).
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_CONTROL_CHARS = re.compile(r"[\x00-\x20\x7f]")
-
-
-class TargetError(ValueError):
-    """A `-H` value or hosts.toml entry that cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One daemon to talk to: a local socket, or a socket on an ssh host.
-
-    `socket`: the Unix socket path (for ssh: on the remote machine; None lets
-    the remote netmonctl pick as it would locally, NETMON_SOCKET included).
-    `remote_command`: shell words that run netmonctl remotely.
-    `ssh_options`: extra ssh arguments from a hosts.toml entry.
-    """
-
-    scheme: str  # "ssh" | "unix"
-    host: str = ""
-    user: str | None = None
-    port: int | None = None
-    socket: str | None = None
-    remote_command: str | None = None
-    ssh_options: tuple[str, ...] = field(default_factory=tuple)
-    name: str | None = None
-
-    @property
-    def url(self) -> str:
-        """The target as a URL (never with secrets: we refuse them)."""
-        if self.scheme == "unix":
-            return f"unix://{self.socket}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port else ""
-        return f"ssh://{user}{host}{port}{self.socket or ''}"
-
-    @property
-    def label(self) -> str:
-        """How messages name it: the hosts.toml name, else the URL."""
-        return self.name or self.url
-
-    def ssh_login(self) -> list[str]:
-        """`ssh` arguments that reach the host as the user would type them (for hints)."""
-        argv = ["ssh"]
-        if self.port:
-            argv += ["-p", str(self.port)]
-        argv.append(f"{self.user}@{self.host}" if self.user else self.host)
-        return argv
-
-
-# -- parsing -------------------------------------------------------------------
-
-
-def parse_url(
-    url: str,
-    *,
-    name: str | None = None,
-    socket_path: str | None = None,
-    remote_command: str | None = None,
-    ssh_options: tuple[str, ...] = (),
-) -> Target:
-    """A Target from `ssh://[user@]host[:port][/socket]` or `unix:///path`.
-
-    Refused: passwords (use keys or the agent), queries and fragments (we
-    would silently ignore them), and hosts or users starting with `-`
-    (ssh would read them as options). `socket_path` overrides the URL's path.
-    """
-    if "?" in url or "#" in url:
-        raise TargetError(f"{url}: queries and fragments are not supported in a host URL")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise TargetError(f"{url}: {exc}") from None
-    scheme = parts.scheme.lower()
-    path = unquote(parts.path) if parts.path not in ("", "/") else None
-    if socket_path is not None:
-        path = socket_path
-    if path is not None and (not path.startswith("/") or _CONTROL_CHARS.search(path.replace(" ", "x"))):
-        raise TargetError(f"{url}: the socket path must be absolute, without control characters")
-    if remote_command is not None:
-        try:
-            if not shlex.split(remote_command):
-                raise ValueError("empty")
-        except ValueError as exc:
-            raise TargetError(f"remote_command {remote_command!r}: not valid shell words ({exc})") from None
-    if scheme == "unix":
-        if parts.netloc or path is None:
-            raise TargetError(f"{url}: write a local socket as unix:///absolute/path")
-        return Target("unix", socket=path, name=name)
-    if scheme != "ssh":
-        raise TargetError(
-            f"{url}: unsupported scheme {parts.scheme!r} (use ssh://[user@]host[:port][/socket] "
-            "or unix:///path)"
-        )
-    if parts.password is not None:
-        raise TargetError(f"{url}: passwords in URLs are refused; use an ssh key or the ssh agent")
-    host = unquote(parts.hostname or "")
-    user = unquote(parts.username) if parts.username else None
-    if not host:
-        raise TargetError(f"{url}: no host name")
-    if host.startswith("-") or (user or "").startswith("-"):
-        raise TargetError(f"{url}: a host or user starting with '-' is refused (ssh would read an option)")
-    if _CONTROL_CHARS.search(host) or (user is not None and _CONTROL_CHARS.search(user)):
-        raise TargetError(f"{url}: spaces or control characters in the host or user")
-    return Target(
-        "ssh",
-        host=host,
-        user=user,
-        port=port,
-        socket=path,
-        remote_command=remote_command,
-        ssh_options=tuple(ssh_options),
-        name=name,
-    )
-
-
-def resolve(value: str) -> Target:
-    """The Target a `-H` value names: a URL, or a host name from hosts.toml."""
-    value = value.strip()
-    if "://" in value:
-        return parse_url(value)
-    if not NAME_RE.match(value):
-        raise TargetError(
-            f"{value!r}: expected ssh://[user@]host[:port][/socket], unix:///path, "
-            "or a host name from hosts.toml"
-        )
-    from . import fleetfile  # here: most commands never read hosts.toml
-
-    try:
-        hosts = fleetfile.load_hosts()
-    except fleetfile.FleetFileError as exc:  # unreadable or invalid hosts.toml
-        raise TargetError(str(exc)) from None
-    entry = hosts.get(value)
-    if entry is None:
-        raise TargetError(
-            f"unknown host {value!r}: not in {fleetfile.hosts_path()} "
-            f"(add it with: netmonctl fleet add {value} ssh://[user@]host)"
-        )
-    return entry.target()
-
-
 # -- the ssh command line ------------------------------------------------------
 
 
@@ -212,10 +67,8 @@ def ssh_command() -> list[str]:
     try:
         words = shlex.split(value)
     except ValueError as exc:  # unbalanced quotes: a usage error (exit 2), not a traceback
-        import click
-
-        raise click.UsageError(f"{ENV_SSH_COMMAND}={value!r} cannot be split into words "
-                               f"({str(exc).lower()}): fix its quoting") from None
+        raise TargetError(f"{ENV_SSH_COMMAND}={value!r} cannot be split into words "
+                          f"({str(exc).lower()}): fix its quoting") from None
     return words or ["ssh"]
 
 
@@ -269,20 +122,19 @@ def ssh_argv(target: Target, extra_options: tuple[str, ...] | list[str] = ()) ->
 class RemoteUnavailable(DaemonUnavailable):
     """The remote daemon cannot be reached; `kind` says at which step, `hints` what to do.
 
-    kind: offline (network, refused, unknown host), host_key, no_daemon,
-    no_remote_command, ssh_missing, error.
+    kind: OFFLINE (network, refused, unknown host), HOST_KEY, NO_DAEMON,
+    NO_REMOTE_COMMAND, SSH_MISSING, REMOTE_FAILED.
     """
 
-    def __init__(self, target: Target, reason: str, kind: str, hints: list[str]) -> None:
-        super().__init__(target.label, reason)
-        self.kind = kind
+    def __init__(self, target: Target, reason: str, kind: FailureKind, hints: list[str]) -> None:
+        super().__init__(target.label, reason, kind)
         self.hints = hints
 
 
 class RemoteAccessDenied(AccessDenied):
-    """ssh refused our login (kind "auth"), or the remote daemon refused us ("access_denied")."""
+    """ssh refused our login (kind AUTH), or the remote daemon refused us (ACCESS_DENIED)."""
 
-    def __init__(self, target: Target, reason: str, kind: str, hints: list[str]) -> None:
+    def __init__(self, target: Target, reason: str, kind: FailureKind, hints: list[str]) -> None:
         super().__init__(target.label, reason)
         self.kind = kind
         self.hints = hints
@@ -331,23 +183,23 @@ def explain_failure(target: Target, returncode: int | None, stderr: str) -> Exce
                         f"remove the old one with `ssh-keygen -R {target.host}`, then run `{login}` once")
             else:
                 hint = f"run `{login}` once to check and accept its host key"
-            return RemoteUnavailable(target, "ssh could not verify the host key", "host_key", [*tail, hint])
+            return RemoteUnavailable(target, "ssh could not verify the host key", FailureKind.HOST_KEY, [*tail, hint])
         if "permission denied" in low or "too many authentication failures" in low:
             return RemoteAccessDenied(
                 target,
                 "ssh login refused",
-                "auth",
+                FailureKind.AUTH,
                 [*tail, f"check that `{login}` logs in without a prompt "
                         "(key in ssh-agent, or IdentityFile in ~/.ssh/config)"],
             )
-        kind = "offline" if any(p in low for p in _OFFLINE_PATTERNS) else "error"
+        kind = FailureKind.OFFLINE if any(p in low for p in _OFFLINE_PATTERNS) else FailureKind.REMOTE_FAILED
         reason = f"ssh failed: {tail[-1]}" if tail else "ssh failed (exit status 255)"
         return RemoteUnavailable(target, reason, kind, [*tail[:-1], f"check that `{login}` works"])
     if returncode in (126, 127):
         return RemoteUnavailable(
             target,
             "netmonctl not found on the remote host" if returncode == 127 else "netmonctl not executable there",
-            "no_remote_command",
+            FailureKind.NO_REMOTE_COMMAND,
             [
                 *tail,
                 "netmonctl is not on the remote's non-login PATH: install netmon there, or set "
@@ -360,18 +212,19 @@ def explain_failure(target: Target, returncode: int | None, stderr: str) -> Exce
         return RemoteUnavailable(
             target,
             "netmond is not running there",
-            "no_daemon",
+            FailureKind.NO_DAEMON,
             [*(f"remote: {line}" for line in remote),
              f"start netmond on {target.host}, or name its socket in the URL: "
              f"ssh://{target.host}/path/to/netmond.sock"],
         )
     if returncode == 4:
-        return RemoteAccessDenied(target, "the remote daemon refused access", "access_denied",
+        return RemoteAccessDenied(target, "the remote daemon refused access", FailureKind.ACCESS_DENIED,
                                   [f"remote: {line}" for line in remote])
     hints = [f"remote: {line}" for line in remote]
     if "no such command" in low and "dial-stdio" in low:
         hints.append("the remote netmonctl is too old for -H: upgrade netmon there")
-    return RemoteUnavailable(target, f"the remote command failed (exit status {returncode})", "error", hints)
+    return RemoteUnavailable(target, f"the remote command failed (exit status {returncode})",
+                             FailureKind.REMOTE_FAILED, hints)
 
 
 # -- the bridge ------------------------------------------------------------------
@@ -399,7 +252,7 @@ class SSHBridge:
             self._stderr.close()
             what = " not found" if isinstance(exc, FileNotFoundError) else f": {exc.strerror or exc}"
             raise RemoteUnavailable(
-                target, f"{self.argv[0]}{what}", "ssh_missing",
+                target, f"{self.argv[0]}{what}", FailureKind.SSH_MISSING,
                 [f"install the OpenSSH client, or point {ENV_SSH_COMMAND} at one"],
             ) from None
         finally:
@@ -441,18 +294,12 @@ class SSHBridge:
         self._stderr.close()
 
 
-def open_host(value: str, timeout: float | None) -> "contextlib.AbstractContextManager[Client]":
+def open_host(target: Target, timeout: float | None) -> "contextlib.AbstractContextManager[Client]":
     """What `netmonctl -H VALUE` connects through (session.connect uses it).
 
-    A bad value is a usage error (exit 2). Over ssh the first answer may also
-    wait for ssh to connect and authenticate, hence SSH_SETUP_SECONDS more.
+    Over ssh the first answer may also wait for ssh to connect and
+    authenticate, hence SSH_SETUP_SECONDS more.
     """
-    import click
-
-    try:
-        target = resolve(value)
-    except TargetError as exc:
-        raise click.UsageError(f"-H: {exc}") from None
     if target.scheme == "ssh" and timeout is not None:
         timeout += SSH_SETUP_SECONDS
     return open_client(target, timeout)

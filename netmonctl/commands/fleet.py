@@ -13,7 +13,7 @@ sharing (ControlMaster/ControlPersist under ~/.cache/netmon/) unless the
 user's own ssh config already sets it, so `--watch` costs one ssh login per
 host, not one per refresh.
 
-Statuses:
+Statuses (STATUS maps each failure kind of common.errors to one):
     ONLINE       the daemon answered
     NO_DAEMON    the host answered, netmond is not running there
     AUTH_FAILED  ssh could not authenticate (our key refused, or the host's key
@@ -37,6 +37,7 @@ from typing import Any, Iterable
 import click
 
 from common import __version__, api
+from common.errors import FailureKind, NetmonError, failure_kind
 from common.units import human_duration
 
 from .. import render
@@ -44,7 +45,16 @@ from ..options import output_options
 from ..render import Column
 from ..session import Settings, pass_settings
 
-STATUSES = ("ONLINE", "OFFLINE", "AUTH_FAILED", "NO_DAEMON", "UNKNOWN")
+#: A failed poll's status, by failure kind (any other kind: UNKNOWN).
+STATUS = {
+    FailureKind.NO_DAEMON: "NO_DAEMON",
+    FailureKind.OFFLINE: "OFFLINE",
+    FailureKind.TIMEOUT: "OFFLINE",
+    FailureKind.AUTH: "AUTH_FAILED",
+    FailureKind.HOST_KEY: "AUTH_FAILED",
+    FailureKind.ACCESS_DENIED: "AUTH_FAILED",
+    FailureKind.UNTRUSTED: "AUTH_FAILED",
+}
 _STATUS_COLORS = {
     "ONLINE": "green",
     "OFFLINE": "red",
@@ -59,12 +69,6 @@ CONTROL_PERSIST = 60
 #: Longest ControlPath that works: a Unix socket path (104 bytes on macOS,
 #: with its NUL), less the 17-character suffix ssh adds while creating it.
 MAX_CONTROL_PATH = 104 - 1 - 17
-
-
-class FleetConfigError(click.ClickException):
-    """hosts.toml is unusable: a configuration (usage) error, exit 2."""
-
-    exit_code = 2
 
 
 # -- one host ----------------------------------------------------------------------
@@ -106,30 +110,14 @@ class HostStatus:
         }
 
 
-def classify(exc: BaseException, scheme: str, timeout: float) -> tuple[str, str, list[str]]:
+def classify(exc: BaseException, timeout: float) -> tuple[str, str, list[str]]:
     """(status, error message, hints) for a failed poll."""
-    from common.client import AccessDenied, DaemonUnavailable
-    from common.protocol import RPCError
-
-    kind = getattr(exc, "kind", None)
-    hints = list(getattr(exc, "hints", None) or [])
-    if kind in ("auth", "host_key", "access_denied"):
-        return "AUTH_FAILED", str(exc), hints
-    if kind == "no_daemon":
-        return "NO_DAEMON", str(exc), hints
-    if kind == "offline":
-        return "OFFLINE", str(exc), hints
-    if kind is not None:
-        return "UNKNOWN", str(exc), hints
-    if isinstance(exc, TimeoutError):
-        return "OFFLINE", f"no answer within {timeout:g}s", hints
-    if scheme == "unix" and isinstance(exc, AccessDenied):
-        return "AUTH_FAILED", str(exc), hints
-    if scheme == "unix" and isinstance(exc, DaemonUnavailable):
-        return "NO_DAEMON", str(exc), hints
-    if isinstance(exc, RPCError):
-        return "UNKNOWN", f"{exc.code}: {exc.message}", hints
-    return "UNKNOWN", str(exc) or type(exc).__name__, hints
+    kind = failure_kind(exc)
+    hints = list(exc.hints or []) if isinstance(exc, NetmonError) else []
+    status = "UNKNOWN" if kind is None else STATUS.get(kind, "UNKNOWN")
+    if kind is FailureKind.TIMEOUT:
+        return status, f"no answer within {timeout:g}s", hints
+    return status, str(exc) or type(exc).__name__, hints
 
 
 class ConnectionSharing:
@@ -154,7 +142,8 @@ class ConnectionSharing:
             return self._known[target]
 
     def _decide(self, target: Any) -> list[str]:
-        from ..fleetfile import cache_dir
+        from common.paths import cache_dir
+
         from ..transport import ssh_command, ssh_destination_args
 
         directory = cache_dir()
@@ -193,7 +182,6 @@ def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing) -> HostSta
     from ..transport import open_client
 
     row = HostStatus(entry.name, entry.url, entry.tags, checked_at=time.time())
-    scheme = "unix" if entry.url.lower().startswith("unix:") else "ssh"
     try:
         target = entry.target()
         extra = ["-o", "BatchMode=yes", *sharing.options(target)] if target.scheme == "ssh" else []
@@ -203,7 +191,7 @@ def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing) -> HostSta
             info = client.call(api.HELLO, {"client_version": __version__})
             stats = client.stats()
     except Exception as exc:  # noqa: BLE001 - any failure is this host's status, not ours
-        row.status, row.error, row.hints = classify(exc, scheme, timeout)
+        row.status, row.error, row.hints = classify(exc, timeout)
         return row
     row.status = "ONLINE"
     row.last_seen = time.time()
@@ -285,18 +273,18 @@ def _ago(timestamp: float | None, now: float) -> str:
 
 def _columns(now: float) -> tuple[Column, ...]:
     return (
-        Column("NAME", render.field("name")),
-        Column("STATUS", render.field("status"), color=lambda s: _STATUS_COLORS.get(s)),
-        Column("LAST SEEN", render.field("last_seen"), fmt=lambda t: _ago(t, now), align="right"),
-        Column("CONNS", render.field("connections"), align="right", drop=2),
-        Column("UP", render.field("upload_speed"), fmt=render.rate, align="right"),
-        Column("DOWN", render.field("download_speed"), fmt=render.rate, align="right"),
-        Column("TOP APP", render.field("top_app"), fmt=render.safe, drop=3),
-        Column("VERSION", render.field("version"), drop=4),
+        Column("NAME", render.value_of("name")),
+        Column("STATUS", render.value_of("status"), color=lambda s: _STATUS_COLORS.get(s)),
+        Column("LAST SEEN", render.value_of("last_seen"), fmt=lambda t: _ago(t, now), align="right"),
+        Column("CONNS", render.value_of("connections"), align="right", drop=2),
+        Column("UP", render.value_of("upload_speed"), fmt=render.rate, align="right"),
+        Column("DOWN", render.value_of("download_speed"), fmt=render.rate, align="right"),
+        Column("TOP APP", render.value_of("top_app"), fmt=render.safe, drop=3),
+        Column("VERSION", render.value_of("version"), drop=4),
     )
 
 
-def describe(rows: list[dict[str, Any]], settings: Settings, now: float) -> str:
+def hosts_table(rows: list[dict[str, Any]], settings: Settings, now: float) -> str:
     """The table, then one line per host that is not online, with its fix-it hint.
 
     Errors carry remote stderr and top_app a remote process name: both go
@@ -316,12 +304,9 @@ def describe(rows: list[dict[str, Any]], settings: Settings, now: float) -> str:
 
 
 def _load(tags: tuple[str, ...]) -> list[Any]:
-    from ..fleetfile import FleetFileError, load_hosts
+    from ..fleetfile import load_hosts
 
-    try:
-        hosts = load_hosts()
-    except FleetFileError as exc:
-        raise FleetConfigError(str(exc)) from None
+    hosts = load_hosts()  # FleetFileError: a usage error (exit 2)
     entries = list(hosts.values())
     if tags:
         entries = [e for e in entries if set(tags) & set(e.tags)]
@@ -419,7 +404,7 @@ def fleet(ctx: click.Context, watch: bool, tags: tuple[str, ...], interval: floa
             rows = _merge(results, entries, seen)
             now = time.time()
             render.emit(settings.format, {"hosts": rows}, rows_key="hosts",
-                        human=lambda: describe(rows, settings, now))
+                        human=lambda: hosts_table(rows, settings, now))
     finally:
         poller.close()
 
@@ -450,14 +435,14 @@ def _watch(poller: Poller, entries: list[Any], seen: dict[str, dict[str, Any]],
                     rows = _merge(results, entries, seen)
                     click.clear()
                     click.echo(time.strftime("%H:%M:%S ") + f"every {interval:g}s, Ctrl-C to quit\n")
-                    click.echo(describe(rows, settings, time.time()))
+                    click.echo(hosts_table(rows, settings, time.time()))
             if not live:
                 rows = _merge(results, entries, seen)
                 if settings.format == "json":
                     click.echo(render.to_ndjson([{"timestamp": time.time(), "hosts": rows}]))
                 else:
                     render.emit(settings.format, {"hosts": rows}, rows_key="hosts",
-                                human=lambda: describe(rows, settings, time.time()) + "\n")
+                                human=lambda: hosts_table(rows, settings, time.time()) + "\n")
                 sys.stdout.flush()
     except KeyboardInterrupt:
         pass
@@ -471,11 +456,11 @@ def ls(settings: Settings) -> None:
     entries = _load(())
     rows = [e.to_json() for e in entries]
     columns = (
-        Column("NAME", render.field("name")),
-        Column("URL", render.field("url")),
-        Column("TAGS", render.field("tags"), fmt=lambda v: ",".join(v) or "-"),
-        Column("SOCKET", render.field("socket"), drop=2),
-        Column("REMOTE COMMAND", render.field("remote_command"), drop=1),
+        Column("NAME", render.value_of("name")),
+        Column("URL", render.value_of("url")),
+        Column("TAGS", render.value_of("tags"), fmt=lambda v: ",".join(v) or "-"),
+        Column("SOCKET", render.value_of("socket"), drop=2),
+        Column("REMOTE COMMAND", render.value_of("remote_command"), drop=1),
     )
     from ..fleetfile import hosts_path
 
@@ -507,10 +492,7 @@ def add(name: str, url: str, socket_path: str | None, remote_command: str | None
         entry: HostEntry = entry_from_table(name, table, name)
     except FleetFileError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="NAME/URL") from None
-    try:
-        add_host(entry)
-    except FleetFileError as exc:
-        raise FleetConfigError(str(exc)) from None
+    add_host(entry)
     click.echo(f"added {name} ({entry.target().url}) to {hosts_path()}")
 
 
@@ -518,11 +500,8 @@ def add(name: str, url: str, socket_path: str | None, remote_command: str | None
 @click.argument("name")
 def rm(name: str) -> None:
     """Remove host NAME from hosts.toml."""
-    from ..fleetfile import FleetFileError, forget_state, hosts_path, remove_host
+    from ..fleetfile import forget_state, hosts_path, remove_host
 
-    try:
-        remove_host(name)
-    except FleetFileError as exc:
-        raise FleetConfigError(str(exc)) from None
+    remove_host(name)
     forget_state(name)
     click.echo(f"removed {name} from {hosts_path()}")

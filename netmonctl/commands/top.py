@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from common import api
+from common.errors import UsageProblem
 
 from .. import render
 from ..options import INTERVAL_RANGE, bits_option, color_option, filter_options
@@ -118,11 +119,7 @@ def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, rev
         raise click.UsageError(NOT_A_FORMAT)
     is_tty = sys.stdout.isatty() and sys.stdin.isatty()
     if not is_tty or not _can_address_cursor():
-        from ..cli import EXIT_USAGE, PREFIX
-
-        why = NOT_A_TERMINAL if not is_tty else DUMB_TERMINAL.format(term=os.environ.get("TERM", ""))
-        click.echo(PREFIX + why, err=True)
-        raise click.exceptions.Exit(EXIT_USAGE)
+        raise UsageProblem(NOT_A_TERMINAL if not is_tty else DUMB_TERMINAL.format(term=os.environ.get("TERM", "")))
     if sort_field not in SORT_KEYS[view]:
         sort_field = "speed"
     import curses
@@ -170,7 +167,8 @@ def read_cmdline(pid: int, name: str | None) -> str:
 def describe_host(host: str) -> tuple[str, bool]:
     """(how the title names an -H target: its hosts.toml name, else its host;
     whether it is on another machine: ssh)."""
-    from ..transport import TargetError, resolve
+    from ..fleetfile import resolve
+    from ..targets import TargetError
 
     try:
         target = resolve(host)

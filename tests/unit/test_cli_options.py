@@ -14,10 +14,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from common.client import AccessDenied, DaemonUnavailable
+from common.client import AccessDenied, DaemonUnavailable, UntrustedSocket
+from common.errors import FailureKind, UsageProblem, failure_kind, short_reason
 from common.protocol import ProtocolError, RPCError
 from netmonctl import cli as cli_module
-from netmonctl.cli import COMMANDS, cli, command_for, exit_code_for
+from netmonctl.cli import COMMANDS, EXIT_CODES, cli, command_for, exit_code_for
 from netmonctl.options import FILTER_KEYS, build_filter, filter_options, output_options
 from netmonctl.session import Settings, pass_settings
 from netmonctl.sorting import order_rows, sort_rows
@@ -287,6 +288,45 @@ def test_access_hint_names_the_owner_of_a_user_daemon(tmp_path):
 def test_daemon_errors_map_to_their_codes(exc, code, first_line):
     got_code, lines = exit_code_for(exc, "/x.sock")
     assert (got_code, lines[0]) == (code, first_line)
+
+
+def test_every_failure_kind_has_one_exit_code():
+    assert set(EXIT_CODES) == set(FailureKind)
+    assert set(EXIT_CODES.values()) == {1, 2, 3, 4}  # the README's list (0 is success)
+
+
+@pytest.mark.parametrize(
+    "exc, kind",
+    [
+        (DaemonUnavailable("/x.sock", "no socket file"), FailureKind.NO_DAEMON),
+        (DaemonUnavailable("/x.sock", "daemon closed the connection", FailureKind.CONNECTION_LOST),
+         FailureKind.CONNECTION_LOST),
+        (AccessDenied("/x.sock", "Permission denied"), FailureKind.ACCESS_DENIED),
+        (UntrustedSocket("/x.sock", "uid 1234's"), FailureKind.UNTRUSTED),
+        (RPCError("access_denied", "control needs root"), FailureKind.ACCESS_DENIED),
+        (RPCError("invalid_params", "bad"), FailureKind.USAGE),
+        (RPCError("internal", "boom"), FailureKind.DAEMON_ERROR),
+        (ProtocolError("garbage"), FailureKind.PROTOCOL),
+        (TimeoutError(), FailureKind.TIMEOUT),
+        (UsageProblem("top needs a terminal"), FailureKind.USAGE),
+        (ValueError("a bug"), None),
+    ],
+)
+def test_failures_carry_their_kind(exc, kind):
+    assert failure_kind(exc) is kind
+
+
+def test_short_reasons_for_a_lost_connection():
+    assert short_reason(DaemonUnavailable("/x", "daemon closed the connection")) == "daemon closed the connection"
+    assert short_reason(AccessDenied("/x", "Permission denied")) == "Permission denied"
+    assert short_reason(ProtocolError("garbage")) == "unexpected data (garbage)"
+    assert short_reason(TimeoutError()) == "no answer in time"
+    assert short_reason(ConnectionResetError(104, "Connection reset by peer")) == "Connection reset by peer"
+    assert short_reason(RPCError("internal", "boom")) == "internal: boom"
+
+
+def test_usage_problems_found_after_parsing_are_exit_2():
+    assert exit_code_for(UsageProblem("top needs a terminal")) == (2, ["top needs a terminal"])
 
 
 def test_other_failures():

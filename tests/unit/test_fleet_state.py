@@ -69,3 +69,19 @@ def test_an_unbalanced_netmon_ssh_command_is_exit_2_with_a_message(xdg, monkeypa
         assert ran.returncode == 2, (argv, ran.stderr)
         assert "NETMON_SSH_COMMAND" in ran.stderr and "fix its quoting" in ran.stderr
         assert "Traceback" not in ran.stderr
+
+
+def test_xdg_homes_ignore_relative_values(monkeypatch, tmp_path):
+    """The XDG spec: a relative $XDG_CONFIG_HOME is invalid; every file of ours ignores it alike."""
+    from common import paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(paths, "is_root", lambda: False)
+    for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(var, "relative/dir")
+    assert paths.default_config_path() == str(tmp_path / ".config" / "netmon" / "netmond.toml")
+    assert fleetfile.hosts_path() == str(tmp_path / ".config" / "netmon" / "hosts.toml")
+    assert fleetfile.state_path() == str(tmp_path / ".local" / "state" / "netmon" / "fleet.json")
+    assert paths.cache_dir() == str(tmp_path / ".cache" / "netmon")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert paths.default_config_path() == str(tmp_path / "cfg" / "netmon" / "netmond.toml")

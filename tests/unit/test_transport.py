@@ -13,20 +13,20 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from common.client import AccessDenied, DaemonUnavailable
+from common.client import AccessDenied, DaemonUnavailable, UntrustedSocket
+from common.errors import FailureKind
+from common.protocol import ProtocolError, RPCError
 from netmonctl import fleetfile, transport
 from netmonctl.cli import EXIT_ACCESS_DENIED, EXIT_UNREACHABLE, cli, exit_code_for
 from netmonctl.commands.dial_stdio import relay
 from netmonctl.commands import fleet as fleet_module
-from netmonctl.commands.fleet import HostStatus, Poller, classify, describe
+from netmonctl.commands.fleet import HostStatus, Poller, classify, hosts_table
 from netmonctl.session import Settings
+from netmonctl.targets import Target, TargetError, parse_url
 from netmonctl.transport import (
     RemoteAccessDenied,
     RemoteUnavailable,
-    Target,
-    TargetError,
     explain_failure,
-    parse_url,
     remote_command_line,
     ssh_argv,
 )
@@ -139,7 +139,7 @@ def test_ssh_success_or_still_running_explains_nothing():
 
 def test_login_refused_is_access_denied_with_a_hint():
     err = explain_failure(T, 255, "admin@nas: Permission denied (publickey).\r\n")
-    assert isinstance(err, RemoteAccessDenied) and err.kind == "auth"
+    assert isinstance(err, RemoteAccessDenied) and err.kind is FailureKind.AUTH
     assert err.hints[0] == "admin@nas: Permission denied (publickey)."
     assert "ssh -p 2222 admin@nas" in err.hints[-1]
     code, lines = exit_code_for(err)
@@ -150,7 +150,7 @@ def test_unknown_host_key_says_run_ssh_once():
     text = ("No ED25519 host key is known for [nas]:2222 and you have requested strict checking.\n"
             "Host key verification failed.\n")
     err = explain_failure(T, 255, text)
-    assert isinstance(err, RemoteUnavailable) and err.kind == "host_key"
+    assert isinstance(err, RemoteUnavailable) and err.kind is FailureKind.HOST_KEY
     assert err.hints[-1] == "run `ssh -p 2222 admin@nas` once to check and accept its host key"
     code, lines = exit_code_for(err)
     assert code == EXIT_UNREACHABLE and lines[-1] == err.hints[-1]
@@ -159,28 +159,28 @@ def test_unknown_host_key_says_run_ssh_once():
 def test_changed_host_key_points_at_ssh_keygen():
     text = "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.\n"
     err = explain_failure(T, 255, text)
-    assert err.kind == "host_key" and "ssh-keygen -R nas" in err.hints[-1]
+    assert err.kind is FailureKind.HOST_KEY and "ssh-keygen -R nas" in err.hints[-1]
 
 
 @pytest.mark.parametrize(
     "stderr, kind",
     [
-        ("ssh: connect to host nas port 2222: Connection refused", "offline"),
-        ("ssh: connect to host nas port 2222: Connection timed out", "offline"),
-        ("ssh: Could not resolve hostname nas: Name or service not known", "offline"),
-        ("kex_exchange_identification: something odd", "error"),
+        ("ssh: connect to host nas port 2222: Connection refused", FailureKind.OFFLINE),
+        ("ssh: connect to host nas port 2222: Connection timed out", FailureKind.OFFLINE),
+        ("ssh: Could not resolve hostname nas: Name or service not known", FailureKind.OFFLINE),
+        ("kex_exchange_identification: something odd", FailureKind.REMOTE_FAILED),
     ],
 )
 def test_other_ssh_failures(stderr, kind):
     err = explain_failure(T, 255, "Warning: Permanently added 'x' to the list of known hosts.\n" + stderr)
-    assert isinstance(err, RemoteUnavailable) and err.kind == kind
+    assert isinstance(err, RemoteUnavailable) and err.kind is kind
     assert err.reason == f"ssh failed: {stderr}"
     assert exit_code_for(err)[0] == EXIT_UNREACHABLE
 
 
 def test_remote_command_not_found_gives_the_path_hint():
     err = explain_failure(T, 127, "sh: 1: netmonctl: not found\n")
-    assert err.kind == "no_remote_command"
+    assert err.kind is FailureKind.NO_REMOTE_COMMAND
     assert err.hints[0] == "sh: 1: netmonctl: not found"
     assert "non-login PATH" in err.hints[-1] and "remote_command" in err.hints[-1]
     assert exit_code_for(err)[0] == EXIT_UNREACHABLE
@@ -188,27 +188,33 @@ def test_remote_command_not_found_gives_the_path_hint():
 
 def test_remote_netmonctl_exit_codes_keep_their_meaning():
     no_daemon = explain_failure(T, 3, "netmonctl: cannot reach netmond at /run/netmond.sock: no socket file\n")
-    assert isinstance(no_daemon, DaemonUnavailable) and no_daemon.kind == "no_daemon"
+    assert isinstance(no_daemon, DaemonUnavailable) and no_daemon.kind is FailureKind.NO_DAEMON
     assert no_daemon.hints[0] == "remote: cannot reach netmond at /run/netmond.sock: no socket file"
     assert exit_code_for(no_daemon)[0] == EXIT_UNREACHABLE
     denied = explain_failure(T, 4, "netmonctl: access to /run/netmond.sock denied: Permission denied\n")
-    assert isinstance(denied, AccessDenied) and denied.kind == "access_denied"
+    assert isinstance(denied, AccessDenied) and denied.kind is FailureKind.ACCESS_DENIED
     assert exit_code_for(denied)[0] == EXIT_ACCESS_DENIED
     old = explain_failure(T, 2, "Error: No such command 'dial-stdio'.\n")
     assert "too old" in old.hints[-1]
 
 
 def test_fleet_statuses_from_failures():
-    assert classify(explain_failure(T, 255, "Permission denied (publickey)."), "ssh", 5)[0] == "AUTH_FAILED"
-    assert classify(explain_failure(T, 255, "Host key verification failed."), "ssh", 5)[0] == "AUTH_FAILED"
-    assert classify(explain_failure(T, 3, ""), "ssh", 5)[0] == "NO_DAEMON"
-    assert classify(explain_failure(T, 255, "Connection refused"), "ssh", 5)[0] == "OFFLINE"
-    status, error, hints = classify(explain_failure(T, 127, "x: not found"), "ssh", 5)
+    assert classify(explain_failure(T, 255, "Permission denied (publickey)."), 5)[0] == "AUTH_FAILED"
+    assert classify(explain_failure(T, 255, "Host key verification failed."), 5)[0] == "AUTH_FAILED"
+    assert classify(explain_failure(T, 3, ""), 5)[0] == "NO_DAEMON"
+    assert classify(explain_failure(T, 255, "Connection refused"), 5)[0] == "OFFLINE"
+    status, error, hints = classify(explain_failure(T, 127, "x: not found"), 5)
     assert status == "UNKNOWN" and "PATH" in hints[-1]
-    assert classify(TimeoutError(), "ssh", 5) == ("OFFLINE", "no answer within 5s", [])
-    assert classify(DaemonUnavailable("/x", "gone"), "unix", 5)[0] == "NO_DAEMON"
-    assert classify(AccessDenied("/x", "mode"), "unix", 5)[0] == "AUTH_FAILED"
-    assert classify(DaemonUnavailable("h", "closed"), "ssh", 5)[0] == "UNKNOWN"
+    assert classify(TimeoutError(), 5) == ("OFFLINE", "no answer within 5s", [])
+    assert classify(DaemonUnavailable("/x", "gone"), 5)[0] == "NO_DAEMON"
+    assert classify(AccessDenied("/x", "mode"), 5)[0] == "AUTH_FAILED"
+    assert classify(UntrustedSocket("/x", "uid 1234's"), 5)[0] == "AUTH_FAILED"
+    # Connected, then the stream ended with nothing from ssh to say why.
+    lost = DaemonUnavailable("h", "daemon closed the connection", FailureKind.CONNECTION_LOST)
+    assert classify(lost, 5)[0] == "UNKNOWN"
+    assert classify(RPCError("internal", "boom"), 5) == ("UNKNOWN", "internal: boom", [])
+    assert classify(ProtocolError("not msgpack"), 5)[0] == "UNKNOWN"
+    assert classify(ValueError("a bug"), 5) == ("UNKNOWN", "a bug", [])
 
 
 def test_missing_ssh_binary_is_reported(monkeypatch):
@@ -216,7 +222,7 @@ def test_missing_ssh_binary_is_reported(monkeypatch):
     with pytest.raises(RemoteUnavailable, match="not found") as info:
         with transport.open_client(parse_url("ssh://h"), 1.0):
             pass
-    assert info.value.kind == "ssh_missing"
+    assert info.value.kind is FailureKind.SSH_MISSING
 
 
 def test_bad_host_value_is_a_usage_error(xdg):
@@ -230,7 +236,7 @@ def test_remote_text_cannot_reach_the_terminal_raw():
     rows = [{"name": "evil", "status": "UNKNOWN", "last_seen": None, "connections": None,
              "upload_speed": None, "download_speed": None, "top_app": "\x1b]0;pwned\x07app",
              "version": None, "error": "boom \x1b[2J", "hints": ["remote: \x1b[31mred"]}]
-    text = describe(rows, Settings(no_color=True), 0.0)
+    text = hosts_table(rows, Settings(no_color=True), 0.0)
     assert "\x1b" not in text and "\x07" not in text
     assert "evil: boom ?[2J" in text and "remote: ?[31mred" in text and "?]0;pwned?app" in text
 
@@ -335,10 +341,10 @@ def test_bad_hosts_files_say_where(xdg, text, needle):
 
 def test_a_name_from_hosts_toml_resolves(xdg):
     fleetfile.add_host(fleetfile.HostEntry("box", "ssh://me@box", socket="/s.sock"))
-    t = transport.resolve("box")
+    t = fleetfile.resolve("box")
     assert (t.host, t.user, t.socket, t.label) == ("box", "me", "/s.sock", "box")
     with pytest.raises(TargetError, match="unknown host"):
-        transport.resolve("other")
+        fleetfile.resolve("other")
 
 
 def test_state_merges_latest_last_seen(xdg):
