@@ -256,7 +256,7 @@ class Column:
     color: Callable[[Any], str | None] | None = None
 
 
-def field(name: str) -> Callable[[dict[str, Any]], Any]:
+def value_of(name: str) -> Callable[[dict[str, Any]], Any]:
     """A Column.value reading one key (missing -> None)."""
     return lambda row: row.get(name)
 
@@ -267,10 +267,10 @@ def traffic_columns(bytes_drop: int = 0) -> tuple[Column, Column, Column, Column
     `bytes_drop` is the drop order of the two byte totals (0: never dropped).
     """
     return (
-        Column("UP", field("upload_speed"), fmt=rate, align="right"),
-        Column("DOWN", field("download_speed"), fmt=rate, align="right"),
-        Column("SENT", field("bytes_sent"), fmt=human_bytes, align="right", drop=bytes_drop),
-        Column("RECV", field("bytes_received"), fmt=human_bytes, align="right", drop=bytes_drop),
+        Column("UP", value_of("upload_speed"), fmt=rate, align="right"),
+        Column("DOWN", value_of("download_speed"), fmt=rate, align="right"),
+        Column("SENT", value_of("bytes_sent"), fmt=human_bytes, align="right", drop=bytes_drop),
+        Column("RECV", value_of("bytes_received"), fmt=human_bytes, align="right", drop=bytes_drop),
     )
 
 
@@ -375,6 +375,29 @@ def sparkline(values: Sequence[float | None], width: int) -> str:
         else:
             out.append(SPARK_CHARS[min(levels, max(0, round(v / top * levels)))])
     return "".join(out)
+
+
+def sparkline_row(label: str, values: Sequence[float | None], width: int | None,
+                  now: float | None = None, show_now: bool = False, most: int | None = None) -> str:
+    """`up   ▁▂▅█▃  peak 3.4 MB/s` (with show_now: `up     1.2 MB/s ▁▂▅█▃  peak ...`).
+
+    The sparkline is `most` characters wide (None: all `width` allows),
+    and no wider than what `width` (None: no limit) leaves after the label,
+    the rate `now` and the peak; with fewer than 8 left, the row is the
+    label and the rate now only. History and top draw their rows with it.
+    """
+    head = f"{label:<5}" + (f"{rate(now):>11} " if show_now else "")
+    peak = max((v for v in values if v is not None), default=None)
+    tail = f"  peak {rate(peak)}"
+    room = most
+    if width is not None:
+        fits = width - len(head) - len(tail)
+        if fits < 8:  # too narrow for a useful sparkline and its peak: keep the rate
+            return clip(head.rstrip(), width)
+        room = fits if room is None else min(room, fits)
+    if room is None:
+        raise ValueError("sparkline_row needs a width or a most")
+    return head + sparkline(values, room).ljust(room) + tail
 
 
 def bar(value: float | None, top: float | None, width: int) -> str:

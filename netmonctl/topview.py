@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from common.units import human_duration, human_percent
 
 from . import render
-from .render import Column, clip, field
+from .render import Column, clip, value_of
 from .sorting import descending, sort_rows
 
 Row = dict[str, Any]
@@ -239,23 +239,23 @@ def _traffic(bytes_drop: int) -> tuple[TopColumn, ...]:
 APP_COLUMNS = (
     TopColumn(Column("PROCESS", render.app_label, fmt=str), 10, ("process_name",),
               ideal=24, flex=True),
-    TopColumn(Column("PIDS", field("pids"), drop=4), 11, ideal=30, cell=_pids_cell),
-    TopColumn(Column("CONNS", field("connections"), align="right", drop=2), 5, ("connections",)),
+    TopColumn(Column("PIDS", value_of("pids"), drop=4), 11, ideal=30, cell=_pids_cell),
+    TopColumn(Column("CONNS", value_of("connections"), align="right", drop=2), 5, ("connections",)),
     *_traffic(3),
 )
 
 CONN_COLUMNS = (
-    TopColumn(Column("PROTO", field("protocol"), drop=5), 5),
-    TopColumn(Column("LOCAL", field("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell,
+    TopColumn(Column("PROTO", value_of("protocol"), drop=5), 5),
+    TopColumn(Column("LOCAL", value_of("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell,
               grow=3),  # grows with REMOTE: both addresses as readable
-    TopColumn(Column("REMOTE", field("remote_addr"), drop=3), ADDR_MIN, ("remote_addr",),
+    TopColumn(Column("REMOTE", value_of("remote_addr"), drop=3), ADDR_MIN, ("remote_addr",),
               ideal=ADDR_IDEAL, cell=_addr_cell),
-    TopColumn(Column("STATE", field("state"), drop=4), 11, ("state",)),
-    TopColumn(Column("PID", field("pid"), align="right", drop=7), 7),
-    TopColumn(Column("PROCESS", field("process_name"), fmt=render.safe), 10, ("process_name",),
+    TopColumn(Column("STATE", value_of("state"), drop=4), 11, ("state",)),
+    TopColumn(Column("PID", value_of("pid"), align="right", drop=7), 7),
+    TopColumn(Column("PROCESS", value_of("process_name"), fmt=render.safe), 10, ("process_name",),
               ideal=24, flex=True),
     *_traffic(8),
-    TopColumn(Column("AGE", field("duration"), fmt=human_duration, align="right", drop=9), 7,
+    TopColumn(Column("AGE", value_of("duration"), fmt=human_duration, align="right", drop=9), 7,
               ("duration",)),
 )
 
@@ -349,19 +349,6 @@ def _title(model: TopModel, ui: ViewState, width: int) -> str:
     if model.clock is not None:
         parts.append(render.clock(model.clock))
     return _spread(left, "  ".join(parts), width)
-
-
-def _spark_line(
-    label: str, key: str, rate: float | None, history: Sequence[dict[str, Any]], width: int
-) -> str:
-    head = f"{label:<5}{render.rate(rate):>11} "
-    values = [p.get(key) for p in history]
-    peak = max((v for v in values if v is not None), default=None)
-    tail = f"  peak {render.rate(peak)}"
-    room = width - len(head) - len(tail)
-    if room < 8:  # too narrow for a useful sparkline and its peak: keep the rate
-        return clip(head.rstrip(), width)
-    return head + render.sparkline(values, room).ljust(room) + tail
 
 
 def _last_minute(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -487,8 +474,10 @@ def layout(model: TopModel, ui: ViewState, width: int, height: int) -> list[Line
     footer = []
     if not tiny:
         head += [
-            Line(_spark_line("up", "upload", s.get("total_upload_speed"), history, width)),
-            Line(_spark_line("down", "download", s.get("total_download_speed"), history, width)),
+            Line(render.sparkline_row("up", [p.get("upload") for p in history], width,
+                                      s.get("total_upload_speed"), show_now=True)),
+            Line(render.sparkline_row("down", [p.get("download") for p in history], width,
+                                      s.get("total_download_speed"), show_now=True)),
             Line(_summary(model, width)),
         ]
         footer = [_detail(model, width), Line(clip(KEY_HELP, width), "dim")]

@@ -10,7 +10,7 @@ from common.models import APP_FIELDS
 
 from .. import render
 from ..options import filter_options, output_options, sort_options
-from ..render import Column, field
+from ..render import Column, value_of
 from ..session import Settings, connect, pass_settings
 from ..sorting import order_rows
 
@@ -20,8 +20,8 @@ SHOWN_PIDS = 3
 
 COLUMNS = (
     Column("PROCESS", render.app_label, fmt=str),
-    Column("PIDS", field("pids"), fmt=lambda v: render.pids(v, SHOWN_PIDS), drop=2),
-    Column("CONNS", field("connections"), align="right", drop=1),
+    Column("PIDS", value_of("pids"), fmt=lambda v: render.pids(v, SHOWN_PIDS), drop=2),
+    Column("CONNS", value_of("connections"), align="right", drop=1),
     *render.traffic_columns(),
 )
 

@@ -11,7 +11,7 @@ from common.units import human_duration
 
 from .. import render
 from ..options import filter_options, output_options, sort_options
-from ..render import Column, field
+from ..render import Column, value_of
 from ..session import Settings, connect, pass_settings
 from ..sorting import order_rows
 
@@ -21,15 +21,15 @@ PROCESS_WIDTH = 24
 # Column drop order when the terminal is narrow: totals and age first, then
 # pid; addresses, state, process and rates always stay.
 COLUMNS = (
-    Column("PROTO", field("protocol")),
-    Column("LOCAL", field("local_addr")),
-    Column("REMOTE", field("remote_addr")),
-    Column("STATE", field("state"), color=render.state_color),
-    Column("PID", field("pid"), align="right", drop=3),
-    Column("PROCESS", field("process_name"),
+    Column("PROTO", value_of("protocol")),
+    Column("LOCAL", value_of("local_addr")),
+    Column("REMOTE", value_of("remote_addr")),
+    Column("STATE", value_of("state"), color=render.state_color),
+    Column("PID", value_of("pid"), align="right", drop=3),
+    Column("PROCESS", value_of("process_name"),
            fmt=lambda v: render.clip(render.safe(v), PROCESS_WIDTH)),
     *render.traffic_columns(bytes_drop=4),
-    Column("AGE", field("duration"), fmt=human_duration, align="right", drop=5),
+    Column("AGE", value_of("duration"), fmt=human_duration, align="right", drop=5),
 )
 
 

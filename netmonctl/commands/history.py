@@ -10,7 +10,7 @@ from common.models import HISTORY_FIELDS
 
 from .. import render
 from ..options import output_options
-from ..render import Column, field
+from ..render import Column, value_of
 from ..session import Settings, connect, pass_settings
 
 #: Widest sparkline drawn under the table, in characters.
@@ -25,17 +25,17 @@ def _columns(tenths: bool, peak: float | None, bar_width: int) -> tuple[Column, 
     One scale for both directions so that their bars compare; the bars are
     the first thing dropped on a narrow terminal.
     """
-    time_col = Column("TIME", field("timestamp"), fmt=lambda ts: render.clock(ts, tenths))
-    up = Column("UP", field("upload"), fmt=render.rate, align="right")
-    down = Column("DOWN", field("download"), fmt=render.rate, align="right")
+    time_col = Column("TIME", value_of("timestamp"), fmt=lambda ts: render.clock(ts, tenths))
+    up = Column("UP", value_of("upload"), fmt=render.rate, align="right")
+    down = Column("DOWN", value_of("download"), fmt=render.rate, align="right")
     if not peak:
         return (time_col, up, down)  # nothing moved: empty bars say nothing
     return (
         time_col,
         up,
-        Column("", field("upload"), fmt=lambda v: render.bar(v, peak, bar_width), drop=1),
+        Column("", value_of("upload"), fmt=lambda v: render.bar(v, peak, bar_width), drop=1),
         down,
-        Column("", field("download"), fmt=lambda v: render.bar(v, peak, bar_width), drop=1),
+        Column("", value_of("download"), fmt=lambda v: render.bar(v, peak, bar_width), drop=1),
     )
 
 
@@ -76,11 +76,8 @@ def _describe(points: list[dict[str, Any]], settings: Settings) -> str:
     tenths = any(b - a < 1 for a, b in zip(stamps, stamps[1:]))
     peak = max((v for p in points for v in (p.get("upload"), p.get("download")) if v is not None), default=None)
     text = render.table(points, _columns(tenths, peak, BAR_WIDTH), color=settings.color, width=settings.width)
-    # Room for the "down " label and "  peak 123.4 MB/s" after the line.
-    width = SPARK_WIDTH if settings.width is None else max(10, min(SPARK_WIDTH, settings.width - 24))
-    lines = []
-    for label, key in (("up", "upload"), ("down", "download")):
-        values = [p.get(key) for p in points]
-        peak = max((v for v in values if v is not None), default=None)
-        lines.append(f"{label:<5}{render.sparkline(values, width)}  peak {render.rate(peak)}")
+    # One character per point, averaged into SPARK_WIDTH when there are more.
+    most = min(SPARK_WIDTH, len(points))
+    lines = [render.sparkline_row(label, [p.get(key) for p in points], settings.width, most=most)
+             for label, key in (("up", "upload"), ("down", "download"))]
     return text + "\n\n" + "\n".join(lines)

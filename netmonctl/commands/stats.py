@@ -10,11 +10,11 @@ from common.units import human_bytes, human_duration, human_percent
 
 from .. import render
 from ..options import output_options
-from ..render import Column, field
+from ..render import Column, value_of
 from ..session import Settings, connect, pass_settings
 
 INTERFACE_COLUMNS = (
-    Column("INTERFACE", field("name")),
+    Column("INTERFACE", value_of("name")),
     *render.traffic_columns(),
 )
 

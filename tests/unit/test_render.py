@@ -215,6 +215,17 @@ def test_sparkline_averages_into_the_width():
     assert render.sparkline([None, None, 8, 8], 2) == " █"
 
 
+def test_sparkline_row_fits_its_width_or_keeps_only_the_rate():
+    # top: label, the rate now, the sparkline in what is left, the peak.
+    row = render.sparkline_row("up", [0, 1000, 2000], 60, 1500, show_now=True)
+    assert len(row) == 60 and row.startswith("up") and "1.5 kB/s" in row and row.endswith("peak 2.0 kB/s")
+    assert "▁▅█" in row  # three points, padded so that the peak stays put
+    assert render.sparkline_row("up", [0, 1000], 30, 1500, show_now=True) == "up" + " " * 6 + "1.5 kB/s"  # < 8 left
+    # history: no rate now, one character per point up to `most`, no width limit in a pipe.
+    assert render.sparkline_row("down", [0, 1000], None, most=2) == "down ▁█  peak 1.0 kB/s"
+    assert len(render.sparkline_row("up", list(range(500)), None, most=60)) == 5 + 60 + len("  peak 499 B/s")
+
+
 # -- bars and untrusted text ----------------------------------------------------
 
 
