@@ -31,7 +31,6 @@ HISTORY_FIELDS: tuple[str, ...] = tuple(api.HistoryPoint.__annotations__)
 
 SCOPES = ("loopback", "lan", "internet")
 PROTOCOLS = ("TCP", "UDP")
-FAMILIES = ("IPv4", "IPv6")
 #: TCP states as netmon names them (psutil's names, which match ss's).
 STATES = (
     "ESTABLISHED",

@@ -30,8 +30,3 @@ def os_text(value: str) -> str:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     # Other lone surrogates (not from the OS decoder): replace each.
     return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
-
-
-def os_text_or_none(value: str | None) -> str | None:
-    """os_text for an optional string (unknown stays None)."""
-    return None if value is None else os_text(value)

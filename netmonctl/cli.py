@@ -33,7 +33,6 @@ from .session import Settings
 if TYPE_CHECKING:  # pragma: no cover
     from common.client import DaemonUnavailable
 
-EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
