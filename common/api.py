@@ -34,6 +34,12 @@ UNSUBSCRIBE = "unsubscribe"
 
 METHODS = (HELLO, STATUS, CONNECTIONS, APPS, STATS, BANDWIDTH_HISTORY, CONTROL, CONFIGURE, SUBSCRIBE, UNSUBSCRIBE)
 
+#: Bounds of the sampling interval (`configure`, the daemon's config), seconds.
+INTERVAL_MIN = 0.1
+INTERVAL_MAX = 3600.0
+#: Longest history kept (config history_seconds) and asked for (`bandwidth_history`), seconds.
+HISTORY_SECONDS_MAX = 7 * 86400
+
 #: `control` actions.
 START = "start"
 STOP = "stop"

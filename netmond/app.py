@@ -15,22 +15,24 @@ import logging
 import signal
 import socket
 import sys
+import os
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import psutil
 
 from common import api
 
-from . import listener
+from . import __version__, handlers, listener
 from .backends.base import Backend
 from .config import Config, ConfigError, load_config
 from .metrics import Health, MetricsExporter
 from .peercred import resolve_group
 from .selfcost import RECORD_EVERY, CpuWindow
-from .server import Server
-from .state import MonitorState, TickChanges
+from .server import Policy, Server
+from .state import ConnRow, MonitorState, TickChanges
 
 log = logging.getLogger("netmond")
 
@@ -71,7 +73,11 @@ def make_backend(config: Config) -> tuple[Backend, list[str]]:
 
 
 class Daemon:
-    """The running daemon: one backend, one state, one server, one sampler."""
+    """The running daemon: one backend, one state, one server, one sampler.
+
+    Handlers see it through handlers.DaemonInterface (the "-- what handlers
+    see" methods below); the server sees only its Policy and dispatch table.
+    """
 
     def __init__(
         self,
@@ -95,7 +101,13 @@ class Daemon:
             closed_retention=config.closed_retention,
             include_loopback=config.include_loopback,
         )
-        self.control_gid = _control_gid(config.socket_group)
+        # Read by the server at each use; reload() updates it in place.
+        self.policy = Policy(
+            max_clients=config.max_clients,
+            client_idle_timeout=config.client_idle_timeout,
+            subscriber_queue=config.subscriber_queue,
+            control_gid=_control_gid(config.socket_group),
+        )
         self.monitoring = True
         self.started_mono = time.monotonic()
         self.last_tick_seconds: float | None = None
@@ -115,7 +127,86 @@ class Daemon:
         if self.metrics is not None:
             self.warnings.extend(self.metrics.warnings())
 
-    # -- control (called by handlers, on the loop) --------------------------
+    # -- what handlers see (handlers.DaemonInterface; on the loop) ------------
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def interval(self) -> float:
+        return self.state.interval
+
+    def capabilities(self) -> list[str]:
+        return self.backend.capabilities()
+
+    def effective_interval(self) -> float | None:
+        return self.backend.status().effective_interval
+
+    def connections(self, include_closed: bool) -> Iterable[ConnRow]:
+        return self.state.connections(include_closed)
+
+    def app_usage(self, rows: Iterable[ConnRow] | None = None) -> list[api.AppUsage]:
+        return self.state.app_usage() if rows is None else self.state.app_usage_of(rows)
+
+    def bandwidth_history(self, seconds: float) -> list[api.HistoryPoint]:
+        return self.state.bandwidth_history(seconds, time.time())
+
+    def stats(self) -> api.Stats:
+        return self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring)
+
+    def clear(self) -> None:
+        self.state.clear()
+
+    def status(self) -> api.Status:
+        """The daemon's health (the `status` method)."""
+        bst = self.backend.status()
+        warnings = list(self.warnings) + list(bst.warnings)
+        if not bst.attribution_complete and not any("attribut" in w for w in warnings):
+            warnings.append("process attribution is partial: some sockets are shown without pid")
+        if bst.events_lost:
+            warnings.append(
+                f"{bst.events_lost} connection-close events were lost (kernel buffer overflow): "
+                "bytes of those short-lived connections are not counted"
+            )
+        try:
+            rss = self.self_process.memory_info().rss
+        except psutil.Error:
+            rss = None
+        state = self.state
+        counts = state.connection_counts()
+        mono = time.monotonic()
+        return {
+            "monitoring": self.monitoring,
+            "interval": state.interval,
+            # What the OS source really samples at (nettop: whole seconds).
+            "effective_interval": bst.effective_interval if bst.effective_interval is not None else state.interval,
+            "uptime": mono - self.started_mono,
+            "backend": self.backend.name,
+            "per_socket_bytes": self.backend.per_socket_bytes,
+            "privileged": bst.privileged,
+            "attribution_complete": bst.attribution_complete,
+            "root_mode": bst.root_mode,
+            "events_lost": bst.events_lost,
+            "warnings": warnings,
+            "cpu_percent": self.cpu_window.percent(),
+            "cpu_window_seconds": self.cpu_window.covered_seconds(),
+            "rss_bytes": rss,
+            "sample_age": None if state.last_mono is None else mono - state.last_mono,
+            "last_tick_seconds": self.last_tick_seconds,
+            "ticks": state.ticks,
+            "connections": counts["connections"],
+            "listeners": counts["listeners"],
+            "time_wait": counts["time_wait"],
+            "sockets": counts["sockets"],
+            "closed_retained": len(state.closed),
+            "clients": self.server.client_count if self.server else 0,
+            "socket": self.socket_path,
+            "version": __version__,
+            "pid": os.getpid(),
+            "history_seconds": state.history_seconds,
+            "include_loopback": state.include_loopback,
+        }
+
     def set_monitoring(self, on: bool) -> None:
         if on and not self.monitoring:
             self.state.rebaseline()  # bytes moved while stopped are not counted
@@ -128,9 +219,7 @@ class Daemon:
     def set_interval(self, interval: float) -> None:
         old = self.state.interval
         self.state.set_interval(interval)
-        set_backend_interval = getattr(self.backend, "set_interval", None)
-        if set_backend_interval is not None:
-            set_backend_interval(interval)
+        self.backend.set_interval(interval)
         self._wake_sampler()
         log.info("interval changed from %gs to %gs", old, interval)
         if self.metrics is not None:
@@ -195,15 +284,17 @@ class Daemon:
         if new.socket_group != old.socket_group:
             try:
                 listener.apply_socket_mode(self.socket_path, new.socket_group)
-                self.control_gid = new_gid
+                self.policy.control_gid = new_gid
             except (KeyError, OSError) as exc:
                 log.error("reload: socket_group %r not applied: %s", new.socket_group, exc)
                 new.socket_group = old.socket_group
                 changed = [c for c in changed if not c.startswith("socket_group ")]
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
-        # Sessions read max_clients, client_idle_timeout and subscriber_queue
-        # from self.config, so swapping it applies those.
+        # Sessions read these at each use: every client follows.
+        self.policy.max_clients = new.max_clients
+        self.policy.client_idle_timeout = new.client_idle_timeout
+        self.policy.subscriber_queue = new.subscriber_queue
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) or "nothing changed")
 
@@ -291,7 +382,7 @@ class Daemon:
             if isinstance(name, str) and name:
                 self.socket_path = name
             log.info("using the listening socket passed by the service manager")
-        self.server = Server(self)
+        self.server = Server(handlers.bind(self), self.policy)
         try:
             self.backend.start()
             await self.server.start(sock)

@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from common import paths
+from common import api, paths
 
 BACKENDS = ("auto", "linux", "darwin", "portable")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -143,8 +143,8 @@ def _number(name: str, value: Any, lo: float, hi: float) -> float:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first invalid value."""
-    cfg.interval = float(_number("interval", cfg.interval, 0.1, 3600))
-    hs = _number("history_seconds", cfg.history_seconds, 0, 7 * 86400)
+    cfg.interval = float(_number("interval", cfg.interval, api.INTERVAL_MIN, api.INTERVAL_MAX))
+    hs = _number("history_seconds", cfg.history_seconds, 0, api.HISTORY_SECONDS_MAX)
     if int(hs) != hs:
         raise ConfigError(f"history_seconds must be a whole number, got {hs!r}")
     cfg.history_seconds = int(hs)

@@ -1,32 +1,89 @@
 """One plain function per RPC method (docs/PROTOCOL.md §6): (daemon, params, session) -> result.
 
+Handlers see the daemon through `DaemonInterface` and the client through
+`Session`, two small protocols: what a method may read or change is listed
+here, not spread over the Daemon's attributes. `app.Daemon` implements the
+first, `server.ClientSession` the second; neither module is imported here,
+so handlers can be driven by a test with plain objects.
+
 Handlers validate their params and raise RPCError with a wire code; they
 never let another exception escape (the server turns any that does into
 `internal` without a traceback on the wire). `HANDLERS` is the one dispatch
 table; a test checks every method of the protocol has an entry.
+Adding a method end to end: docs/DESIGN.md, "Adding an RPC method".
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
-
-import psutil
+from collections.abc import Iterable
+from typing import Any, Callable, Protocol
 
 from common import api, protocol
 from common.models import CONNECTION_FIELDS, Filter, FilterError
 from common.protocol import RPCError
 
 from . import __version__
+from .state import ConnRow
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import Daemon
-    from .server import ClientSession
 
-Handler = Callable[["Daemon", dict[str, Any], "ClientSession"], Any]
+class DaemonInterface(Protocol):
+    """What handlers may read and change of the running daemon (app.Daemon)."""
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def monitoring(self) -> bool: ...
+
+    @property
+    def interval(self) -> float:
+        """The sampling interval asked for (seconds)."""
+
+    def capabilities(self) -> list[str]: ...
+
+    def effective_interval(self) -> float | None:
+        """What the OS source really samples at, when it differs (nettop)."""
+
+    def status(self) -> api.Status: ...
+
+    def stats(self) -> api.Stats: ...
+
+    def connections(self, include_closed: bool) -> Iterable[ConnRow]: ...
+
+    def app_usage(self, rows: Iterable[ConnRow] | None = None) -> list[api.AppUsage]:
+        """Every app (rows None, with the bytes of long-closed connections), or the apps of `rows`."""
+
+    def bandwidth_history(self, seconds: float) -> list[api.HistoryPoint]: ...
+
+    def set_monitoring(self, on: bool) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def set_interval(self, interval: float) -> None: ...
+
+
+class Session(Protocol):
+    """What handlers may read and change of the client's session (server.ClientSession)."""
+
+    @property
+    def may_control(self) -> bool: ...
+
+    @property
+    def topics(self) -> set[str]: ...
+
+    def subscribe(self, topics: list[str], flt: Filter) -> None: ...
+
+    def unsubscribe(self, topics: list[str]) -> None: ...
+
+
+Handler = Callable[[DaemonInterface, dict[str, Any], Session], Any]
+#: A handler with its daemon bound: what the server calls, (params, session) -> result.
+BoundHandler = Callable[[dict[str, Any], Session], Any]
 
 
 def _invalid(field: str, message: str) -> RPCError:
@@ -62,7 +119,7 @@ def _positive_number(params: dict[str, Any], key: str, lo: float, hi: float) -> 
     return float(value)
 
 
-def _require_control(session: "ClientSession") -> None:
+def _require_control(session: Session) -> None:
     if not session.may_control:
         raise RPCError(
             protocol.ACCESS_DENIED,
@@ -73,7 +130,7 @@ def _require_control(session: "ClientSession") -> None:
 # -- methods ---------------------------------------------------------------
 
 
-def hello(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.HelloResult:
+def hello(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.HelloResult:
     """Handshake: protocol and daemon versions, platform, backend."""
     _check_keys(params, ("client_version",))
     cv = params.get("client_version")
@@ -83,65 +140,19 @@ def hello(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") ->
         "protocol": protocol.PROTOCOL_VERSION,
         "version": __version__,
         "platform": sys.platform,
-        "backend": daemon.backend.name,
-        "capabilities": daemon.backend.capabilities(),
+        "backend": daemon.backend_name,
+        "capabilities": daemon.capabilities(),
         "pid": os.getpid(),
     }
 
 
-def status(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.Status:
+def status(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.Status:
     """Daemon health: monitoring, interval, backend, warnings, own cost."""
     _check_keys(params, ())
-    bst = daemon.backend.status()
-    warnings = list(daemon.warnings) + list(bst.warnings)
-    if not bst.attribution_complete and not any("attribut" in w for w in warnings):
-        warnings.append("process attribution is partial: some sockets are shown without pid")
-    if bst.events_lost:
-        warnings.append(
-            f"{bst.events_lost} connection-close events were lost (kernel buffer overflow): "
-            "bytes of those short-lived connections are not counted"
-        )
-    try:
-        rss = daemon.self_process.memory_info().rss
-    except psutil.Error:
-        rss = None
-    state = daemon.state
-    counts = state.connection_counts()
-    mono = time.monotonic()
-    return {
-        "monitoring": daemon.monitoring,
-        "interval": state.interval,
-        # What the OS source really samples at (nettop: whole seconds).
-        "effective_interval": bst.effective_interval if bst.effective_interval is not None else state.interval,
-        "uptime": mono - daemon.started_mono,
-        "backend": daemon.backend.name,
-        "per_socket_bytes": daemon.backend.per_socket_bytes,
-        "privileged": bst.privileged,
-        "attribution_complete": bst.attribution_complete,
-        "root_mode": bst.root_mode,
-        "events_lost": bst.events_lost,
-        "warnings": warnings,
-        "cpu_percent": daemon.cpu_window.percent(),
-        "cpu_window_seconds": daemon.cpu_window.covered_seconds(),
-        "rss_bytes": rss,
-        "sample_age": None if state.last_mono is None else mono - state.last_mono,
-        "last_tick_seconds": daemon.last_tick_seconds,
-        "ticks": state.ticks,
-        "connections": counts["connections"],
-        "listeners": counts["listeners"],
-        "time_wait": counts["time_wait"],
-        "sockets": counts["sockets"],
-        "closed_retained": len(state.closed),
-        "clients": daemon.server.client_count if daemon.server else 0,
-        "socket": daemon.socket_path,
-        "version": __version__,
-        "pid": os.getpid(),
-        "history_seconds": state.history_seconds,
-        "include_loopback": state.include_loopback,
-    }
+    return daemon.status()
 
 
-def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.ConnectionsResult:
+def connections(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.ConnectionsResult:
     """Connection rows matching the filter; closed ones last."""
     _check_keys(params, ("filter", "include_closed", "fields"))
     flt = _filter(params)
@@ -153,7 +164,7 @@ def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSessio
             raise _invalid("fields", f"must be a list of: {', '.join(CONNECTION_FIELDS)}")
     now = time.time()
     # Filtered on the rows themselves: only the matches are turned into dicts.
-    matching = flt.apply(daemon.state.connections(include_closed))
+    matching = flt.apply(daemon.connections(include_closed))
     if wanted is None:
         rows = [row.to_wire(now) for row in matching]
     else:  # one full dict at a time, not all of them, before the cut
@@ -161,42 +172,39 @@ def connections(daemon: "Daemon", params: dict[str, Any], session: "ClientSessio
     return {"connections": rows}
 
 
-def apps(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.AppsResult:
+def apps(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.AppsResult:
     """Per-application usage; with a filter, computed over the matching rows only."""
     _check_keys(params, ("filter",))
     flt = _filter(params)
     if flt.is_empty():
-        return {"apps": daemon.state.app_usage()}
+        return {"apps": daemon.app_usage()}
     if flt.proc is not None and not (set(flt.to_wire()) - {"proc"}):
         # An app-level filter: whole apps, with the bytes of long-closed
         # connections, even those with nothing open now.
         needle = flt.proc.lower()
-        return {"apps": [a for a in daemon.state.app_usage()
+        return {"apps": [a for a in daemon.app_usage()
                          if a["process_name"] is not None and needle in a["process_name"].lower()]}
-    matching = flt.apply(daemon.state.connections(True))
-    return {"apps": daemon.state.app_usage_of(matching)}
+    return {"apps": daemon.app_usage(flt.apply(daemon.connections(True)))}
 
 
-def stats(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.Stats:
+def stats(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.Stats:
     """Totals, rates, interfaces, attribution."""
     _check_keys(params, ())
-    return daemon.state.stats(
-        uptime=time.monotonic() - daemon.started_mono, monitoring=daemon.monitoring
-    )
+    return daemon.stats()
 
 
 def bandwidth_history(
-    daemon: "Daemon", params: dict[str, Any], session: "ClientSession"
+    daemon: DaemonInterface, params: dict[str, Any], session: Session
 ) -> api.BandwidthHistoryResult:
     """History points of the last `seconds` (default 60)."""
     _check_keys(params, ("seconds",))
     seconds = 60.0
     if "seconds" in params:
-        seconds = _positive_number(params, "seconds", 0, 7 * 86400)
-    return {"history": daemon.state.bandwidth_history(seconds, time.time())}
+        seconds = _positive_number(params, "seconds", 0, api.HISTORY_SECONDS_MAX)
+    return {"history": daemon.bandwidth_history(seconds)}
 
 
-def control(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.ControlResult:
+def control(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.ControlResult:
     """start | stop | clear monitoring."""
     _check_keys(params, ("action",))
     action = params.get("action")
@@ -208,21 +216,21 @@ def control(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") 
     elif action == api.STOP:
         daemon.set_monitoring(False)
     else:
-        daemon.state.clear()
+        daemon.clear()
     return {"monitoring": daemon.monitoring}
 
 
-def configure(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.ConfigureResult:
+def configure(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.ConfigureResult:
     """Change the sampling interval."""
     _check_keys(params, ("interval",))
     if "interval" not in params:
         raise _invalid("interval", "required")
-    interval = _positive_number(params, "interval", 0.1, 3600)
+    interval = _positive_number(params, "interval", api.INTERVAL_MIN, api.INTERVAL_MAX)
     _require_control(session)
     daemon.set_interval(interval)
-    result: dict[str, Any] = {"interval": daemon.state.interval}
-    effective = daemon.backend.status().effective_interval
-    if effective is not None and abs(effective - daemon.state.interval) > 1e-6:
+    result: api.ConfigureResult = {"interval": daemon.interval}
+    effective = daemon.effective_interval()
+    if effective is not None and abs(effective - daemon.interval) > 1e-6:
         result["effective_interval"] = effective  # only where it differs (nettop)
     return result
 
@@ -239,7 +247,7 @@ def _topics(params: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(topics))
 
 
-def subscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.TopicsResult:
+def subscribe(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.TopicsResult:
     """Start notifications on topics, filtered by the daemon."""
     _check_keys(params, ("topics", "filter"))
     topics = _topics(params)
@@ -247,7 +255,7 @@ def subscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession"
     return {"topics": sorted(session.topics)}
 
 
-def unsubscribe(daemon: "Daemon", params: dict[str, Any], session: "ClientSession") -> api.TopicsResult:
+def unsubscribe(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.TopicsResult:
     """Stop notifications on topics (all when none given)."""
     _check_keys(params, ("topics",))
     session.unsubscribe(_topics(params))
@@ -266,3 +274,8 @@ HANDLERS: dict[str, Handler] = {
     api.SUBSCRIBE: subscribe,
     api.UNSUBSCRIBE: unsubscribe,
 }
+
+
+def bind(daemon: DaemonInterface) -> dict[str, BoundHandler]:
+    """The dispatch table the server serves: every handler with `daemon` bound."""
+    return {method: functools.partial(handler, daemon) for method, handler in HANDLERS.items()}

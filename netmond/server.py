@@ -49,7 +49,8 @@ import logging
 import resource
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import msgpack
 
@@ -57,11 +58,7 @@ from common import protocol
 from common.models import Filter
 from common.protocol import BadMessage, Notification, ProtocolError, Request, RPCError
 
-from .handlers import HANDLERS
 from .peercred import PeerCredentials, is_owner, may_control, peer_credentials
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .app import Daemon
 
 log = logging.getLogger("netmond.server")
 
@@ -98,6 +95,23 @@ _BIG_MESSAGE = 64 * 1024
 _FD_RESERVE = 96
 # Where the hard limit is "unlimited" (macOS), raise the soft one this far.
 _FD_TARGET = 10240
+
+
+@dataclass
+class Policy:
+    """What the server enforces, read at each use: the daemon updates these
+    fields on SIGHUP and every session, open or new, follows."""
+
+    max_clients: int
+    client_idle_timeout: float
+    subscriber_queue: int
+    #: The socket's group: its members (with root and the daemon's user) may control.
+    control_gid: int | None
+
+
+#: What the server dispatches to: method -> (params, session) -> result
+#: (handlers.bind() makes it; the server knows nothing of the daemon).
+Dispatch = dict[str, Callable[[dict[str, Any], "ClientSession"], Any]]
 
 
 def raise_fd_limit() -> None:
@@ -177,15 +191,16 @@ class ClientSession:
 
     def __init__(
         self,
-        daemon: "Daemon",
+        policy: Policy,
+        dispatch: Dispatch,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: PeerCredentials | None,
-        queue_size: int,
         note: LogBudget,
         debug_note: LogBudget | None = None,
     ) -> None:
-        self.daemon = daemon
+        self.policy = policy
+        self.dispatch = dispatch
         self.note = note
         # Harmless oddities (ignored notifications) have their own budget, so
         # that they never crowd out a warning.
@@ -199,7 +214,7 @@ class ClientSession:
         # (is_update, packed notification) waiting for the client. Only updates
         # count towards queue_size; a `lagged` marker rides along where a gap is.
         self._queue: collections.deque[tuple[bool, bytes]] = collections.deque()
-        self._queue_size = queue_size
+        self._queue_size = policy.subscriber_queue
         self._queued_updates = 0
         self._queued_bytes = 0
         self._over_since: float | None = None  # when it first missed an update, while it still does
@@ -220,12 +235,12 @@ class ClientSession:
         """Control rights, decided at each call against the running config:
         after socket_group is removed (SIGHUP), a former member's open
         connection can no longer stop or configure the daemon."""
-        return may_control(self.peer, self.daemon.control_gid)
+        return may_control(self.peer, self.policy.control_gid)
 
     @property
     def idle_timeout(self) -> float:
         """Read live from the config, so a SIGHUP reload applies to everyone."""
-        return self.daemon.config.client_idle_timeout
+        return self.policy.client_idle_timeout
 
     # -- subscriptions (called by handlers) ---------------------------------
     def subscribe(self, topics: list[str], flt: Filter) -> None:
@@ -458,13 +473,13 @@ class ClientSession:
         if not isinstance(msg, Request):
             await self._fatal(protocol.PROTOCOL_ERROR, "clients may only send requests and notifications")
             return False
-        handler = HANDLERS.get(msg.method)
+        handler = self.dispatch.get(msg.method)
         if handler is None:
             err = RPCError(protocol.UNKNOWN_METHOD, f"unknown method {msg.method[:64]!r}")
             await self._respond(msg.msgid, err, None)
             return True
         try:
-            result = handler(self.daemon, msg.params, self)
+            result = handler(msg.params, self)
         except RPCError as exc:
             await self._respond(msg.msgid, exc, None)
             return True
@@ -504,8 +519,9 @@ class ClientSession:
 class Server:
     """The listening socket and its sessions."""
 
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
+    def __init__(self, dispatch: Dispatch, policy: Policy) -> None:
+        self.dispatch = dispatch
+        self.policy = policy
         self.sessions: set[ClientSession] = set()
         self._server: asyncio.base_events.Server | None = None
         self.note = LogBudget()
@@ -530,7 +546,7 @@ class Server:
     def max_clients(self) -> int:
         """The configured cap (live: SIGHUP may change it), within the fd budget."""
         budget = client_fd_budget()
-        cap = self.daemon.config.max_clients
+        cap = self.policy.max_clients
         return cap if budget is None else min(cap, budget)
 
     async def start(self, sock: socket.socket) -> None:
@@ -538,9 +554,9 @@ class Server:
         raise_fd_limit()
         asyncio.get_running_loop().set_exception_handler(self._on_loop_exception)
         budget = client_fd_budget()
-        if budget is not None and budget < self.daemon.config.max_clients:
+        if budget is not None and budget < self.policy.max_clients:
             log.warning("descriptor limit allows only %d clients (max_clients is %d); "
-                        "raise it with ulimit -n or LimitNOFILE=", budget, self.daemon.config.max_clients)
+                        "raise it with ulimit -n or LimitNOFILE=", budget, self.policy.max_clients)
         self._server = await asyncio.start_unix_server(self._on_client, sock=sock, limit=_READ_CHUNK)
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -572,8 +588,7 @@ class Server:
                 pass
             writer.close()
             return
-        session = ClientSession(self.daemon, reader, writer, peer, self.daemon.config.subscriber_queue, self.note,
-                                self.debug_note)
+        session = ClientSession(self.policy, self.dispatch, reader, writer, peer, self.note, self.debug_note)
         session.buffered_total = self.buffered_total
         session.queued_total = self.queued_total
         self.sessions.add(session)

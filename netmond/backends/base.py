@@ -128,6 +128,11 @@ class Backend:
     def close(self) -> None:
         """Release what start() acquired. Default: nothing."""
 
+    def set_interval(self, interval: float) -> None:
+        """The daemon's interval changed (`configure`, SIGHUP). Default:
+        nothing (the sampler calls sample() at the new pace); nettop must be
+        restarted at the new rate."""
+
     def discard_pending(self) -> None:
         """Drop what was gathered between samples (called while monitoring is
         stopped, so that events of the pause neither pile up nor count as lost).

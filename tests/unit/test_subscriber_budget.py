@@ -12,7 +12,7 @@ import pytest
 
 from common.models import Filter
 from netmond import server
-from netmond.server import ClientSession, LogBudget, Server
+from netmond.server import ClientSession, LogBudget, Policy, Server
 
 
 class FakeTransport:
@@ -28,9 +28,9 @@ class FakeTransport:
 
 
 def session(queue_size: int = 256, idle_timeout: float = 300.0) -> ClientSession:
-    daemon = SimpleNamespace(config=SimpleNamespace(client_idle_timeout=idle_timeout), control_gid=None)
+    policy = Policy(max_clients=128, client_idle_timeout=idle_timeout, subscriber_queue=queue_size, control_gid=None)
     writer = SimpleNamespace(transport=FakeTransport())
-    return ClientSession(daemon, None, writer, None, queue_size, LogBudget())
+    return ClientSession(policy, {}, None, writer, None, LogBudget())
 
 
 def kinds(s: ClientSession) -> list[str]:
@@ -105,7 +105,7 @@ def test_catching_up_resets_the_grace(monkeypatch):
 
 
 def test_equal_filters_share_one_payload_and_a_failing_filter_is_isolated():
-    srv = Server(SimpleNamespace())
+    srv = Server({}, Policy(max_clients=128, client_idle_timeout=300.0, subscriber_queue=256, control_gid=None))
     rows = [{"process_name": "a", "local_port": 1}, {"process_name": "b", "local_port": 2}]
     subs = []
     for flt in (Filter(proc="a"), Filter(proc="a"), Filter(), Filter(proc="b")):
