@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import stat
 import tomllib
@@ -175,8 +176,6 @@ def validate(cfg: Config) -> None:
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
     if cfg.metrics_listen is not None:
-        from .metrics import split_listen  # here: metrics imports this module
-
         try:
             split_listen(cfg.metrics_listen)
         except ValueError as exc:
@@ -184,3 +183,33 @@ def validate(cfg: Config) -> None:
                 f"metrics_listen must be HOST:PORT, an address and a port (e.g. 127.0.0.1:9100, [::1]:9100, "
                 f"0.0.0.0:9100 for every interface), got {cfg.metrics_listen!r}: {exc}"
             ) from None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9101' -> ('127.0.0.1', 9101); '[::1]:9101' -> ('::1', 9101).
+
+    Strict: the host is an IPv4 address in dotted-quad form, `localhost`, or
+    an IPv6 address in brackets; the port 1-65535. ValueError otherwise, so
+    `0:9352` (which the resolver would turn into 0.0.0.0) is refused rather
+    than quietly listening on every interface.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("the port must be a number 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        addr = host[1:-1]
+        try:
+            if ipaddress.ip_address(addr).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+        return addr, int(port)
+    if host == "localhost":
+        return "127.0.0.1", int(port)
+    try:
+        if host.count(".") != 3 or ipaddress.ip_address(host).version != 4:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address (write 0.0.0.0 for every interface, "
+                         "[::1] for IPv6)") from None
+    return host, int(port)

@@ -93,7 +93,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from common import __version__
 from common.atomicfile import write_atomically
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, split_listen
 
 if TYPE_CHECKING:  # pragma: no cover
     from .state import MonitorState
@@ -424,36 +424,6 @@ def _require_prometheus_client() -> None:
             "metrics need prometheus_client, which is not installed: "
             f"{sys.executable} -m pip install prometheus-client"
         ) from None
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """'127.0.0.1:9101' -> ('127.0.0.1', 9101); '[::1]:9101' -> ('::1', 9101).
-
-    Strict: the host is an IPv4 address in dotted-quad form, `localhost`, or
-    an IPv6 address in brackets; the port 1-65535. ValueError otherwise, so
-    `0:9352` (which the resolver would turn into 0.0.0.0) is refused rather
-    than quietly listening on every interface.
-    """
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("the port must be a number 1-65535")
-    if host.startswith("[") and host.endswith("]"):
-        addr = host[1:-1]
-        try:
-            if ipaddress.ip_address(addr).version != 6:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{host} is not an IPv6 address") from None
-        return addr, int(port)
-    if host == "localhost":
-        return "127.0.0.1", int(port)
-    try:
-        if host.count(".") != 3 or ipaddress.ip_address(host).version != 4:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IPv4 address (write 0.0.0.0 for every interface, "
-                         "[::1] for IPv6)") from None
-    return host, int(port)
 
 
 def is_loopback_listen(listen: str) -> bool:
