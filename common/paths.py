@@ -32,9 +32,9 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def system_socket_path() -> str:
-    """Where a root daemon listens."""
-    if sys.platform == "darwin":
+def system_socket_path(os_name: str | None = None) -> str:
+    """Where a root daemon listens on `os_name` (a sys.platform value; default: here)."""
+    if (sys.platform if os_name is None else os_name) == "darwin":
         return "/var/run/" + SOCKET_NAME
     return "/run/" + SOCKET_NAME
 

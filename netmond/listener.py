@@ -18,16 +18,14 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import socket
 import stat
-import sys
 
 from common import paths
 
+from . import platform
 from .peercred import resolve_group
 
 log = logging.getLogger("netmond.listener")
@@ -114,9 +112,7 @@ def apply_socket_mode(path: str, group: str | int | None) -> None:
 
 def default_group() -> str | None:
     """The group of a root daemon's socket when none is configured (macOS: admin)."""
-    if paths.is_root() and sys.platform == "darwin":
-        return "admin"
-    return None
+    return platform.system_socket_group() if paths.is_root() else None
 
 
 def bind_unix_socket(path: str, group: str | int | None = None, backlog: int = 128) -> socket.socket:
@@ -153,7 +149,7 @@ def bind_unix_socket(path: str, group: str | int | None = None, backlog: int = 1
 def _bind_failure(path: str, exc: OSError) -> str:
     """A bind() error as one line: the path, why, and what to do."""
     directory = os.path.dirname(os.path.abspath(path))
-    where = ("/run" if sys.platform.startswith("linux") else "/var/run") if paths.is_root() \
+    where = os.path.dirname(paths.system_socket_path()) if paths.is_root() \
         else "$XDG_RUNTIME_DIR or your home directory"
     if isinstance(exc, PermissionError) or not os.access(directory, os.W_OK):
         why = f"directory {directory} is not writable by uid {os.geteuid()}"
@@ -221,37 +217,15 @@ def systemd_socket() -> socket.socket | None:
     return _checked_listener(sock, "systemd")
 
 
-def _load_libc() -> ctypes.CDLL | None:
-    if sys.platform != "darwin":
-        return None
-    libc_path = ctypes.util.find_library("c")
-    return ctypes.CDLL(libc_path) if libc_path else None
-
-
 def launchd_socket(libc: object | None = None) -> socket.socket | None:
     """The socket launchd passed us (plist Sockets key "Listeners"), or None.
-
-    `launch_activate_socket(name, int **fds, size_t *cnt)` (macOS 10.10+)
-    returns 0 and a malloc'ed fd array when launchd started us with that
-    Sockets entry, ESRCH/ENOENT otherwise. `libc` is for tests.
-    """
-    libc = libc if libc is not None else _load_libc()
-    func = getattr(libc, "launch_activate_socket", None) if libc is not None else None
-    if func is None:
+    `libc` is for tests (platform.launch_activate_socket)."""
+    fds = platform.launch_activate_socket(LAUNCHD_SOCKET_NAME, libc)
+    if not fds:
         return None
-    func.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int)),
-                     ctypes.POINTER(ctypes.c_size_t)]
-    func.restype = ctypes.c_int
-    fds = ctypes.POINTER(ctypes.c_int)()
-    count = ctypes.c_size_t(0)
-    err = func(LAUNCHD_SOCKET_NAME.encode(), ctypes.byref(fds), ctypes.byref(count))
-    if err != 0 or count.value < 1:
-        return None  # not launched by launchd with a Sockets key (ESRCH/ENOENT)
-    fd_list = [fds[i] for i in range(count.value)]
-    libc.free(fds)
-    for extra in fd_list[1:]:
+    for extra in fds[1:]:
         os.close(extra)  # one listener is all we serve; do not leak the rest
-    return _checked_listener(socket.socket(fileno=fd_list[0]), "launchd")
+    return _checked_listener(socket.socket(fileno=fds[0]), "launchd")
 
 
 def inherited_socket() -> socket.socket | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from common import __version__
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, as config keys: each daemon flag's dest is its config
+    key (build_config refuses any other name), --config aside."""
+    return {key: value for key, value in vars(args).items() if key != "config" and value is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["service"]:
@@ -55,20 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return service_main(argv[1:])
     args = build_parser().parse_args(argv)
-    overrides = {
-        "socket": args.socket,
-        "interval": args.interval,
-        "history_seconds": args.history_seconds,
-        "closed_retention": args.closed_retention,
-        "include_loopback": args.include_loopback,
-        "backend": args.backend,
-        "socket_group": args.socket_group,
-        "max_clients": args.max_clients,
-        "log_level": args.log_level,
-        "metrics_listen": args.metrics_listen,
-        "metrics_textfile": args.metrics_textfile,
-        "ebpf": args.ebpf,
-    }
+    overrides = config_overrides(args)
     try:
         config = load_config(args.config, **overrides)
     except ConfigError as exc:
@@ -84,31 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         # asyncio imports ssl when it can (libssl + libcrypto: ~5 MB of RSS)
         # and runs without it; the Prometheus exporter needs it, hence the if.
         sys.modules.setdefault("ssl", None)
-    _return_large_frees_to_the_os()
-    from . import app  # after logging is set up; keeps --help/--version fast
+    from . import platform  # after logging is set up; keeps --help/--version fast
+
+    platform.tune_allocator()  # before the daemon's modules allocate
+    from . import app
 
     return app.run(
         config,
         config_path=args.config,
-        cli_overrides={k: v for k, v in overrides.items() if v is not None},
+        cli_overrides=overrides,
     )
-
-
-def _return_large_frees_to_the_os() -> None:
-    """Pin glibc's mmap threshold at its default, 128 KiB.
-
-    Each tick builds and drops a few tables of ~300 KB at 10,000 sockets, and
-    a `connections` reply several MB. glibc would raise its threshold to the
-    largest block freed, then keep such blocks in its heaps after they are
-    freed; pinned, they are returned to the OS (~3 MB less RSS at 10,000
-    sockets, more after large replies; bench/steady.py). Not glibc: nothing.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

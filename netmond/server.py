@@ -58,7 +58,8 @@ from common import protocol
 from common.models import Filter
 from common.protocol import BadMessage, Notification, ProtocolError, Request, RPCError
 
-from .peercred import PeerCredentials, is_owner, may_control, peer_credentials
+from .peercred import PeerCredentials, is_owner, may_control
+from .platform import peer_credentials
 
 log = logging.getLogger("netmond.server")
 

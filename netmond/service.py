@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from common import paths
 
+from . import platform
 from .peercred import resolve_group
 
 LABEL = "com.netmon.netmond"
@@ -81,9 +82,14 @@ def netmond_program() -> tuple[str, ...]:
     return (os.path.abspath(sys.executable), "-m", "netmond.main")
 
 
+def manager_os(manager: str) -> str:
+    """The system a service manager runs on, as sys.platform says it."""
+    return "darwin" if manager == "launchd" else "linux"
+
+
 def default_group(manager: str) -> str | None:
     """The socket group of a system daemon: admin on macOS, none on Linux."""
-    return "admin" if manager == "launchd" else None
+    return platform.system_socket_group(manager_os(manager))
 
 
 def default_settings(manager: str, user: bool, group: str | None = None,
@@ -104,7 +110,7 @@ def default_settings(manager: str, user: bool, group: str | None = None,
             gid = resolve_group(group)
         except KeyError:
             gid = MACOS_ADMIN_GID if group == "admin" and manager == "launchd" else None
-    socket_path = "/var/run/netmond.sock" if manager == "launchd" else "/run/netmond.sock"
+    socket_path = paths.system_socket_path(manager_os(manager))
     return Settings(program, False, socket_path, group, gid,
                     log_path="/var/log/netmond.log" if manager == "launchd" else "")
 
@@ -117,7 +123,7 @@ def reference_settings(kind: str) -> Settings:
         return Settings(REFERENCE_PROGRAM, True, "/private/tmp/netmon-501/netmond.sock",
                         log_path="/Users/you/Library/Logs/netmond.log")
     if manager == "launchd":
-        return Settings(REFERENCE_PROGRAM, False, "/var/run/netmond.sock", "admin",
+        return Settings(REFERENCE_PROGRAM, False, paths.system_socket_path("darwin"), default_group(manager),
                         MACOS_ADMIN_GID, "/var/log/netmond.log")
     return default_settings("systemd", user, program=REFERENCE_PROGRAM)
 

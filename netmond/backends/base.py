@@ -2,8 +2,9 @@
 
 A backend turns whatever the OS offers (netlink, nettop, psutil) into a
 `Snapshot`: plain data that `state.py` folds into the connection table. Nothing
-above this package touches the OS, so everything above it is testable with
-hand-made snapshots.
+above this package samples the OS (the daemon's other OS code, credentials
+and launchd, is in netmond/platform), so everything above it is testable
+with hand-made snapshots.
 """
 
 from __future__ import annotations

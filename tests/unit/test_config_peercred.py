@@ -1,4 +1,5 @@
-"""Config validation messages and peer-credential decoding (incl. macOS xucred)."""
+"""Config validation messages, the daemon's flags as config keys, and
+peer-credential decoding (netmond.platform, incl. macOS xucred)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import struct
 
 import pytest
 
-from netmond.config import ConfigError, build_config, load_config
-from netmond.peercred import PeerCredentials, decode_ucred, decode_xucred, may_control
+from netmond.config import Config, ConfigError, build_config, load_config
+from netmond.main import build_parser, config_overrides
+from netmond.peercred import PeerCredentials, may_control
+from netmond.platform import peer_credentials
+from netmond.platform.darwin import decode_xucred
+from netmond.platform.linux import decode_ucred
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -31,6 +36,19 @@ def test_defaults_and_overrides(tmp_path):
 def test_invalid_values_have_clear_messages(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         build_config({}, **kw)
+
+
+def test_every_daemon_flag_is_its_config_key():
+    argv = ["--socket", "/tmp/s.sock", "--interval", "2", "--history-seconds", "60", "--closed-retention", "5",
+            "--no-include-loopback", "--backend", "portable", "--socket-group", "0", "--max-clients", "7",
+            "--log-level", "debug", "--metrics-listen", "127.0.0.1:9101", "--metrics-textfile", "/tmp/m.prom",
+            "--no-ebpf", "--config", "/tmp/n.toml"]
+    flags = {a.dest for a in build_parser()._actions if a.dest not in ("help", "version", "config")}
+    overrides = config_overrides(build_parser().parse_args(argv))
+    assert set(overrides) == flags and flags <= set(Config.__dataclass_fields__)
+    cfg = build_config(**overrides)
+    assert (cfg.interval, cfg.history_seconds, cfg.include_loopback, cfg.ebpf, cfg.max_clients) == (2, 60, False, False, 7)
+    assert config_overrides(build_parser().parse_args([])) == {}  # nothing given: the file and defaults decide
 
 
 def test_bad_toml_names_the_file(tmp_path):
@@ -85,8 +103,6 @@ def test_decode_ucred_with_peer_groups_is_the_complete_set():
 
 def test_peer_credentials_of_a_real_socketpair():
     import socket
-
-    from netmond.peercred import peer_credentials
 
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:

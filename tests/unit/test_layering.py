@@ -131,3 +131,20 @@ def test_netmonctl_never_imports_netmond():
     offenders = {name: sorted(m for m in imported(name) if m.split(".")[0] == "netmond")
                  for name in modules() if name.split(".")[0] == "netmonctl"}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_ctypes_only_in_the_platform_layer_and_the_backends():
+    allowed = ("netmond.platform", "netmond.backends")
+    offenders = sorted(name for name in modules()
+                       if any(m.split(".")[0] == "ctypes" for m in imported(name))
+                       and not any(name == a or name.startswith(a + ".") for a in allowed))
+    assert offenders == []
+
+
+def test_the_platform_layer_is_chosen_in_one_place():
+    """Only netmond/platform/__init__.py picks an OS module; the rest of netmond
+    imports the package (the credential decoders are imported by tests alone)."""
+    offenders = sorted(name for name in modules() if name != "netmond.platform"
+                       and not name.startswith("netmond.platform.")
+                       and {m for m in imported(name) if m.startswith("netmond.platform.")})
+    assert offenders == []
