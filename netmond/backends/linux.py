@@ -134,21 +134,33 @@ OWNER_GENERATIONS = 3
 
 _FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
-_NO_OWNER = (None, None, None, None, None, None)
 _NO_BYTES = (None, None)
 _INODE_OF = attrgetter("inode")
 #: (family, protocol, idiag_ext) of the four dumps of a tick.
 _TCP_DUMPS = ((socket.AF_INET, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO), (socket.AF_INET6, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO))
 _UDP_DUMPS = ((socket.AF_INET, socket.IPPROTO_UDP, 0), (socket.AF_INET6, socket.IPPROTO_UDP, 0))
 
-#: Owner tables map each connected TCP key to what the next ticks need to
-#: know about it: (pid, process_name, user, side, bytes_sent, bytes_received).
-#: side (True: opened actively, False: accepted, None: not known yet) is kept
-#: once known, so that the SYN correction of a socket changes at most once,
-#: upwards (see tcpbytes.py): a counter that went down would read as a new
-#: socket. The byte counts are a floor for the final ones of its destroy
-#: event (see _closed_samples).
-OwnerTable = dict[tuple, tuple]
+class OwnerEntry(NamedTuple):
+    """What the next ticks need to know about one connected TCP socket.
+
+    side (True: opened actively, False: accepted, None: not known yet) is
+    kept once known, so that the SYN correction of a socket changes at most
+    once, upwards (see tcpbytes.py): a counter that went down would read as
+    a new socket. The byte counts are a floor for the final ones of its
+    destroy event (see _closed_samples).
+    """
+
+    pid: int | None
+    process_name: str | None
+    user: str | None
+    side: bool | None
+    bytes_sent: int | None
+    bytes_received: int | None
+
+
+#: Owner tables map each connected TCP key to its OwnerEntry.
+OwnerTable = dict[tuple, OwnerEntry]
+_NO_OWNER = OwnerEntry(None, None, None, None, None, None)
 #: Listening sockets of one dump: (family, raw local address, port) -> the
 #: (pid, process_name, user) of each listener there (SO_REUSEPORT: several).
 ListenerTable = dict[tuple, list]
@@ -425,7 +437,8 @@ class LinuxBackend(Backend):
                     continue  # its row already ended at the destroy event
                 timewait_keys[endpoints_key] = key
                 # The full socket is gone; the last dump may still know its owner.
-                pid, name, user = (previous.get(key) or _NO_OWNER)[:3]
+                gone = previous.get(key) or _NO_OWNER
+                pid, name, user = gone.pid, gone.process_name, gone.user
                 append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                     remote_port, state_name, pid, name, user))
                 continue
@@ -433,7 +446,7 @@ class LinuxBackend(Backend):
             if inode:
                 pid, name, user = info
             elif known is not None:  # orphaned by close() or exit: its last owner
-                pid, name, user = known[:3]
+                pid, name, user = known.pid, known.process_name, known.user
             else:  # in the accept queue (no file yet), or never seen with one
                 pid = name = user = None
             if pid is None and ebpf_owner is not None and cookie:
@@ -445,11 +458,11 @@ class LinuxBackend(Backend):
                 # The SYN side, from the socket's own counters once they tell
                 # (tcpbytes.opened_actively); kept once known. Undecided
                 # (None) counts as active: at most one byte low, never high.
-                side = known[3] if known is not None else None
+                side = known.side if known is not None else None
                 if side is None and counters is not None:
                     side = opened_actively(counters, state)
                 sent, received = payload(counters, state, side is not False) if counters is not None else _NO_BYTES
-                entry = owner_table[key] = (pid, name, user, side, sent, received)
+                entry = owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
             sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                   remote_port, state_name, pid, name, user, sent, received)
             append(sample)
@@ -531,9 +544,9 @@ class LinuxBackend(Backend):
             # a graceful close (by far the commonest) gives.
             side = opened_actively(counters, state)
             if side is None:
-                side = known[3] if known is not None and known[3] is not None else False
+                side = known.side if known is not None and known.side is not None else False
             if known is not None:
-                pid, name, user, _side, last_sent, last_received = known
+                pid, name, user, _side, last_sent, last_received = known  # an OwnerEntry
                 sent, received = payload(counters, state, side)
                 # What a dump showed, in a state where the FINs are known, is
                 # exact: the final count cannot be lower. This settles the
@@ -611,7 +624,7 @@ class LinuxBackend(Backend):
                 return (pids.pop() if len(pids) == 1 else None, name, users.pop() if len(users) == 1 else None)
         return None
 
-    def _remembered_owner(self, key: tuple) -> tuple | None:
+    def _remembered_owner(self, key: tuple) -> OwnerEntry | None:
         """The OwnerTable entry of key in the latest dump that listed it."""
         for table in self._owner_history:
             known = table.get(key)
@@ -668,7 +681,7 @@ class _Unchanged(NamedTuple):
     record: DiagSocket
     owner: tuple
     sample: SocketSample
-    owner_entry: tuple | None
+    owner_entry: OwnerEntry | None
 
 
 class RecentKeys:
