@@ -15,7 +15,7 @@ must stay fast, may use it without loading msgpack.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Final, Literal, TypedDict
 
 #: Protocol version returned by `hello` (docs/PROTOCOL.md §4).
 PROTOCOL_VERSION = 1
@@ -41,9 +41,9 @@ INTERVAL_MAX = 3600.0
 HISTORY_SECONDS_MAX = 7 * 86400
 
 #: `control` actions.
-START = "start"
-STOP = "stop"
-CLEAR = "clear"
+START: Final = "start"
+STOP: Final = "stop"
+CLEAR: Final = "clear"
 ACTIONS = (START, STOP, CLEAR)
 ControlAction = Literal["start", "stop", "clear"]
 

@@ -146,7 +146,7 @@ class Client:
         self._unpacker = protocol.new_unpacker(limited=False)
         self._ids = itertools.count(1)
         self._pending_notes: list[Notification] = []
-        self.server_info: dict[str, Any] | None = None
+        self.server_info: api.HelloResult | None = None
         #: Applied to every message read before it is decoded (netmonctl:
         #: render.printable_data, so no daemon string reaches a terminal raw).
         self.clean: Callable[[Any], Any] | None = None

@@ -15,7 +15,7 @@ allocate more than about a megabyte, whatever header it sends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 import msgpack.fallback
@@ -150,6 +150,7 @@ def too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
     stack = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Sequence[Any]
         if isinstance(item, dict):
             children = [*item.keys(), *item.values()]
         elif isinstance(item, (list, tuple)):

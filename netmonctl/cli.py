@@ -188,7 +188,8 @@ def command_for(name: str, sudo: bool = False) -> str:
         own = found
     on_path = found is not None and os.path.realpath(found) == os.path.realpath(own)
     if sudo:
-        typed = name if on_path and os.path.dirname(found) in _SUDO_PATH else shlex.quote(own)
+        sudo_finds = found is not None and os.path.dirname(found) in _SUDO_PATH
+        typed = name if on_path and sudo_finds else shlex.quote(own)
         return f"sudo {typed}"
     return name if on_path else shlex.quote(own)
 

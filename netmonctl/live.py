@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
+from common import api
 from common.client import AccessDenied, Client, DaemonUnavailable
 from common.errors import short_reason
 from common.protocol import TOO_MANY_CLIENTS, Notification, ProtocolError, RPCError
@@ -98,12 +99,12 @@ class LiveFeed:
         self,
         settings: Settings,
         topics: list[str],
-        flt: dict[str, Any] | None = None,
+        flt: api.FilterMap | None = None,
         on_connect: Callable[["LiveFeed"], None] | None = None,
     ) -> None:
         self.settings = settings
         self.topics = list(topics)
-        self.flt = dict(flt or {})
+        self.flt: api.FilterMap = {**(flt or {})}
         self.on_connect = on_connect
         self.client: Client | None = None  # while connected
         self.lost_reason: str | None = None  # set during an outage
@@ -124,6 +125,8 @@ class LiveFeed:
 
     def fileno(self) -> int:
         """The connection's descriptor, for select(); only while connected."""
+        if self.client is None:
+            raise DaemonUnavailable(self.where, self.lost_reason or "not connected")
         return self.client.fileno()
 
     def due_in(self) -> float:

@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import click
 
+from common import api
 from common.models import SCOPES, Filter, FilterError
 from common.units import parse_duration
 
@@ -38,7 +39,7 @@ def _set_format(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         return
     wanted = "json" if param.name == "json" else value.lower()
     # Per level: ctx.meta is shared by nested contexts, so key it by this one.
-    given = ctx.meta.setdefault(("netmon.formats", id(ctx)), {})
+    given = ctx.meta.setdefault(f"netmon.formats.{id(ctx)}", {})
     given[param.name] = wanted
     if len(set(given.values())) > 1:
         raise click.UsageError(
@@ -203,9 +204,10 @@ _FILTER_OPTIONS: tuple[Callable[[F], F], ...] = (
 )
 
 
-def build_filter(values: dict[str, Any]) -> dict[str, Any]:
+def build_filter(values: dict[str, Any]) -> api.FilterMap:
     """The wire filter map: the criteria that are set, and nothing else."""
-    return {key: values[key] for key in FILTER_KEYS if values.get(key) is not None}
+    # Each option converts to the type FilterMap gives its key.
+    return cast(api.FilterMap, {key: values[key] for key in FILTER_KEYS if values.get(key) is not None})
 
 
 def filter_options(f: F) -> F:
@@ -216,9 +218,10 @@ def filter_options(f: F) -> F:
         kwargs["flt"] = build_filter({key: kwargs.pop(key) for key in FILTER_KEYS})
         return f(*args, **kwargs)
 
+    decorated: Callable[..., Any] = wrapper
     for option in reversed(_FILTER_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
+        decorated = option(decorated)
+    return decorated
 
 
 # -- sorting -------------------------------------------------------------------

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import click
 
@@ -124,7 +124,7 @@ PARTIAL_MARK = " *"
 PARTIAL_NOTE = "* partial: some of its sockets keep no byte counters (UDP on Linux); figures count the others"
 
 
-def app_label(app: dict[str, Any]) -> str:
+def app_label(app: Mapping[str, Any]) -> str:
     """An AppUsage row's PROCESS cell: its name, marked when partial; the line
     of sockets whose process is unknown (process_name null) says so."""
     name = app.get("process_name")
@@ -133,7 +133,7 @@ def app_label(app: dict[str, Any]) -> str:
     return printable(str(name)) + (PARTIAL_MARK if app.get("partial") else "")
 
 
-def partial_note(apps: Sequence[dict[str, Any]]) -> str:
+def partial_note(apps: Sequence[Mapping[str, Any]]) -> str:
     """The footnote explaining PARTIAL_MARK, when a shown row carries it."""
     return PARTIAL_NOTE if any(a.get("partial") for a in apps) else ""
 
@@ -181,7 +181,7 @@ def dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def connection_counts(s: dict[str, Any]) -> str:
+def connection_counts(s: Mapping[str, Any]) -> str:
     """'2 active, 3 listening, 1 TIME_WAIT': the counts of `status` and
     `stats`, named alike (`active` is what `apps` CONNS adds up to)."""
     active = s.get("active_connections", s.get("connections"))
@@ -249,14 +249,14 @@ class Column:
     """
 
     header: str
-    value: Callable[[dict[str, Any]], Any]
+    value: Callable[[Mapping[str, Any]], Any]
     fmt: Callable[[Any], str] = dash
     align: str = "left"
     drop: int = 0
     color: Callable[[Any], str | None] | None = None
 
 
-def value_of(name: str) -> Callable[[dict[str, Any]], Any]:
+def value_of(name: str) -> Callable[[Mapping[str, Any]], Any]:
     """A Column.value reading one key (missing -> None)."""
     return lambda row: row.get(name)
 
@@ -275,7 +275,7 @@ def traffic_columns(bytes_drop: int = 0) -> tuple[Column, Column, Column, Column
 
 
 def table(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     columns: Sequence[Column],
     *,
     color: bool = False,
@@ -440,12 +440,12 @@ def to_json(payload: Any, pretty: bool = True) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-def to_ndjson(rows: Iterable[dict[str, Any]]) -> str:
+def to_ndjson(rows: Iterable[Mapping[str, Any]]) -> str:
     """One compact JSON object per line."""
     return "\n".join(json.dumps(row, separators=(",", ":")) for row in rows)
 
 
-def to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str] | None = None) -> str:
+def to_csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str] | None = None) -> str:
     """A header line and one line per row; None empty, lists/maps/bools as JSON."""
     names = list(fields) if fields is not None else list(rows[0]) if rows else []
     if not names:
@@ -499,7 +499,7 @@ def silence_stdout() -> None:
 
 def emit(
     fmt: str,
-    payload: dict[str, Any],
+    payload: Mapping[str, Any],
     *,
     human: Callable[[], str],
     rows_key: str | None = None,

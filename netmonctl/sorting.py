@@ -7,9 +7,11 @@ whichever the direction: a row without numbers is not "the smallest".
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-Row = dict[str, Any]
+#: A wire row: a Connection or AppUsage TypedDict, or a plain dict.
+Row = Mapping[str, Any]
+R = TypeVar("R", bound=Row)
 
 #: Sort keys that are not wire fields: totals over both directions.
 #: "speed" (the default) ranks by current total rate, ties by total bytes.
@@ -63,7 +65,7 @@ def _keys(field: str) -> list[Callable[[Row], Any]]:
     return [lambda row: row.get(field)]
 
 
-def sort_rows(rows: Sequence[Row], field: str, reverse: bool = False) -> list[Row]:
+def sort_rows(rows: Sequence[R], field: str, reverse: bool = False) -> list[R]:
     """Rows ordered by `field` in its natural direction (flipped by `reverse`).
 
     Stable, with None last at every key level: one stable pass per key, from
@@ -79,7 +81,7 @@ def sort_rows(rows: Sequence[Row], field: str, reverse: bool = False) -> list[Ro
     return out
 
 
-def order_rows(rows: Sequence[Row], field: str, reverse: bool, limit: int | None) -> list[Row]:
+def order_rows(rows: Sequence[R], field: str, reverse: bool, limit: int | None) -> list[R]:
     """sort_rows, then at most `limit` rows."""
     out = sort_rows(rows, field, reverse)
     return out[:limit] if limit is not None else out

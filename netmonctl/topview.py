@@ -23,7 +23,7 @@ important columns are dropped on narrow terminals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from common.units import human_duration, human_percent
 
@@ -31,7 +31,7 @@ from . import render
 from .render import Column, clip, value_of
 from .sorting import descending, sort_rows
 
-Row = dict[str, Any]
+Row = Mapping[str, Any]
 
 VIEWS = ("apps", "conns")
 #: What `s` cycles through, per view; the first is the default.
@@ -80,9 +80,9 @@ _GAP = "  "
 class TopModel:
     """What the daemon last said, and whether it is reachable."""
 
-    stats: dict[str, Any] | None = None
-    apps: list[Row] = dc_field(default_factory=list)
-    connections: list[Row] = dc_field(default_factory=list)
+    stats: Mapping[str, Any] | None = None
+    apps: Sequence[Row] = dc_field(default_factory=list)
+    connections: Sequence[Row] = dc_field(default_factory=list)
     #: HistoryPoints (timestamp, upload, download), oldest first.
     history: list[dict[str, Any]] = dc_field(default_factory=list)
     connected: bool = True
@@ -163,7 +163,7 @@ def next_sort(view: str, current: str) -> str:
     return keys[(keys.index(current) + 1) % len(keys)]
 
 
-def unattributed_percent(stats: dict[str, Any] | None) -> float | None:
+def unattributed_percent(stats: Mapping[str, Any] | None) -> float | None:
     """Share of the total rate that per-socket counters do not explain, in %."""
     if not stats:
         return None

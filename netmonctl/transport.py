@@ -245,7 +245,7 @@ class SSHBridge:
         parent, child = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdin=child, stdout=child, stderr=self._stderr, close_fds=True
+                self.argv, stdin=child.fileno(), stdout=child.fileno(), stderr=self._stderr, close_fds=True
             )
         except OSError as exc:  # not found, not executable, ...
             parent.close()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import click
 
+from common import api
 from common.models import APP_FIELDS
 
 from .. import render
@@ -33,7 +34,7 @@ COLUMNS = (
 @pass_settings
 def apps(
     settings: Settings,
-    flt: dict[str, Any],
+    flt: api.FilterMap,
     sort_field: str,
     reverse: bool,
     limit: int | None,
@@ -62,7 +63,7 @@ def apps(
     )
 
 
-def _describe(rows: list[dict[str, Any]], settings: Settings) -> str:
+def _describe(rows: Sequence[Mapping[str, Any]], settings: Settings) -> str:
     text = render.table(rows, COLUMNS, color=settings.color, width=settings.width, empty="no applications match")
     note = render.partial_note(rows)
     return text + ("\n\n" + note if note else "")

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from common import api
 from common.models import CONNECTION_FIELDS
 from common.units import human_duration
 
@@ -41,7 +42,7 @@ COLUMNS = (
 @pass_settings
 def conns(
     settings: Settings,
-    flt: dict[str, Any],
+    flt: api.FilterMap,
     closed: bool,
     sort_field: str,
     reverse: bool,

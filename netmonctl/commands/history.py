@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import click
 
@@ -68,7 +68,7 @@ def history(settings: Settings, seconds: float) -> None:
     )
 
 
-def _describe(points: list[dict[str, Any]], settings: Settings) -> str:
+def _describe(points: Sequence[Mapping[str, Any]], settings: Settings) -> str:
     if not points:
         return "no history yet (is monitoring on? see netmonctl status)"
     # Sub-second sampling would print the same HH:MM:SS on several lines.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import click
 
@@ -46,7 +46,7 @@ def _share(part: float | None, total: float | None) -> str:
     return render.rate(part) + pct
 
 
-def _unknown_process(s: dict[str, Any]) -> str:
+def _unknown_process(s: Mapping[str, Any]) -> str:
     """Socket bytes whose process is unknown, and their share of all socket bytes."""
     sent, received = s.get("unknown_process_bytes_sent"), s.get("unknown_process_bytes_received")
     if sent is None or received is None:
@@ -56,7 +56,11 @@ def _unknown_process(s: dict[str, Any]) -> str:
     return f"{human_bytes(sent)} sent, {human_bytes(received)} received since start{share}"
 
 
-def _describe(s: dict[str, Any], settings: Settings) -> str:
+#: How stats shows include_loopback (unknown: "-").
+_LOOPBACK: dict[Any, str] = {True: "monitored and counted", False: "not monitored (include_loopback = false)"}
+
+
+def _describe(s: Mapping[str, Any], settings: Settings) -> str:
     up, down = s.get("total_upload_speed"), s.get("total_download_speed")
     summary = render.key_values(
         [
@@ -68,8 +72,7 @@ def _describe(s: dict[str, Any], settings: Settings) -> str:
                              f"down {_share(s.get('unattributed_download_speed'), down)}"),
             ("process unknown", _unknown_process(s)),
             ("connections", render.connection_counts(s)),
-            ("loopback", {True: "monitored and counted", False: "not monitored (include_loopback = false)"}
-             .get(s.get("include_loopback"), "-")),
+            ("loopback", _LOOPBACK.get(s.get("include_loopback"), "-")),
             ("top app", render.safe(s.get("top_app"))),
             ("monitoring", ("yes" if s.get("monitoring") else "no")
              + f", every {render.seconds(s.get('interval'))}, up {human_duration(s.get('uptime'))}"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import click
 
@@ -30,14 +30,14 @@ def _yes(value: Any) -> str:
     return "-" if value is None else "yes" if value else "no"
 
 
-def _root_mode(mode: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _root_mode(mode: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """The 'root mode' line (Linux backend only): on or off, and why."""
     if not mode:
         return []
     return [("root mode", f"{'on' if mode.get('active') else 'off'} ({mode.get('reason')})")]
 
 
-def _describe(s: dict[str, Any]) -> str:
+def _describe(s: Mapping[str, Any]) -> str:
     # The daemon may add fields over time: read them with .get().
     monitoring = "yes" if s.get("monitoring") else "no (resume with: netmonctl start)"
     if s.get("monitoring"):

@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Mapping
 
 import click
 
@@ -91,7 +91,7 @@ CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "rem
 @click.option("--json", "--format", "machine", hidden=True, is_flag=False, flag_value="json",
               expose_value=False, callback=lambda ctx, p, v: _refuse_format(v))
 @pass_settings
-def top(settings: Settings, flt: dict[str, Any], view: str, sort_field: str, reverse: bool) -> None:
+def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reverse: bool) -> None:
     """Live full-screen view of bandwidth by application or connection.
 
     The header shows total upload and download rates, active connections,
@@ -204,7 +204,7 @@ def _terminate(signum: int, frame: Any) -> None:
 class TopApp:
     """The controller: daemon feed -> model, keys -> view state, both -> screen."""
 
-    def __init__(self, settings: Settings, flt: dict[str, Any], ui: ViewState) -> None:
+    def __init__(self, settings: Settings, flt: api.FilterMap, ui: ViewState) -> None:
         from ..live import LiveFeed  # pulls in the client (msgpack)
 
         self.ui = ui
@@ -413,7 +413,7 @@ class TopApp:
                 self._sync()
 
     # -- the detail line: the selected row's process command line ------------------------
-    def _detail(self, row: dict[str, Any] | None) -> str:
+    def _detail(self, row: Mapping[str, Any] | None) -> str:
         if row is None:
             return ""
         pids = [row["pid"]] if "pid" in row else list(row.get("pids") or [])
@@ -448,6 +448,8 @@ class TopApp:
         is lost), at the cost of one ioctl per wake-up."""
         import curses
 
+        if sys.__stdout__ is None:  # no stdout at all (pythonw-like embedding)
+            return
         try:
             columns, lines = os.get_terminal_size(sys.__stdout__.fileno())
         except (OSError, AttributeError, ValueError):

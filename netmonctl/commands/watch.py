@@ -77,7 +77,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @pass_settings
 def watch(
     settings: Settings,
-    flt: dict[str, Any],
+    flt: api.FilterMap,
     events: tuple[str, ...],
     count: int | None,
     duration: float | None,
