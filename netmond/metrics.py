@@ -182,7 +182,7 @@ class Accountant:
     # app -> [receive, transmit] since daemon start; only ever grows.
     _cumulative: dict[str, list[int]] = field(default_factory=dict)
     # app -> (the state's AppTotals object, its bytes_received, its bytes_sent) last tick
-    _previous: dict[str, tuple[Any, int, int]] = field(default_factory=dict)
+    _previous: dict[str | None, tuple[Any, int, int]] = field(default_factory=dict)
     _other: list[int] = field(default_factory=lambda: [0, 0])
     _ever_exported: set[str] = field(default_factory=set)
     _last_tick: int | None = None
@@ -192,8 +192,7 @@ class Accountant:
 
     def update(self, state: "MonitorState", backend: str) -> MetricsSnapshot:
         """Fold the state after one tick in; return what scrapes should see now."""
-        deltas = self._app_deltas(state)
-        unknown = deltas.pop(None, None)
+        deltas, unknown = self._app_deltas(state)
         if unknown is not None:
             self._unknown_process[0] += unknown[0]
             self._unknown_process[1] += unknown[1]
@@ -237,7 +236,9 @@ class Accountant:
             backend=backend,
         )
 
-    def _app_deltas(self, state: "MonitorState") -> dict[str | None, tuple[int, int]]:
+    def _app_deltas(self, state: "MonitorState") -> tuple[dict[str, tuple[int, int]], tuple[int, int] | None]:
+        """(bytes received and sent since the last tick per app, those of the
+        "process unknown" line (app None), if any)."""
         deltas: dict[str | None, tuple[int, int]] = {}
         current: dict[str | None, tuple[Any, int, int]] = {}
         for app, totals in state.apps.items():
@@ -254,7 +255,8 @@ class Accountant:
             # Holding the object itself (not its id) makes `is` above exact.
             current[app] = (totals, rx, tx)
         self._previous = current
-        return deltas
+        unknown = deltas.pop(None, None)
+        return {app: d for app, d in deltas.items() if app is not None}, unknown
 
     def _forget_small(self, top: set[str]) -> None:
         if len(self._cumulative) <= MAX_TRACKED_APPS:
@@ -634,11 +636,14 @@ class MetricsExporter:
     def _write_textfile(self) -> None:
         from prometheus_client.exposition import generate_latest
 
+        path = self.textfile
+        if path is None:
+            return
         try:
-            problem = textfile_problem(self.textfile)  # the directory may change under us
+            problem = textfile_problem(path)  # the directory may change under us
             if problem is not None:
                 raise OSError(problem)
-            write_textfile(self.textfile, generate_latest(self._registry), self._file_mode)
+            write_textfile(path, generate_latest(self._registry), self._file_mode)
         except OSError as exc:
             self._log_once(f"cannot write metrics textfile {self.textfile}: {exc.strerror or exc}")
         else:

@@ -837,7 +837,7 @@ class DarwinBackend(Backend):
     def _next_tick(self, timeout: float) -> _Tick | None:
         with self._cond:
             if self._tick is not None and self._tick.seq == self._returned_seq:
-                self._cond.wait_for(lambda: self._tick.seq != self._returned_seq, timeout)
+                self._cond.wait_for(lambda: self._tick is None or self._tick.seq != self._returned_seq, timeout)
             if self._tick is not None:
                 self._returned_seq = self._tick.seq
             return self._tick

@@ -71,7 +71,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Hashable, Sequence, cast
 
 from .base import SocketSample
 from .nettop_parser import NettopFlow, NettopSample
@@ -268,7 +268,7 @@ class NettopAccounting:
                 # `base` is ours until returned: filled in, not copied (cheap
                 # at thousands of sockets a frame).
                 if generation:
-                    base.key = (*base_key, f"#{generation}")
+                    base.key = (*cast(tuple, base_key), f"#{generation}")  # nettop keys are tuples
                 base.bytes_sent, base.bytes_received = sent, received
                 reported = base
             tracks[base_key] = _Track(reported.key, generation, flow.pid, self._run, flow, reported)

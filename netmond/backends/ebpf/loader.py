@@ -29,7 +29,7 @@ import re
 import socket
 import struct
 import threading
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,8 @@ def unavailable_reason(object_path: str = OBJECT_PATH) -> str | None:
 
 # -- libbpf through ctypes ---------------------------------------------------------------------------
 _lib: ctypes.CDLL | None = None
+#: libbpf's print callback: libbpf keeps a pointer to it, so it must outlive the library.
+_print_callback: Any = None
 _lib_lock = threading.Lock()
 #: libbpf's messages during one open(): its print callback appends here.
 _messages: list[str] = []
@@ -201,8 +203,9 @@ def _libbpf() -> ctypes.CDLL:
                 log.debug("libbpf: %s", text)
             return 0
 
-        lib._netmon_print = _PRINT_FN(on_print)  # kept alive with the library
-        lib.libbpf_set_print(lib._netmon_print)
+        global _print_callback
+        _print_callback = _PRINT_FN(on_print)  # kept alive with the library (a module global)
+        lib.libbpf_set_print(_print_callback)
         _lib = lib
         return lib
 
@@ -241,6 +244,8 @@ class Probe:
             image = f.read()
         buffer = ctypes.create_string_buffer(image, len(image))
         cgroup_root = cgroup2_mount()
+        if cgroup_root is None:  # unmounted since unavailable_reason() looked
+            raise EbpfUnavailable("no cgroup v2 hierarchy is mounted (see /proc/mounts)")
         del _messages[:]
         obj = lib.bpf_object__open_mem(buffer, len(image), None)
         if not obj:
