@@ -1,0 +1,413 @@
+"""linux.py's bookkeeping on crafted dumps and destroy events (no netlink
+socket opened): keys, TIME_WAIT remnants, destroy events, owners remembered,
+floors; and RecentKeys.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import psutil
+import pytest
+
+from netmond.backends import linux
+from netmond.backends.netlink import DiagSocket, TcpCounters
+
+from tests.linux_fakes import V4_LOOPBACK, V4_MAPPED, info
+
+MY_NAME = psutil.Process().name()
+
+
+# -- linux.RecentKeys: destroyed keys hiding their TIME_WAIT remnants -----------
+
+
+def test_recent_keys_live_between_ttl_and_twice_ttl() -> None:
+    from netmond.backends.linux import RecentKeys
+
+    keys = RecentKeys(ttl=60.0, max_keys=1000)
+    keys.add("a", now=0.0)
+    keys.add("b", now=59.0)
+    keys.expire(59.9)
+    assert "a" in keys and "b" in keys
+    keys.expire(60.0)  # rotation: both move to the older generation
+    assert "a" in keys and "b" in keys
+    keys.expire(119.0)
+    assert "b" in keys
+    keys.expire(120.0)  # "b" was kept 61 s, "a" 120 s
+    assert "a" not in keys and "b" not in keys and len(keys) == 0
+
+
+def test_recent_keys_are_bounded_under_churn() -> None:
+    from netmond.backends.linux import RecentKeys
+
+    keys = RecentKeys(ttl=60.0, max_keys=100)
+    for i in range(10_000):
+        keys.add(i, now=i * 0.001)
+    assert len(keys) <= 200
+    assert 9_999 in keys
+
+
+# -- linux.LinuxBackend's bookkeeping, on crafted dumps and events ---------------
+
+CLIENT_PORT, SERVER_PORT = 40000, 8080
+CLIENT_KEY = ("TCP", "127.0.0.1", CLIENT_PORT, "127.0.0.1", SERVER_PORT)
+SERVER_KEY = ("TCP", "127.0.0.1", SERVER_PORT, "127.0.0.1", CLIENT_PORT)
+
+
+
+
+def record(state, sport, dport, inode, tcpi=None, family=socket.AF_INET, src=V4_LOOPBACK, dst=V4_LOOPBACK,
+           uid=None, cookie=0) -> DiagSocket:
+    return DiagSocket(family, state, sport, dport, src, dst, os.geteuid() if uid is None else uid, inode, tcpi,
+                      cookie)
+
+
+def by_key(samples):
+    return {s.key: s for s in samples}
+
+
+class FakeDumper:
+    """Plays the kernel: `tcp` and `udp` are what the next dumps list (IPv4)."""
+
+    def __init__(self) -> None:
+        self.tcp: list[DiagSocket] = []
+        self.udp: list[DiagSocket] = []
+
+    def dump(self, family, protocol, ext, states, known=None):
+        if family != socket.AF_INET:
+            return []
+        records = self.tcp if protocol == socket.IPPROTO_TCP else self.udp
+        if known is None:
+            return list(records)
+        # As parse_messages does: a record equal to a known one is that one.
+        return [known[r.cookie] if known.get(r.cookie) == r else r for r in records]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDestroyListener:
+    def __init__(self) -> None:
+        self.events: list[DiagSocket] = []
+        self.events_lost = 0
+        self.failure = None
+
+    def start(self) -> None:
+        pass
+
+    def take(self) -> list[DiagSocket]:
+        events, self.events = self.events, []
+        return events
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def crafted(fake_proc):
+    """(backend, dumper, listener) with our pid owning inodes 100 (client) and 200 (server)."""
+    fake_proc.add(os.getpid(), 3, "socket:[100]")
+    fake_proc.add(os.getpid(), 4, "socket:[200]")
+    fake_proc.add(os.getpid(), 5, "socket:[300]")
+    dumper, listener = FakeDumper(), FakeDestroyListener()
+    backend = linux.LinuxBackend(proc_root=str(fake_proc.root), destroy_listener=listener, dumper=dumper)
+    backend.start()
+    yield backend, dumper, listener
+    backend.close()
+
+
+def established_pair(client_info, server_info):
+    return [
+        record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16)),  # the listener
+        record(1, CLIENT_PORT, SERVER_PORT, 100, client_info),
+        record(1, SERVER_PORT, CLIENT_PORT, 200, server_info),
+    ]
+
+
+def test_backend_reports_payload_and_owner(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                  info(acked=700, received=1000, data_segs_in=1, sent=700))
+    rows = by_key(backend.sample().sockets)
+    client, server = rows[CLIENT_KEY], rows[SERVER_KEY]
+    assert (client.bytes_sent, client.bytes_received, server.bytes_sent, server.bytes_received) == (1000, 700, 700, 1000)
+    assert client.pid == server.pid == os.getpid() and client.process_name
+    [listener] = [s for s in rows.values() if s.state == "LISTEN"]
+    assert listener.key == ("TCP", "127.0.0.1", SERVER_PORT, None, None, 300)
+    assert (listener.remote_ip, listener.bytes_sent) == (None, 0)
+
+
+def test_an_unchanged_socket_is_handed_on_as_the_same_sample(crafted) -> None:
+    backend, dumper, _ = crafted
+    CLIENT_COOKIE_KEY, SERVER_COOKIE_KEY = ("TCP", 7), ("TCP", 8)
+    client_info = info(acked=1001, received=700, data_segs_in=1, sent=1000)
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, client_info, cookie=7),
+                  record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=700, received=1000, data_segs_in=1,
+                                                                 sent=700), cookie=8)]
+    first = by_key(backend.sample().sockets)
+    again = by_key(backend.sample().sockets)
+    assert again[CLIENT_COOKIE_KEY] is first[CLIENT_COOKIE_KEY] and again[SERVER_COOKIE_KEY] is first[SERVER_COOKIE_KEY]
+    # New counters: a new sample, with the new bytes; the other is still handed on.
+    dumper.tcp[0] = record(1, CLIENT_PORT, SERVER_PORT, 100,
+                           info(acked=1501, received=700, data_segs_in=1, sent=1500), cookie=7)
+    moved = by_key(backend.sample().sockets)
+    assert moved[CLIENT_COOKIE_KEY] is not first[CLIENT_COOKIE_KEY] and moved[CLIENT_COOKIE_KEY].bytes_sent == 1500
+    assert moved[SERVER_COOKIE_KEY] is first[SERVER_COOKIE_KEY]
+    # A new state, or a new owner for the same record: a new sample too.
+    dumper.tcp[1] = record(8, SERVER_PORT, CLIENT_PORT, 200, dumper.tcp[1].counters, cookie=8)
+    assert by_key(backend.sample().sockets)[SERVER_COOKIE_KEY].state == "CLOSE_WAIT"
+    backend._owners.owners[200] = 1  # the inode index learnt another owner (init, here)
+    owned = by_key(backend.sample().sockets)[SERVER_COOKIE_KEY]
+    assert owned.pid == 1 and owned.state == "CLOSE_WAIT"
+    # What destroy events need is kept for handed-on sockets too.
+    assert backend._owner_history[0][CLIENT_COOKIE_KEY][4:] == (1500, 700)
+
+
+def test_sockets_without_a_cookie_are_never_handed_on(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10))]
+    first, again = backend.sample().sockets, backend.sample().sockets
+    assert first[0] is not again[0] and first[0] == again[0]
+
+
+def test_destroy_event_ends_the_row_and_hides_its_time_wait(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                  info(acked=700, received=1000, data_segs_in=1, sent=700))
+    backend.sample()
+    # The client closed first: destroyed with no peer FIN counted (raw 700),
+    # its TIME_WAIT remnant now in the dump, same 5-tuple, no inode.
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0,
+                              info(acked=1002, received=700, data_segs_in=1, sent=1000))]
+    dumper.tcp = [record(6, CLIENT_PORT, SERVER_PORT, 0, None),
+                  record(8, SERVER_PORT, CLIENT_PORT, 200, info(acked=700, received=1001, data_segs_in=1, sent=700))]
+    snap = backend.sample()
+    [closed] = snap.closed
+    assert closed.key == CLIENT_KEY and closed.pid == os.getpid()
+    # 700, not 699: the earlier dump's exact count is a floor for the final one
+    assert (closed.bytes_sent, closed.bytes_received) == (1000, 700)
+    rows = by_key(snap.sockets)
+    assert CLIENT_KEY not in rows
+    assert (rows[SERVER_KEY].state, rows[SERVER_KEY].bytes_received) == ("CLOSE_WAIT", 1000)
+    for _ in range(3):
+        assert CLIENT_KEY not in by_key(backend.sample().sockets)
+
+
+def test_time_wait_without_destroy_event_has_no_counters(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(6, CLIENT_PORT, SERVER_PORT, 0, None)]
+    [row] = backend.sample().sockets
+    assert (row.key, row.state, row.pid, row.bytes_sent, row.bytes_received) == (CLIENT_KEY, "TIME_WAIT", None, None, None)
+
+
+def test_socket_listed_and_destroyed_in_one_tick_is_only_closed(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                  info(acked=700, received=1000, data_segs_in=1, sent=700))
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0,
+                              info(acked=1002, received=701, data_segs_in=1, sent=1000))]
+    snap = backend.sample()
+    assert [s.key for s in snap.closed] == [CLIENT_KEY]
+    assert CLIENT_KEY not in by_key(snap.sockets) and SERVER_KEY in by_key(snap.sockets)
+    assert snap.closed[0].pid == os.getpid()  # from this very dump
+
+
+def test_noise_destroy_events_are_ignored(crafted) -> None:
+    backend, _, listener = crafted
+    listener.events = [
+        record(7, SERVER_PORT, 0, 0, info(), dst=bytes(16)),  # a listener closing
+        record(7, CLIENT_PORT, SERVER_PORT, 0, info()),  # a refused connect: nothing moved
+        record(7, CLIENT_PORT + 1, 0, 0, info(), dst=bytes(16)),  # SO_LINGER 0: zeroed
+        record(7, CLIENT_PORT + 2, SERVER_PORT, 0, None),  # a kernel without tcp_info
+    ]
+    assert backend.sample().closed == []
+
+
+def test_short_lived_connection_never_listed(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16))]
+    backend.sample()
+    listener.events = [
+        record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=100_002, received=101, data_segs_in=1, sent=100_000)),
+        record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=101, received=100_001, data_segs_in=3, sent=100)),
+    ]
+    closed = by_key(backend.sample().closed)
+    assert (closed[CLIENT_KEY].bytes_sent, closed[CLIENT_KEY].bytes_received) == (100_000, 100)
+    assert (closed[SERVER_KEY].bytes_sent, closed[SERVER_KEY].bytes_received) == (100, 100_000)
+    assert closed[CLIENT_KEY].pid is None and closed[CLIENT_KEY].user  # the uid is still known
+
+
+def test_reused_five_tuple_does_not_inherit_the_old_owner(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = established_pair(info(acked=5001, received=0, data_segs_in=0, sent=5000), info())
+    backend.sample()
+    final = info(acked=5002, received=1, data_segs_in=0, sent=5000)
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, final)]
+    dumper.tcp = []
+    assert backend.sample().closed[0].bytes_sent == 5000
+    # the same 5-tuple again, opened and closed between two samples
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=12, received=1, data_segs_in=0, sent=10))]
+    [again] = backend.sample().closed
+    assert (again.pid, again.bytes_sent) == (None, 10)
+
+
+def test_udp_and_unknown_states(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.udp = [record(7, 5353, 0, 100, dst=bytes(16)), record(1, 40001, 53, 200)]
+    dumper.tcp = [record(13, 9999, 0, 300, info(), dst=bytes(16))]  # BOUND_INACTIVE: not asked for
+    rows = backend.sample().sockets
+    assert [(s.protocol, s.state, s.key) for s in rows] == [
+        ("UDP", "NONE", ("UDP", "127.0.0.1", 5353, None, None, 100)),
+        ("UDP", "NONE", ("UDP", "127.0.0.1", 40001, "127.0.0.1", 53)),
+    ]
+    assert all(s.bytes_sent is None and s.pid == os.getpid() for s in rows)
+
+
+def test_ipv4_mapped_key_in_dump_and_destroy_event(crafted) -> None:
+    backend, dumper, listener = crafted
+    mapped = record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10),
+                    family=socket.AF_INET6, src=V4_MAPPED, dst=V4_MAPPED)
+    dumper.dump = lambda family, protocol, ext, states, known=None: (
+        [mapped] if (family, protocol) == (socket.AF_INET6, socket.IPPROTO_TCP) else [])
+    [row] = backend.sample().sockets
+    key = ("TCP", "::ffff:127.0.0.1", CLIENT_PORT, "::ffff:127.0.0.1", SERVER_PORT)
+    assert (row.key, row.family, row.bytes_sent) == (key, "IPv6", 10)
+    listener.events = [mapped._replace(state=7, inode=0, counters=TcpCounters(12, 0, 0, 10, 0))]
+    [closed] = backend.sample().closed
+    assert closed.key == key and closed.pid == os.getpid()
+
+
+def test_without_root_other_users_sockets_make_attribution_incomplete(crafted, monkeypatch) -> None:
+    backend, dumper, _ = crafted
+    monkeypatch.setattr(linux, "is_privileged", lambda: False)
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info())]
+    backend.sample()
+    assert backend.status().attribution_complete
+    dumper.tcp.append(record(1, 40002, SERVER_PORT, 999, info(), uid=os.geteuid() + 1))
+    snap = backend.sample()
+    other = by_key(snap.sockets)[("TCP", "127.0.0.1", 40002, "127.0.0.1", SERVER_PORT)]
+    assert other.pid is None
+    st = backend.status()
+    assert not st.attribution_complete
+    assert any("without root" in w and "run as root" in w for w in st.warnings)
+
+
+
+def test_server_without_listener_counts_exactly(crafted) -> None:
+    # The issue's socat case: the listener closed before the transfer; the
+    # accepted socket's SYN side comes from its counters, not the listener.
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=333_333, sent=333_333), cookie=21)]
+    [row] = backend.sample().sockets
+    assert row.bytes_sent == 333_333
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=333_334, received=1, sent=333_333),
+                              cookie=21)]
+    [closed] = backend.sample().closed
+    assert (closed.key, closed.bytes_sent, closed.bytes_received) == (("TCP", 21), 333_333, 0)
+
+
+def test_undecided_side_counts_low_then_settles_upwards(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=5000, sent=9000, unacked=3), cookie=22)]
+    assert backend.sample().sockets[0].bytes_sent == 4999  # in flight: maybe the active side
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=9000, sent=9000), cookie=22)]
+    assert backend.sample().sockets[0].bytes_sent == 9000  # nothing in flight: passive, settled
+    dumper.tcp = [record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=9500, sent=9600, unacked=1), cookie=22)]
+    assert backend.sample().sockets[0].bytes_sent == 9500  # kept
+
+
+# -- keys: the kernel's socket cookie ----------------------------------------------
+
+
+def test_a_reused_four_tuple_is_a_new_key_with_its_own_close(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=1201, sent=1200), cookie=31)]
+    first = backend.sample().sockets[0]
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1202, sent=1200), cookie=31)]
+    dumper.tcp = [record(6, CLIENT_PORT, SERVER_PORT, 0, None, cookie=31)]  # its TIME_WAIT remnant
+    snap = backend.sample()
+    assert [c.key for c in snap.closed] == [first.key] and snap.sockets == []
+    # The same 4-tuple, another socket (SO_REUSEADDR): its own key and close.
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=50_001, sent=50_000), cookie=32)]
+    second = backend.sample().sockets[0]
+    assert second.key == ("TCP", 32) != first.key and second.bytes_sent == 50_000
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1_050_002, sent=1_050_000), cookie=32)]
+    dumper.tcp = []
+    [closed] = backend.sample().closed
+    assert (closed.key, closed.bytes_sent, closed.pid) == (second.key, 1_050_000, os.getpid())
+
+
+# -- short connections: accepted ones are their listener's -------------------------
+
+
+def test_short_accepted_connection_is_its_listeners(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=40)]
+    backend.sample()
+    listener.events = [
+        # server side (passive: graceful close reads SYN-less) and client side
+        record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1001, received=101, data_segs_in=1, sent=1000), cookie=41),
+        record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=102, received=1001, data_segs_in=1, sent=100), cookie=42),
+    ]
+    closed = by_key(backend.sample().closed)
+    server, client = closed[("TCP", 41)], closed[("TCP", 42)]
+    assert (server.pid, server.process_name, server.bytes_sent, server.bytes_received) == (
+        os.getpid(), MY_NAME, 1000, 100)
+    assert (client.pid, client.process_name, client.bytes_sent, client.bytes_received) == (None, None, 100, 1000)
+    assert client.user  # the uid is known
+
+
+def test_short_connection_of_a_shared_listener_has_its_name_not_a_pid(crafted) -> None:
+    backend, dumper, listener = crafted
+    backend._owners.shared.add(300)  # as if forked workers held it too
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=50)]
+    backend._owners.refresh({300})
+    backend._owners.shared.add(300)
+    backend.sample()
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=11, received=6, data_segs_in=1, sent=10),
+                              cookie=51)]
+    [closed] = backend.sample().closed
+    assert (closed.pid, closed.process_name) == (None, MY_NAME)
+
+
+def test_accept_queue_socket_closed_before_its_process_took_it_is_its_listeners(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=60),
+                  # accepted by the kernel, not yet by the process: no file, no inode
+                  record(1, SERVER_PORT, CLIENT_PORT, 0, info(acked=0, received=100, data_segs_in=1), cookie=61)]
+    [row] = [s for s in backend.sample().sockets if s.key == ("TCP", 61)]
+    assert row.pid is None
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=501, received=101, data_segs_in=1, sent=500),
+                              cookie=61)]
+    [closed] = backend.sample().closed
+    assert (closed.pid, closed.process_name, closed.bytes_sent, closed.bytes_received) == (
+        os.getpid(), MY_NAME, 500, 100)
+
+
+def test_request_sockets_of_handshakes_in_progress_are_not_rows(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(3, SERVER_PORT, CLIENT_PORT, 0, None, cookie=70)]  # SYN_RECV, no socket yet
+    assert backend.sample().sockets == []
+
+
+def test_remnant_of_a_never_dumped_socket_has_its_own_cookie_and_is_still_hidden(crafted) -> None:
+    # The kernel makes a cookie when first asked: a socket never dumped had
+    # none when its TIME_WAIT remnant was made, so the remnant's differs.
+    backend, dumper, listener = crafted
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
+                                                                   sent=1200), cookie=80)]
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=81)]  # same tick
+    snap = backend.sample()
+    assert [c.key for c in snap.closed] == [("TCP", 80)] and snap.sockets == []
+    assert backend.sample().sockets == []  # and later ticks
+
+
+def test_remnant_listed_before_its_destroy_event_is_the_row_the_event_ends(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=91)]
+    [remnant] = backend.sample().sockets
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
+                                                                   sent=1200), cookie=90)]
+    snap = backend.sample()
+    assert [(c.key, c.bytes_sent) for c in snap.closed] == [(remnant.key, 1200)] and snap.sockets == []

@@ -1,0 +1,221 @@
+"""netlink.py on crafted bytes: inet_diag_msg + rtattr decoding (IPv4, IPv6,
+IPv4-mapped, short tcp_info of old kernels, multi-message buffers,
+NLMSG_DONE, NLMSG_ERROR); no netlink socket opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+import pytest
+
+from netmond.backends import netlink
+from netmond.backends.netlink import (
+    AddressFormatter,
+    NetlinkError,
+    TcpCounters,
+    build_dump_request,
+    parse_messages,
+)
+
+from tests.linux_fakes import (
+    DONE,
+    TCP_INFO_LEN_6_18,
+    V4_LOOPBACK,
+    V4_MAPPED,
+    V6_DOC,
+    V6_LOOPBACK,
+    diag_msg,
+    error_msg,
+    nlmsg,
+    rtattr,
+    sock_msg,
+    tcp_info,
+)
+
+
+def fmt(family: int, raw: bytes) -> str:
+    return AddressFormatter().format(family, raw)
+
+
+def test_dump_request_layout() -> None:
+    req = build_dump_request(socket.AF_INET6, socket.IPPROTO_TCP, netlink.INET_DIAG_EXT_INFO, 0xFFE, seq=7)
+    length, mtype, flags, seq, pid = struct.unpack_from("=IHHII", req)
+    assert (length, mtype, seq, pid) == (len(req), 20, 7, 0) and len(req) == 16 + 56
+    assert flags == netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP == 0x301
+    family, proto, ext, pad, states = struct.unpack_from("=BBBBI", req, 16)
+    assert (family, proto, ext, pad, states) == (socket.AF_INET6, 6, 2, 0, 0xFFE)
+    assert req[24:] == bytes(48)  # no filter on addresses, ports, interface, cookie
+
+
+def test_all_states_mask_is_the_eleven_tcp_states() -> None:
+    assert netlink.ALL_STATES_MASK == 0b1111_1111_1110
+    assert len(netlink.TCP_STATES) == 11 and netlink.TCP_STATES[10] == "LISTEN"
+
+
+def test_ipv4_socket_with_tcp_info() -> None:
+    info = tcp_info(acked=1001, received=700, data_segs_in=1, sent=1000, retrans=0)
+    attrs = rtattr(8, b"\x00") + rtattr(22, b"\x00\x00") + rtattr(netlink.INET_DIAG_INFO, info)
+    buf = sock_msg(state=1, sport=40000, dport=443, uid=1000, inode=12345, attrs=attrs) + DONE
+    sockets, done = parse_messages(memoryview(buf), seq=1)
+    assert done
+    [s] = sockets
+    assert (s.family, s.state, s.local_port, s.remote_port, s.uid, s.inode) == (
+        socket.AF_INET, 1, 40000, 443, 1000, 12345)
+    assert fmt(s.family, s.local_addr) == "127.0.0.1"
+    assert fmt(s.family, s.remote_addr) == "192.0.2.7"
+    assert s.counters == TcpCounters(1001, 700, 1, 1000, 0, 0)
+
+
+def test_sockets_with_different_attribute_layouts_in_one_buffer() -> None:
+    # parse_messages reuses the previous socket's attribute layout when its
+    # headers match exactly; anything else must still be walked correctly.
+    def msg(sport, acked, *before):
+        info = tcp_info(acked=acked, received=sport, data_segs_in=1, sent=acked, retrans=0)
+        return sock_msg(sport=sport, attrs=b"".join(before) + rtattr(netlink.INET_DIAG_INFO, info))
+
+    short, longer = rtattr(22, b"\x00\x00"), rtattr(22, b"\x00" * 9)
+    buf = (msg(1, 10, rtattr(8, b"\x00"), short) + msg(2, 20, rtattr(8, b"\x00"), longer)
+           + msg(3, 30, rtattr(8, b"\x00"), short) + msg(4, 40, rtattr(8, b"\x00"), short)
+           + msg(5, 50) + msg(6, 60, rtattr(8, b"\x00"), short)
+           + sock_msg(sport=7, attrs=rtattr(8, b"\x00") + short)  # no tcp_info at all
+           + msg(8, 80, rtattr(8, b"\x00"), short) + DONE)
+    sockets, done = parse_messages(buf, seq=1)
+    assert done
+    assert [(s.local_port, s.counters and s.counters.bytes_acked) for s in sockets] == [
+        (1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 60), (7, None), (8, 80)]
+    assert all(s.counters.bytes_received == s.local_port for s in sockets if s.counters)
+
+
+def test_records_equal_to_known_ones_are_returned_as_those() -> None:
+    def dump(acked):
+        info = tcp_info(acked=acked, received=5, data_segs_in=1, sent=acked, retrans=0)
+        return sock_msg(attrs=rtattr(netlink.INET_DIAG_INFO, info)) + DONE
+
+    [first], _ = parse_messages(dump(10), seq=1)
+    known = {first.cookie: first}
+    [again], _ = parse_messages(dump(10), seq=1, known=known)
+    [moved], _ = parse_messages(dump(11), seq=1, known=known)
+    assert first.cookie and again is first
+    assert moved is not first and moved.counters.bytes_acked == 11
+
+
+def test_ipv6_and_ipv4_mapped_addresses() -> None:
+    buf = (
+        sock_msg(family=socket.AF_INET6, src=V6_LOOPBACK, dst=V6_DOC, sport=1, dport=2)
+        + sock_msg(family=socket.AF_INET6, src=V4_MAPPED, dst=V4_MAPPED, sport=3, dport=4)
+        + DONE
+    )
+    sockets, done = parse_messages(buf, seq=1)
+    assert done and len(sockets) == 2
+    v6, mapped = sockets
+    assert fmt(v6.family, v6.local_addr) == "::1"
+    assert fmt(v6.family, v6.remote_addr) == "2001:db8::42"
+    assert fmt(mapped.family, mapped.local_addr) == "::ffff:127.0.0.1"
+    assert (v6.local_port, v6.remote_port, mapped.local_port, mapped.remote_port) == (1, 2, 3, 4)
+
+
+def test_address_formatter_keeps_families_apart() -> None:
+    # 127.0.0.1 padded to 16 bytes is also the IPv6 address 7f00:1::
+    formatter = AddressFormatter()
+    assert formatter.format(socket.AF_INET, V4_LOOPBACK) == "127.0.0.1"
+    assert formatter.format(socket.AF_INET6, V4_LOOPBACK) == "7f00:1::"
+    assert formatter.format(socket.AF_INET, V4_LOOPBACK) == "127.0.0.1"
+
+
+def test_address_formatter_cache_is_bounded() -> None:
+    formatter = AddressFormatter(limit=4)
+    for i in range(10):
+        formatter.format(socket.AF_INET, bytes([10, 0, 0, i]) + bytes(12))
+    assert len(formatter.by_family[socket.AF_INET]) <= 4
+
+
+@pytest.mark.parametrize(
+    "length, expected",
+    [
+        (104, None),  # < 4.1: no bytes_acked at all
+        (135, None),  # cut inside bytes_received
+        (136, TcpCounters(1001, 700, None, None, None, 2)),  # 4.1: acked + received only
+        (160, TcpCounters(1001, 700, 1, None, None, 2)),  # 4.6: data_segs_in too
+        (208, TcpCounters(1001, 700, 1, None, None, 2)),  # bytes_sent present, bytes_retrans cut
+        (216, TcpCounters(1001, 700, 1, 1000, 3, 2)),  # 4.19: everything
+        (TCP_INFO_LEN_6_18, TcpCounters(1001, 700, 1, 1000, 3, 2)),
+    ],
+)
+def test_short_tcp_info_of_old_kernels(length: int, expected) -> None:
+    info = tcp_info(length, acked=1001, received=700, data_segs_in=1, sent=1000, retrans=3, unacked=2)
+    buf = sock_msg(attrs=rtattr(netlink.INET_DIAG_INFO, info)) + DONE
+    [s], _ = parse_messages(buf, seq=1)
+    assert s.counters == expected
+
+
+def test_socket_without_tcp_info_has_no_counters() -> None:
+    # TIME_WAIT and SYN_RECV request sockets carry no attributes at all
+    buf = sock_msg(state=6, inode=0) + DONE
+    [s], done = parse_messages(buf, seq=1)
+    assert done and s.counters is None and s.inode == 0 and s.state == 6
+
+
+def test_attribute_running_past_its_message_is_not_read() -> None:
+    # An INFO attribute claiming 280 bytes in a message that holds fewer:
+    # only what is inside the message counts (here: too short -> None).
+    info = tcp_info(120)
+    attr = struct.pack("=HH", 4 + 280, netlink.INET_DIAG_INFO) + info
+    buf = nlmsg(netlink.SOCK_DIAG_BY_FAMILY, diag_msg(attrs=attr)) + DONE
+    [s], _ = parse_messages(buf, seq=1)
+    assert s.counters is None
+
+
+def test_multi_message_buffer_stops_at_done() -> None:
+    msgs = b"".join(sock_msg(sport=1000 + i, inode=i + 1) for i in range(50))
+    after_done = sock_msg(sport=9999)
+    sockets, done = parse_messages(msgs + DONE + after_done, seq=1)
+    assert done
+    assert [s.local_port for s in sockets] == list(range(1000, 1050))
+
+
+def test_buffer_without_done_is_not_finished() -> None:
+    sockets, done = parse_messages(sock_msg() + sock_msg(sport=2), seq=1)
+    assert not done and len(sockets) == 2
+    assert parse_messages(b"", seq=1) == ([], False)
+
+
+def test_messages_of_another_request_are_skipped() -> None:
+    buf = sock_msg(seq=6, sport=1) + sock_msg(seq=7, sport=2) + nlmsg(netlink.NLMSG_DONE, b"\0" * 4, seq=6)
+    sockets, done = parse_messages(buf, seq=7)
+    assert [s.local_port for s in sockets] == [2] and not done
+    # multicast destroy events (seq=None): everything is taken
+    sockets, _ = parse_messages(buf, seq=None)
+    assert [s.local_port for s in sockets] == [1, 2]
+
+
+def test_nlmsg_error_raises_with_errno() -> None:
+    with pytest.raises(NetlinkError) as info:
+        parse_messages(sock_msg() + error_msg(errno.ENOENT), seq=1)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_nlmsg_error_zero_is_an_ack() -> None:
+    sockets, done = parse_messages(error_msg(0) + sock_msg() + DONE, seq=1)
+    assert done and len(sockets) == 1
+
+
+@pytest.mark.parametrize("cut", [20, 60, 100])
+def test_truncated_message_raises(cut: int) -> None:
+    buf = sock_msg(attrs=rtattr(netlink.INET_DIAG_INFO, tcp_info()))
+    with pytest.raises(NetlinkError):
+        parse_messages(buf[:cut], seq=1)
+
+
+def test_bogus_length_raises() -> None:
+    bogus = struct.pack("=IHHII", 8, netlink.SOCK_DIAG_BY_FAMILY, 2, 1, 0)
+    with pytest.raises(NetlinkError):
+        parse_messages(bogus + bytes(8), seq=1)
+
+
+def test_zero_length_attribute_does_not_loop() -> None:
+    buf = sock_msg(attrs=struct.pack("=HH", 0, 8) + bytes(4)) + DONE
+    [s], done = parse_messages(buf, seq=1)
+    assert done and s.counters is None

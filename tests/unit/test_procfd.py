@@ -1,0 +1,145 @@
+"""procfd.SocketOwners: the inode -> pid index, over a fake /proc tree.
+"""
+
+from __future__ import annotations
+
+from netmond.backends.procfd import SocketOwners
+
+from tests.linux_fakes import Clock
+
+
+def test_owner_index_maps_inodes_to_pids(fake_proc) -> None:
+    fake_proc.add(10, 3, "socket:[100]")
+    fake_proc.add(10, 4, "/dev/null")
+    fake_proc.add(20, 5, "socket:[200]")
+    fake_proc.add(20, 6, "pipe:[300]")
+    index = SocketOwners(str(fake_proc.root), clock=Clock())
+    index.refresh({100, 200})
+    assert (index.owner(100), index.owner(200)) == (10, 20)
+    assert index.full_scans == 1
+
+
+def test_owner_index_reads_a_process_holding_many_sockets_only_when_it_must(fake_proc) -> None:
+    # pid 10 holds many sockets; new ones keep appearing in pids 20 and 30.
+    clock = Clock()
+    for fd in range(50):
+        fake_proc.add(10, 100 + fd, f"socket:[{1000 + fd}]")
+    fake_proc.add(20, 3, "socket:[2000]")
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, clock=clock)
+    read: list[int] = []
+    real_socket_fds = index._socket_fds
+    index._socket_fds = lambda pid, live: read.append(pid) or real_socket_fds(pid, live)
+    live = set(range(1000, 1050)) | {2000}
+    index.refresh(live)
+    assert index.owner(1000) == 10 and index.owner(2000) == 20
+    # A socket of another process: pid 10, the biggest recent owner, is
+    # searched first once, for nothing; then walks read it last.
+    fake_proc.add(30, 3, "socket:[3000]")
+    clock.now += 1.0
+    read.clear()
+    index.refresh(live | {3000})
+    assert index.owner(3000) == 30
+    fake_proc.add(30, 4, "socket:[3001]")
+    clock.now += 1.0
+    read.clear()
+    index.refresh(live | {3000, 3001})
+    assert index.owner(3001) == 30 and 10 not in read  # pid 30 is the recent owner now
+    fake_proc.add(20, 4, "socket:[2001]")
+    clock.now += 1.0
+    read.clear()
+    index.refresh(live | {3000, 3001, 2001})
+    assert index.owner(2001) == 20 and 10 not in read  # a walk, fewest sockets first
+    # A new socket of the big process itself is still found.
+    fake_proc.add(10, 200, "socket:[1100]")
+    clock.now += 1.0
+    index.refresh(live | {3000, 3001, 2001, 1100})
+    assert index.owner(1100) == 10
+
+
+def test_owner_index_rescans_only_for_new_inodes_and_at_a_bounded_rate(fake_proc) -> None:
+    clock = Clock()
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, clock=clock)
+    index.refresh({100})
+    index.refresh({100})
+    assert index.full_scans == 1  # nothing new: no walk
+    # a new socket of a known owner is found without walking all of /proc
+    fake_proc.add(10, 4, "socket:[101]")
+    index.refresh({100, 101})
+    assert index.owner(101) == 10 and index.full_scans == 1
+    # a socket of a new process needs a full walk: not twice within a second
+    fake_proc.add(30, 3, "socket:[300]")
+    clock.now += 0.1
+    index.refresh({100, 101, 300})
+    assert index.owner(300) is None and index.full_scans == 1
+    clock.now += 1.0
+    index.refresh({100, 101, 300})
+    assert index.owner(300) == 30 and index.full_scans == 2
+
+
+def test_owner_index_does_not_chase_unfindable_inodes(fake_proc) -> None:
+    clock = Clock()
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, retry_unfound=30.0, clock=clock)
+    index.refresh({100, 999})  # 999: held by no fd we can see
+    for _ in range(5):
+        clock.now += 2.0
+        index.refresh({100, 999})
+    assert index.full_scans == 1
+    clock.now += 30.0
+    index.refresh({100, 999})
+    assert index.full_scans == 2  # retried after retry_unfound
+
+
+def test_owner_index_resumes_a_walk_cut_short_by_its_time_budget(fake_proc) -> None:
+    class SlowClock(Clock):
+        step = 1.0  # every look at the clock: a second later
+
+        def __call__(self) -> float:
+            self.now += self.step
+            return self.now
+
+    clock = SlowClock()
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), scan_time_budget=0.5, retry_unfound=30.0, clock=clock)
+    index.refresh({100})
+    assert index.owner(100) is None  # out of time before reaching pid 10
+    clock.step = 0.0
+    clock.now += 2.0
+    index.refresh({100})  # not written off as unfindable: searched again at once
+    assert index.owner(100) == 10
+
+
+def test_owner_index_forgets_dead_sockets_and_vanished_processes(fake_proc) -> None:
+    clock = Clock()
+    fake_proc.add(10, 3, "socket:[100]")
+    fake_proc.add(20, 3, "socket:[200]")
+    index = SocketOwners(str(fake_proc.root), clock=clock)
+    index.refresh({100, 200})
+    index.refresh({200})
+    assert index.owner(100) is None and len(index.owners) == 1
+    fake_proc.remove_process(20)
+    index.forget_pid(20)
+    clock.now += 5
+    index.refresh({200})  # must not raise though /proc/20 is gone
+    assert index.owner(200) is None
+
+
+def test_owner_index_rereads_a_reused_fd_number(fake_proc) -> None:
+    clock = Clock()
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), clock=clock)
+    index.refresh({100})
+    # socket 100 closed, fd 3 reused by socket 101
+    fake_proc.add(10, 3, "socket:[101]")
+    index.refresh({101})
+    assert index.owner(101) == 10
+
+
+def test_owner_index_survives_an_fd_dir_that_is_not_a_directory(fake_proc) -> None:
+    (fake_proc.root / "40").mkdir()
+    (fake_proc.root / "40" / "fd").write_text("not a dir")
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), clock=Clock())
+    index.refresh({100})
+    assert index.owner(100) == 10
