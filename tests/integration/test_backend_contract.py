@@ -10,7 +10,6 @@ What state.py and every client rely on, whatever the OS:
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ import pytest
 
 from netmond.backends.base import Backend, Snapshot, SocketSample
 from netmond.state import MonitorState
+from tests.darwin_fakes import path_with_fake_nettop
 from tests.helpers import tcp_pair
-
-DATA = Path(__file__).resolve().parent.parent / "data"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,10 +52,7 @@ def _linux(_tmp: Path, _mp: pytest.MonkeyPatch) -> tuple[Backend, Callable[[Sock
 def _darwin(tmp: Path, mp: pytest.MonkeyPatch) -> tuple[Backend, Callable[[SocketSample], bool]]:
     from netmond.backends.darwin import DarwinBackend
 
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "nettop").symlink_to(DATA / "fake_nettop")
-    mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    mp.setenv("PATH", path_with_fake_nettop(tmp))
     # Looping replays make counters fall back (new sockets on old keys)
     # and rows vanish (closes): the awkward cases, again and again.
     mp.setenv("NETTOP_FAKE_LOOP", "1")

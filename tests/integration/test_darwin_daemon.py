@@ -18,10 +18,9 @@ import psutil
 import pytest
 
 from tests.conftest import netmonctl_cmd
+from tests.darwin_fakes import DATA, path_with_fake_nettop
 from tests.helpers import REPO, wait_until
 
-DATA = REPO / "tests" / "data"
-FAKE = DATA / "fake_nettop"
 APSD_REMOTE = "17.57.146.10:5223"
 
 pytestmark = pytest.mark.timeout(90)
@@ -29,11 +28,8 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture
 def fake_env(tmp_path) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "nettop").symlink_to(FAKE)
     return {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": path_with_fake_nettop(tmp_path),
         "NETTOP_FAKE_ARGV_LOG": str(tmp_path / "runs.jsonl"),
     }
 
@@ -136,11 +132,10 @@ def test_not_root_the_same(start_daemon_process, tmp_path):
     prefix = as_nobody()
     shared = Path(tempfile.mkdtemp(prefix="nm12-", dir="/tmp"))
     try:
-        (shared / "bin").mkdir(mode=0o755)
-        (shared / "bin" / "nettop").symlink_to(FAKE)
+        fake_path = path_with_fake_nettop(shared)
         os.chown(shared, 65534, 65534)  # nobody's own directory, for its socket
         env = {
-            "PATH": f"{shared / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": fake_path,
             "NETTOP_FAKE_RECORDING": str(DATA / "nettop" / "preexisting.csv"),
             "NETTOP_FAKE_HANG": "99",
         }
