@@ -8,7 +8,7 @@ paced loopback traffic from its own process, reads the screen with
 `capture-pane -p` until it shows what it expects (every wait is bounded)
 and sends keys with `send-keys`. The tmux server is killed at teardown.
 
-The layout itself is unit-tested on fixed data in tests/unit/test_top_layout.py.
+The layout itself is unit-tested on fixed data in tests/unit/test_topview.py.
 """
 
 from __future__ import annotations
