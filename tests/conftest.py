@@ -27,7 +27,7 @@ import pytest
 
 from common.client import Client, wait_for_daemon
 
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_until
 
 @pytest.fixture
 def short_dir() -> Iterator[str]:
@@ -81,10 +81,7 @@ def start_daemon_thread(short_dir: str) -> Iterator[Callable[..., ThreadDaemon]]
             daemon=True,
         )
         thread.start()
-        deadline = time.monotonic() + 10
-        while not holder and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert holder, "daemon did not start"
+        wait_until(lambda: holder, 10, 0.01, what=f"netmond's thread to start (exit code {code})")
         d = ThreadDaemon(config.socket, holder[0], thread, code)
         started.append(d)
         if not holder[0].ready.wait(10):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import socket
 import subprocess
@@ -14,16 +15,44 @@ from typing import Any, Callable, Iterator
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll predicate until it returns a truthy value; fail after timeout."""
+def wait_until(poll: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, *,
+               what: str | None = None, until: Callable[[Any], Any] = bool) -> Any:
+    """Call poll() every `interval` s until until(value) holds (by default:
+    until the value is truthy) and return that value. After `timeout` s,
+    fail with AssertionError naming what was awaited (`what`, else the
+    source line of the lambda given as `until`, else as `poll`) and the last
+    value seen.
+
+    The one way tests wait for something to happen: on something
+    observable (a tick count, a row, a line), never a fixed sleep."""
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
+    while True:
+        value = poll()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            awaited = what or _describe(poll if until is bool else until)
+            raise AssertionError(f"waited {timeout:g}s for {awaited}; "
+                                 f"last value seen:{_shown(value)}")
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def _describe(poll: Callable[[], Any]) -> str:
+    """A lambda by its source line, a function by its name."""
+    if getattr(poll, "__name__", "") == "<lambda>":
+        try:
+            return " ".join(inspect.getsource(poll).split())
+        except (OSError, TypeError):
+            pass
+    return getattr(poll, "__qualname__", repr(poll))
+
+
+def _shown(value: Any, limit: int = 3000) -> str:
+    """A text of several lines (a screen, a log) as it reads, else its repr;
+    cut to its last `limit` characters (a whole snapshot would bury the
+    message)."""
+    text = "\n" + value if isinstance(value, str) and "\n" in value else " " + repr(value)
+    return text if len(text) <= limit else f" ...{len(text) - limit} characters cut... {text[-limit:]}"
 
 
 def linux_backend_works() -> bool:

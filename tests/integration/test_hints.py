@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_until
 
 NOBODY = 65534
 PREFIX = "netmonctl: start the daemon with: "
@@ -55,14 +55,15 @@ def paste_and_check(command: str, args: list[str], env: dict[str, str], as_nobod
         shell = subprocess.Popen(prefix + ["bash", "-c", command], env=env, stdout=out,
                                  stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def ask() -> subprocess.CompletedProcess:
             ran = netmonctl(args, env, as_nobody)
-            if ran.returncode == 0:
-                break
-            assert shell.poll() is None, f"the hint's command exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no answer after the hint:\n{ran.stderr}\n{log.read_text()}"
-            time.sleep(0.3)
+            assert ran.returncode == 0 or shell.poll() is None, f"the hint's command exited:\n{log.read_text()}"
+            return ran
+
+        try:
+            wait_until(ask, 30, 0.3, what="netmonctl to answer after the hint", until=lambda r: r.returncode == 0)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{log.read_text()}") from None
     finally:
         os.killpg(shell.pid, signal.SIGTERM)  # the hint's shell and its daemon: ours
         try:

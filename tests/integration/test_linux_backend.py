@@ -30,6 +30,7 @@ from netmond.backends.base import Snapshot, SocketSample
 from netmond.backends.linux import LinuxBackend, netlink_available
 from netmond.backends.netlink import DESTROY_GROUPS_MASK
 from netmond.backends.sockdiag import DestroyListener, open_sock_diag_socket
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not netlink_available(),
@@ -154,27 +155,21 @@ def by_key(samples: list[SocketSample]) -> dict:
 
 def sample_until(backend: LinuxBackend, done, timeout: float = 10.0, pause: float = 0.05) -> Snapshot:
     """Sample until done(snapshot) is true; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        snap = backend.sample()
-        if done(snap):
-            return snap
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(pause)
+    return wait_until(backend.sample, timeout, pause, until=done)
 
 
 def collect_closed(backend: LinuxBackend, keys: set, timeout: float = 10.0) -> dict:
     """Closed samples for all `keys`, gathered over as many samples as needed."""
     found: dict = {}
-    deadline = time.monotonic() + timeout
-    while not keys <= found.keys():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no destroy event for {keys - found.keys()}")
-        for s in backend.sample().closed:
-            if s.key in keys:
-                found[s.key] = s
-        time.sleep(0.02)
+
+    def gather() -> set:
+        found.update((s.key, s) for s in backend.sample().closed if s.key in keys)
+        return keys - found.keys()
+
+    try:
+        wait_until(gather, timeout, 0.02, what=f"destroy events for {keys}", until=lambda missing: not missing)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the backend's warnings: {backend.status().warnings}") from None
     return found
 
 
@@ -314,19 +309,24 @@ def test_socket_of_a_process_that_exits(backend) -> None:
                 conn.settimeout(IO_TIMEOUT)
                 recv_exactly(conn, 5000)
                 ckey = ("TCP", int(child.stdout.readline()))
-                rows = by_key(sample_until(backend, lambda snap: ckey in by_key(snap.sockets)).sockets)
+                # The owner of a new process's socket is found by a walk of
+                # /proc, at most one a second (procfd.SocketOwners): the row
+                # may come a tick before its owner, on a busy machine more.
+                rows = by_key(sample_until(
+                    backend, lambda snap: getattr(by_key(snap.sockets).get(ckey), "pid", None) is not None).sockets)
                 child_name = psutil.Process(child.pid).name()
                 assert rows[ckey].pid == child.pid and rows[ckey].process_name == child_name
                 child.kill()
                 child.wait(IO_TIMEOUT)
                 assert conn.recv(1) == b""  # the kernel closed the child's socket
-                backend.sample()  # the process is gone: no exception
+                gone = backend.sample()  # the process is gone: no exception
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait(IO_TIMEOUT)
             child.stdout.close()
-        closed = collect_closed(backend, {ckey})
+        # The destroy event may have come with the sample just taken.
+        closed = {s.key: s for s in gone.closed if s.key == ckey} or collect_closed(backend, {ckey})
     assert (closed[ckey].pid, closed[ckey].process_name) == (child.pid, child_name)
     assert closed[ckey].bytes_sent == 5000
 
@@ -524,9 +524,7 @@ def test_backend_survives_enobufs_and_reports_it() -> None:
     b = LinuxBackend(destroy_listener=DestroyListener(sock=fake))
     b.start()
     try:
-        deadline = time.monotonic() + 5
-        while fake.reads < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: fake.reads >= 2, 5, 0.01)
         snap = b.sample()
         assert snap.sockets is not None
         st = b.status()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None or shutil.which("make") is None, reason="needs git and make"
@@ -132,7 +132,5 @@ def test_make_daemon_then_stop(clone, tmp_path):
     finally:
         stopped = make(clone, "stop", env)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
-    deadline = time.monotonic() + 10
-    while sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not sock.exists()  # it removed its socket on SIGTERM: really gone
+    # it removes its socket on SIGTERM: really gone
+    wait_until(lambda: not sock.exists(), 10, 0.1, what=f"netmond to remove {sock}")

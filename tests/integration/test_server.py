@@ -162,10 +162,8 @@ def test_a_client_refused_for_the_cap_is_told_so_even_when_its_request_hits_the_
         try:
             poller = select.poll()
             poller.register(extra._sock, select.POLLIN)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # until the daemon has closed its end
-                if any(ev & select.POLLHUP for _, ev in poller.poll(100)):
-                    break
+            wait_until(lambda: any(ev & select.POLLHUP for _, ev in poller.poll(100)), 10, 0,
+                       what="the daemon to close its end")
             with pytest.raises(RPCError) as e:
                 extra.call("status")
             assert e.value.code == protocol.TOO_MANY_CLIENTS

@@ -28,7 +28,7 @@ import pytest
 
 from netmonctl.topview import table_room
 from tests.conftest import netmonctl_cmd
-from tests.helpers import REPO, tcp_pair
+from tests.helpers import REPO, tcp_pair, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (see .ci/run)")
 
@@ -90,30 +90,24 @@ class Terminal:
         return self.tmux("capture-pane", "-p")
 
     def wait_for(self, predicate: Callable[[str], bool], what: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.screen()
-            if predicate(text):
-                return text
-            time.sleep(0.2)
-        raise AssertionError(f"screen never showed {what} within {timeout}s:\n{text}")
+        """The screen, once predicate(screen) holds."""
+        return wait_until(self.screen, timeout, 0.2, what=f"the screen to show {what}", until=predicate)
 
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", *keys)
 
     def exit_code(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def written() -> str:
             try:
                 with open(self.exit_file) as f:
-                    text = f.read().strip()
-                if text:
-                    return int(text)
+                    return f.read().strip()
             except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"top did not exit within {timeout}s:\n{self.screen()}")
+                return ""
+
+        try:
+            return int(wait_until(written, timeout, 0.1, what="top to exit"))
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the screen:\n{self.screen()}") from None
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=15)

@@ -13,6 +13,7 @@ import time
 from netmond.backends import netlink
 from netmond.backends.sockdiag import DestroyListener
 
+from tests.helpers import wait_until
 from tests.linux_fakes import diag_msg, nlmsg, rtattr, tcp_info
 
 
@@ -91,11 +92,7 @@ def test_enobufs_in_the_reader_thread_does_not_kill_it() -> None:
     listener = DestroyListener(sock=fake)
     listener.start()
     try:
-        deadline = time.monotonic() + 5
-        events = []
-        while not events and time.monotonic() < deadline:
-            events = listener.take()
-            time.sleep(0.01)
+        events = wait_until(listener.take, 5, 0.01, what="the reader thread's first event")
         assert [e.local_port for e in events] == [4]
         assert listener.events_lost == 3
         assert listener.running
