@@ -148,7 +148,7 @@ def test_an_app_of_short_connections_shows_the_speed_its_bytes_grow_at(daemon, p
     client = peers("nm-cli", "clients", server.first, n, request, 4.0)
     samples = []  # (monotonic, bytes_sent, upload_speed) of the server app while it serves
     deadline = time.monotonic() + 60
-    while client.proc.poll() is None and time.monotonic() < deadline:
+    while client.proc.poll() is None and time.monotonic() < deadline:  # not a wait: samples while it runs
         srv = apps_by_name(daemon).get("nm-srv")
         if srv is not None:
             samples.append((time.monotonic(), srv["bytes_sent"] or 0, srv["upload_speed"] or 0.0))

@@ -131,7 +131,7 @@ def test_paced_stream_rate_is_reported_while_it_runs(kernel_daemon):
             speeds = []
             time.sleep(1.5)  # let two samples see the stream
             deadline = time.monotonic() + duration
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline:  # not a wait: samples the speed for `duration`
                 rows = netmonctl_json(kernel_daemon.socket, "conns", "--port", str(port))["connections"]
                 mine = [r for r in rows if r["local_port"] == port and r["remote_addr"] == peer
                         and r["upload_speed"] is not None]
