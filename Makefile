@@ -61,17 +61,15 @@ stop:
 	  && kill -TERM $$pid && echo "netmond (pid $$pid) stopped" || echo "no netmond answers"
 
 # As root (where unshare works), the suite runs in a network namespace of its
-# own: loopback, plus a dummy interface as the host's LAN address. The daemons
-# it starts then see the tests' sockets alone: on a busy machine, every other
-# program's connections made their ticks slow and the tests' waits time out.
-# NETMON_TEST_NETNS=0 runs it in the machine's own namespace.
+# own (tests/in_netns.sh): the daemons it starts see the tests' sockets alone.
+# On a busy machine every other program's connections made their ticks slow
+# and the tests' waits time out. NETMON_TEST_NETNS=0 runs it in the machine's.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 test: install
 	@if [ "$$(id -u)" = 0 ] && [ "$${NETMON_TEST_NETNS:-1}" != 0 ] && command -v ip >/dev/null \
 	    && unshare --net true 2>/dev/null; then \
 	  echo "tests run in a network namespace of their own (NETMON_TEST_NETNS=0: not)"; \
-	  exec unshare --net sh -c 'ip link set lo up && { ip link add nmlan0 type dummy \
-	    && ip addr add 10.99.0.1/24 dev nmlan0 && ip link set nmlan0 up || true; } && exec $(PYTEST)'; \
+	  exec tests/in_netns.sh $(PYTEST); \
 	else exec $(PYTEST); fi
 
 bench: install
