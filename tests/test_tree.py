@@ -28,7 +28,6 @@ UNIT_NOT_A_MODULE = {
     "test_packaging.py": "what users install: pyproject.toml, MANIFEST.in, LICENSE and the sdist",
     "test_layering.py": "which package may import which: the import graph of all modules",
     "test_cli_options.py": "netmonctl's command line across cli, options, sorting and session",
-    "test_config_peercred.py": "config validation and peer credentials (netmond.platform)",
 }
 
 #: What only integration tests may use: fixtures that start netmond, the fake nettop.
