@@ -1,7 +1,11 @@
 """What every benchmark needs: sockets to watch, a daemon to measure, a table.
 
-    Holder(n)        a subprocess holding n loopback TCP sockets (n/2 pairs,
-                     a few bytes moved on each) until the block ends
+    Holder(n)        n loopback TCP sockets (n/2 pairs, a few bytes moved on
+                     each) held until the block ends, spread over as many
+                     subprocesses as RLIMIT_NOFILE needs (50k and 100k rows)
+    Churn(...)       a subprocess opening and closing loopback connections
+                     at a set rate, reporting what it made and moved
+    Hog()            a process burning one core until the block ends
     Transfer()       a subprocess pushing bytes over one loopback connection
                      as fast as it can, reporting the rate it achieved
     Daemon(...)      a real `netmond` on a temporary socket, stopped at the end
@@ -20,6 +24,7 @@ Run as a script, this module IS the holder (`harness.py hold N`,
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -159,24 +164,195 @@ def _transfer(chunk: int = 1 << 20) -> None:
         s.close()
 
 
-class Holder:
-    """`with Holder(n) as h:` n loopback TCP sockets are open inside the block."""
+#: Holder processes one benchmark may start (100,000 sockets need 6 here).
+MAX_HOLDERS = 16
 
-    def __init__(self, sockets: int) -> None:
-        self.sockets = sockets
+
+def holders_needed(sockets: int) -> int:
+    """Holder processes n sockets take under this RLIMIT_NOFILE."""
+    return max(1, -(-sockets // max_sockets()))
+
+
+def can_hold(sockets: int) -> str | None:
+    """None if Holder(n) can open n sockets here, else why not."""
+    if holders_needed(sockets) > MAX_HOLDERS:
+        return f"more than {MAX_HOLDERS} holders of {max_sockets()} sockets (RLIMIT_NOFILE)"
+    return None
+
+
+def _set_comm(name: str) -> None:
+    """Name this process (what netmond shows as process_name) on Linux."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name)
+    except OSError:
+        pass
+
+
+CHURN_ADDR = "127.0.0.2"
+
+
+def _churn(rate: float, seconds: float, nbytes: int, listeners: int = 8) -> None:
+    """Open, use and close `rate` loopback connections a second for `seconds`.
+
+    Each connection carries `nbytes` from client to server; the server end
+    reads them all, then both ends close (client first: its TIME_WAIT is
+    spread over `listeners` ports, so ephemeral ports never run out). The
+    listeners are on CHURN_ADDR, so that a peer can tell these connections
+    from the holders' (127.0.0.1).
+    Paced by a schedule, not by sleeps per connection: a late loop catches
+    up. Prints "connections bytes_moved elapsed" at the end.
+    """
+    _set_comm("nm-churn")
+    socks = []
+    for _ in range(listeners):
+        lst = socket.socket()
+        lst.bind((CHURN_ADDR, 0))
+        lst.listen(128)
+        socks.append(lst)
+    payload = b"x" * nbytes
+    buf = bytearray(65536)
+    made = moved = 0
+    print(_READY, flush=True)
+    t0 = time.monotonic()
+    end = t0 + seconds
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        due = t0 + made / rate
+        if due > now:
+            time.sleep(min(due - now, end - now))
+            continue
+        lst = socks[made % listeners]
+        client = socket.create_connection(lst.getsockname(), timeout=5)
+        server, _ = lst.accept()
+        client.sendall(payload)
+        got = 0
+        while got < nbytes:
+            n = server.recv_into(buf)
+            if n == 0:
+                break
+            got += n
+        client.close()
+        server.close()
+        made += 1
+        moved += got
+    elapsed = time.monotonic() - t0
+    for lst in socks:
+        lst.close()
+    print(f"{made} {moved} {elapsed:.3f}", flush=True)
+
+
+def _hog() -> None:
+    """Burn one core until stdin closes (a reader thread watches it)."""
+    _set_comm("nm-hog")
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    print(_READY, flush=True)
+    x = 0
+    while not done.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+class Churn:
+    """`with Churn(rate, seconds, nbytes) as c:` connections come and go.
+
+    After the block (which waits for the run to end), c.connections,
+    c.bytes_moved and c.rate (achieved connections a second).
+    """
+
+    def __init__(self, rate: float, seconds: float, nbytes: int = 1000) -> None:
+        self.args = ["churn", str(rate), str(seconds), str(nbytes)]
         self.proc: subprocess.Popen | None = None
+        self.connections = self.bytes_moved = 0
+        self.rate = 0.0
 
-    def __enter__(self) -> "Holder":
-        self.proc = _spawn(["hold", str(self.sockets)])
+    def __enter__(self) -> "Churn":
+        self.proc = _spawn(self.args)
         return self
 
+    def wait(self, timeout: float) -> None:
+        """Wait for the run to end and read what it made."""
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        try:
+            made, moved, elapsed = out.split()
+            self.connections, self.bytes_moved = int(made), int(moved)
+            self.rate = self.connections / float(elapsed)
+        except ValueError:
+            pass
+
     def __exit__(self, *exc: object) -> None:
-        _finish(self.proc)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+
+class Hog:
+    """`with Hog(n):` n processes each burn a core inside the block."""
+
+    def __init__(self, processes: int = 1) -> None:
+        self.processes = processes
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Hog":
+        for _ in range(self.processes):
+            self.procs.append(_spawn(["hog"]))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            _finish(proc)
+
+
+class Holder:
+    """`with Holder(n) as h:` n loopback TCP sockets are open inside the block.
+
+    One process holds at most max_sockets() of them (RLIMIT_NOFILE, 20,000
+    here), so larger counts are spread evenly over several processes.
+    """
+
+    def __init__(self, sockets: int) -> None:
+        self.sockets = sockets
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Holder":
+        n = holders_needed(self.sockets)
+        shares = [self.sockets // 2 // n * 2] * n
+        shares[0] += self.sockets - sum(shares)
+        try:
+            for share in shares:
+                self.procs.append(_spawn(["hold", str(share)]))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()  # all of them start closing at once
+        for proc in self.procs:
+            _finish(proc)
+
+    @property
+    def pid(self) -> int:
+        return self.procs[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
 
 class Transfer:
@@ -226,6 +402,8 @@ def _finish(proc: subprocess.Popen | None) -> str:
         return ""
     out = ""
     try:
+        if proc.stdin is not None and proc.stdin.closed:
+            proc.stdin = None  # communicate() would flush it
         out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
@@ -354,6 +532,80 @@ class Usage:
         return self
 
 
+class StatusProbe:
+    """A thread asking the daemon for `status` every `every` seconds, as a
+    user's `netmonctl status` would, over one connection: how long each
+    answer took, and what the answers said.
+
+        with StatusProbe(socket) as probe: ...
+        probe.latencies (seconds), probe.replies (the Status maps)
+    """
+
+    def __init__(self, socket_path: str, every: float = 0.1) -> None:
+        self.socket_path = socket_path
+        self.every = every
+        self.latencies: list[float] = []
+        self.replies: list[dict] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "StatusProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        from common.client import Client
+
+        with Client.connect(self.socket_path, timeout=60) as c:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    reply = c.call("status")
+                except Exception:  # noqa: BLE001 - counted, the probe goes on
+                    self.errors += 1
+                    self._stop.wait(self.every)
+                    continue
+                self.latencies.append(time.perf_counter() - t0)
+                self.replies.append(reply)
+                self._stop.wait(self.every)
+
+    def percentile(self, p: float) -> float | None:
+        """The p-th percentile latency (nearest rank), seconds."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux >= 4.0; root or owner)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, bytes (empty where /proc has none)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name, value, _unit = line.split()
+                    out[name.rstrip(":")] = int(value) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def median_wall(argv: Sequence[str], runs: int, **kw) -> float:
     """Median wall seconds of running argv to completion (output discarded)."""
     walls = []
@@ -365,6 +617,16 @@ def median_wall(argv: Sequence[str], runs: int, **kw) -> float:
 
 
 # -- output ----------------------------------------------------------------------
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def sizes(size: str, small: list[int], large: list[int]) -> list[int]:
+    """The socket counts of a bench for --size small|large (large adds the
+    50,000 and 100,000 rows: minutes more, several holder processes)."""
+    return small if size == "small" else small + large
 
 
 def ratio(ours: float | None, theirs: float | None) -> str:
@@ -408,5 +670,9 @@ if __name__ == "__main__":
         _hold(int(sys.argv[2]))
     elif sys.argv[1:2] == ["transfer"]:
         _transfer()
+    elif sys.argv[1:2] == ["churn"]:
+        _churn(float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["hog"]:
+        _hog()
     else:
-        sys.exit("usage: harness.py hold N | harness.py transfer")
+        sys.exit("usage: harness.py hold N | transfer | churn RATE SECONDS BYTES | hog")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Round trips a user waits for: `netmonctl conns --json` and `netmonctl --version`.
 
-    python bench/roundtrip.py [--sockets 1000 10000] [--runs 5] [--quick]
+    python bench/roundtrip.py [--sockets 1000 10000] [--size small|large] [--runs 5] [--quick]
 
 For each socket count N a holder opens N loopback TCP sockets and a real
 `netmond` watches them. Measured, as wall time of a fresh process each run
@@ -10,13 +10,20 @@ For each socket count N a holder opens N loopback TCP sockets and a real
     netmonctl conns --json   every connection, as JSON, to /dev/null
     ss -tn                   the peer: every TCP socket, as text (no pids,
                              no bytes)
+    ss -tinp                 the peer with what we show: tcp_info (bytes)
+                             and processes (it walks every /proc/PID/fd)
     RPC only                 the `connections` call alone from this process
                              (daemon work + transfer + msgpack decode), to
                              show where the time goes
 
 and once: `netmonctl --version` (start-up: imports must stay lazy) against
 a bare `python -c pass` (the interpreter's own start-up, the floor) and
-`ss -V`. Targets: conns --json under 1.5 s at 10,000; --version under 150 ms.
+`ss -V`. The title line gives the daemon's RSS before one `conns --json`
+and its peak during it (VmHWM, reset first through /proc/PID/clear_refs).
+--size large (the default) adds 50,000 and 100,000 sockets. Targets:
+conns --json under 1.5 s at 10,000 and no slower than `ss -tinp` at
+100,000; the daemon's peak RSS grows by < 30 % during the reply;
+--version under 150 ms.
 """
 
 from __future__ import annotations
@@ -31,7 +38,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Daemon, Holder, machine_line, max_sockets, median_wall, raise_fd_limit, ratio, table  # noqa: E402
+from harness import (  # noqa: E402
+    Daemon, Holder, can_hold, machine_line, mb, median_wall, memory_status, raise_fd_limit, ratio,
+    reset_peak_rss, sizes, table,
+)
 
 
 def netmonctl() -> list[str]:
@@ -56,21 +66,42 @@ def rpc_only(socket_path: str, runs: int) -> tuple[float, int]:
     return statistics.median(walls), rows
 
 
+def reply_memory(pid: int, argv: list[str], env: dict[str, str]) -> tuple[int, int] | None:
+    """(RSS before, peak RSS during) one run of argv, for the daemon `pid`:
+    its VmHWM is reset to its RSS first, so the peak is the reply's."""
+    before = memory_status(pid).get("VmRSS")
+    if before is None or not reset_peak_rss(pid):
+        return None
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+    peak = memory_status(pid).get("VmHWM")
+    return None if peak is None else (before, peak)
+
+
 def bench_conns(sockets: int, runs: int) -> None:
     with Holder(sockets), Daemon(1.0) as daemon:
-        daemon.wait_ticks(3)
+        daemon.wait_ticks(3, timeout=180)
         env = dict(os.environ, NETMON_SOCKET=daemon.socket)
-        ours = median_wall([*netmonctl(), "conns", "--json"], runs, env=env)
-        out = subprocess.run([*netmonctl(), "conns", "--json"], env=env, stdout=subprocess.PIPE, check=True).stdout
+        conns = [*netmonctl(), "--timeout", "120", "conns", "--json"]
+        memory = reply_memory(daemon.pid, conns, env)
+        ours = median_wall(conns, runs, env=env)
+        out = subprocess.run(conns, env=env, stdout=subprocess.PIPE, check=True).stdout
         ss = median_wall(["ss", "-tn"], runs)
         ss_lines = subprocess.run(["ss", "-tn"], stdout=subprocess.PIPE, check=True).stdout.count(b"\n") - 1
+        ssp = median_wall(["ss", "-tinp"], runs)
         rpc, rows = rpc_only(daemon.socket, runs)
+    if memory is None:
+        grew = "n/a (no /proc/PID/clear_refs)"
+    else:
+        before, peak = memory
+        grew = f"{mb(before)} -> {mb(peak)} MB (+{100 * (peak - before) / before:.0f} %)"
     table(
-        f"Round trip, {sockets} TCP sockets held (median of {runs})",
+        f"Round trip, {sockets} TCP sockets held (median of {runs}); "
+        f"netmond's RSS during one conns --json: {grew}",
         ("command", "rows", "output KB", "wall ms", "ours/it"),
         [
             ("netmonctl conns --json", rows, f"{len(out) / 1e3:.0f}", f"{ours * 1000:.0f}", ""),
             ("ss -tn", ss_lines, "", f"{ss * 1000:.0f}", ratio(ours, ss)),
+            ("ss -tinp", ss_lines, "", f"{ssp * 1000:.0f}", ratio(ours, ssp)),
             ("RPC only (connections)", rows, "", f"{rpc * 1000:.0f}", ""),
         ],
     )
@@ -91,18 +122,23 @@ def bench_version(runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--sockets", type=int, nargs="+")
+    parser.add_argument("--size", choices=("small", "large"), default="large",
+                        help="small: up to 10,000 sockets; large: also 50,000 and 100,000")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100 sockets, 2 runs: a smoke run")
     args = parser.parse_args()
+    if args.sockets is None:
+        args.sockets = sizes(args.size, [1000, 10000], [50000, 100000])
     if args.quick:
         args.sockets, args.runs = [100], 2
     raise_fd_limit()
     print(f"# roundtrip: {machine_line()}")
     bench_version(max(args.runs, 9) if not args.quick else 3)
     for n in args.sockets:
-        if n > max_sockets():
-            print(f"\n{n} sockets: n/a (RLIMIT_NOFILE allows at most {max_sockets()})")
+        why_not = can_hold(n)
+        if why_not:
+            print(f"\n{n} sockets: n/a ({why_not})")
             continue
         bench_conns(n, args.runs)
 

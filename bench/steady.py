@@ -31,7 +31,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
-    Daemon, Holder, Usage, machine_line, max_sockets, mb, popen, raise_fd_limit, ratio, table,
+    Daemon, Holder, Usage, can_hold, machine_line, mb, popen, raise_fd_limit, ratio, table,
 )
 
 _PSUTIL_LOOP = """
@@ -92,8 +92,9 @@ def main() -> None:
     raise_fd_limit()
     print(f"# steady: {machine_line()}")
     for n in args.sockets:
-        if n > max_sockets():
-            print(f"\n{n} sockets: n/a (RLIMIT_NOFILE allows at most {max_sockets()})")
+        why_not = can_hold(n)
+        if why_not:
+            print(f"\n{n} sockets: n/a ({why_not})")
             continue
         bench(n, args.seconds, args.interval)
 

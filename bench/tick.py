@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""How much one tick costs, against its peers, at 100, 1,000 and 10,000 sockets.
+"""How much one tick costs, against its peers, at 100 to 100,000 sockets.
 
-    python bench/tick.py [--sockets 100 1000 10000] [--runs 7] [--quick]
+    python bench/tick.py [--sockets 100 1000 10000] [--size small|large] [--runs 7] [--quick]
+
+--size small stops at 10,000 sockets; large (the default) adds 50,000 and
+100,000 (spread over several holder processes: one may open 20,000 here).
 
 For each socket count N a holder process opens N/2 loopback TCP connections
 (N sockets, both ends held open, a few bytes moved on each); this process
@@ -32,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Holder, machine_line, max_sockets, raise_fd_limit, ratio, table  # noqa: E402
+from harness import Holder, can_hold, machine_line, raise_fd_limit, ratio, sizes, table  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -112,17 +115,22 @@ def report(sockets: int, runs: int, rows: list[tuple[str, int, float, float]]) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sockets", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--sockets", type=int, nargs="+")
+    parser.add_argument("--size", choices=("small", "large"), default="large",
+                        help="small: up to 10,000 sockets; large: also 50,000 and 100,000")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="100 sockets, 2 runs: a smoke run")
     args = parser.parse_args()
+    if args.sockets is None:
+        args.sockets = sizes(args.size, [100, 1000, 10000], [50000, 100000])
     if args.quick:
         args.sockets, args.runs = [100], 2
     raise_fd_limit()
     print(f"# tick: {machine_line()}")
     for n in args.sockets:
-        if n > max_sockets():
-            print(f"\n{n} sockets: n/a (RLIMIT_NOFILE allows at most {max_sockets()})")
+        why_not = can_hold(n)
+        if why_not:
+            print(f"\n{n} sockets: n/a ({why_not})")
             continue
         report(n, args.runs, bench(n, args.runs))
 
