@@ -56,6 +56,11 @@ BANDWIDTH_DATA = "bandwidth_data"
 TOPICS = (CONNECTION_UPDATE, CONNECTION_CLOSED, STATS_UPDATE, BANDWIDTH_DATA)
 #: Sent unasked to a subscriber that fell behind and missed notifications.
 LAGGED = "lagged"
+#: One chunk of a streamed `connections` reply (its `chunk` param), sent only
+#: to the connection that asked, before that request's response.
+CONNECTIONS_CHUNK = "connections_chunk"
+#: Rows per chunk a streamed `connections` reply may ask for.
+CHUNK_MIN, CHUNK_MAX = 1, 10_000
 
 # -- error codes (docs/PROTOCOL.md §5), travelling as {"code", "message"} -------
 UNKNOWN_METHOD = "unknown_method"
@@ -252,10 +257,12 @@ class ConnectionsParams(TypedDict, total=False):
     filter: FilterMap
     include_closed: bool
     fields: list[str]
+    chunk: int  # rows per connections_chunk notification: stream the reply
 
 
-class ConnectionsResult(TypedDict):
-    connections: list[Connection]
+class ConnectionsResult(TypedDict, total=False):
+    connections: list[Connection]  # always present; empty when streamed
+    streamed: int  # only when `chunk` was given: the rows sent in chunks
 
 
 class AppsParams(TypedDict, total=False):
@@ -317,3 +324,10 @@ class ConnectionsPayload(TypedDict):
 
 class LaggedPayload(TypedDict):
     missed: int
+
+
+class ConnectionsChunkPayload(TypedDict):
+    """connections_chunk: rows of the streamed `connections` reply to `msgid`."""
+
+    msgid: int
+    connections: list[Connection]

@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import api, paths, protocol
 from .errors import FailureKind, NetmonError
@@ -207,6 +207,44 @@ class Client:
         if fields is not None:
             params["fields"] = list(fields)
         return self.call(api.CONNECTIONS, dict(params))
+
+    def connections_streamed(self, filter: api.FilterMap | None = None, *, include_closed: bool = False,
+                             fields: Sequence[str] | None = None,
+                             chunk: int = 2000) -> Iterator[list[api.Connection]]:
+        """The rows of `connections`, chunk by chunk as the daemon sends them
+        (docs/PROTOCOL.md, `connections`, `chunk`): neither side holds the
+        whole table. A daemon that predates streaming (it refuses `chunk`)
+        is asked again without it, and its whole reply is the one chunk."""
+        params: dict[str, Any] = {"include_closed": include_closed, "chunk": chunk}
+        if filter:
+            params["filter"] = filter
+        if fields is not None:
+            params["fields"] = list(fields)
+        msgid = next(self._ids)
+        self._send(protocol.pack_request(msgid, api.CONNECTIONS, params))
+        while True:
+            msg = self._read_message()
+            if isinstance(msg, Notification):
+                if msg.method == api.CONNECTIONS_CHUNK and msg.payload.get("msgid") == msgid:
+                    rows = msg.payload.get("connections")
+                    if isinstance(rows, list) and rows:
+                        yield rows
+                else:
+                    self._pending_notes.append(msg)
+                continue
+            if isinstance(msg, Response) and msg.msgid == msgid:
+                if msg.error is not None:
+                    if msg.error.code == api.INVALID_PARAMS and msg.error.message.startswith("chunk:"):
+                        del params["chunk"]
+                        yield self.call(api.CONNECTIONS, params)["connections"]
+                        return
+                    raise msg.error
+                rows = msg.result.get("connections") if isinstance(msg.result, dict) else None
+                if isinstance(rows, list) and rows:
+                    yield rows
+                return
+            if isinstance(msg, Response) and msg.msgid == 0 and msg.error is not None:
+                raise msg.error
 
     def apps(self, filter: api.FilterMap | None = None) -> api.AppsResult:
         """Per-application usage, over the matching rows with a filter."""

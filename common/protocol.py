@@ -26,6 +26,7 @@ from .errors import FailureKind, NetmonError
 # re-exported here for code that speaks the protocol.
 from .api import (  # noqa: F401 - re-exported
     ACCESS_DENIED,
+    CONNECTIONS_CHUNK,
     ERROR_CODES,
     INTERNAL,
     INVALID_PARAMS,

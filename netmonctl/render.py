@@ -19,6 +19,7 @@ import os
 import select
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
@@ -464,6 +465,45 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, (bool, list, tuple, dict)):
         return json.dumps(value)
     return value
+
+
+#: Formats for programs, printed as they are (emit, emit_rows_streamed).
+MACHINE_FORMATS = ("json", "ndjson", "csv")
+
+
+def emit_rows_streamed(fmt: str, rows_key: str, chunks: Iterable[list[dict[str, Any]]],
+                       fields: Sequence[str]) -> None:
+    """Print rows in a machine format as their chunks arrive, never holding
+    them all: the same text emit() prints for {rows_key: every row} (json,
+    indented on a terminal and compact otherwise; ndjson; csv with `fields`
+    as columns, the header even when no row comes)."""
+    out = sys.stdout
+    if fmt == "json":
+        pretty = out.isatty()
+        first = True
+        for rows in chunks:
+            if pretty:
+                text = ",\n".join(textwrap.indent(json.dumps(r, indent=2), "    ") for r in rows)
+                out.write(("{\n  " + json.dumps(rows_key) + ": [\n" if first else ",\n") + text)
+            else:
+                text = ",".join(json.dumps(r, separators=(",", ":")) for r in rows)
+                out.write(("{" + json.dumps(rows_key) + ":[" if first else ",") + text)
+            first = False
+        if first:  # no rows at all
+            out.write(to_json({rows_key: []}, pretty=pretty) + "\n")
+        else:
+            out.write("\n  ]\n}\n" if pretty else "]}\n")
+    elif fmt == "ndjson":
+        for rows in chunks:
+            out.write(to_ndjson(rows) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(fields)
+        for rows in chunks:
+            writer.writerows([_csv_cell(row.get(name)) for name in fields] for row in rows)
+    else:
+        raise ValueError(f"not a machine format: {fmt}")
+    out.flush()
 
 
 # -- a reader that leaves early -----------------------------------------------

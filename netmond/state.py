@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable
@@ -277,6 +278,13 @@ class MonitorState:
         self.closed_retention = closed_retention
         self.include_loopback = include_loopback
         self._ids = itertools.count(1)
+        # apply() may run on a worker thread (the daemon's sampler): it and
+        # every change made from outside it (clear, set_*, rebaseline) hold
+        # this lock. Readers on the event loop are kept off a tick in
+        # progress by the daemon (app.Daemon.state_quiet), except `status`,
+        # which reads only what a tick publishes whole at its end (counts,
+        # ticks, last_mono).
+        self.lock = threading.RLock()
         self.open: dict[Hashable, ConnRow] = {}
         # Closed rows, oldest first; and the same rows by key so that a destroy
         # event arriving a tick late can still add its last bytes.
@@ -291,6 +299,8 @@ class MonitorState:
         self._baseline = True
         self.last_mono: float | None = None
         self.ticks = 0
+        # The open rows by kind as of the last tick (connection_counts).
+        self._counts = {"sockets": 0, "connections": 0, "listeners": 0, "time_wait": 0}
         # Figures of the last tick, for stats.
         self.total_upload_speed = 0.0
         self.total_download_speed = 0.0
@@ -312,47 +322,60 @@ class MonitorState:
 
     def set_interval(self, interval: float) -> None:
         """Change the sampling interval; the ring keeps history_seconds of points."""
-        self.interval = interval
-        self._resize_history()
+        with self.lock:
+            self.interval = interval
+            self._resize_history()
 
     def set_history_seconds(self, seconds: int) -> None:
-        self.history_seconds = seconds
-        self._resize_history()
+        with self.lock:
+            self.history_seconds = seconds
+            self._resize_history()
 
     def _resize_history(self) -> None:
         self.history = deque(self.history, maxlen=self._history_len())
 
     def clear(self) -> None:
         """Zero totals and history; forget closed rows. Open rows stay."""
-        self.apps.clear()
-        self._apps_moving.clear()
-        self._apps_moved.clear()
-        self.history.clear()
-        self.closed.clear()
-        self._closed_by_key.clear()
-        for tr in self._ifaces.values():
-            tr.total_sent = tr.total_recv = 0
-        self.unattributed_sent = self.unattributed_received = 0
-        self.rebaseline()
+        with self.lock:
+            self.apps.clear()
+            self._apps_moving.clear()
+            self._apps_moved.clear()
+            self.history.clear()
+            self.closed.clear()
+            self._closed_by_key.clear()
+            for tr in self._ifaces.values():
+                tr.total_sent = tr.total_recv = 0
+            self.unattributed_sent = self.unattributed_received = 0
+            self.rebaseline()
 
     def set_include_loopback(self, include: bool) -> None:
         """Apply a new loopback policy: rows it no longer monitors go (without
         a close: they did not close), and the next tick is a baseline."""
-        if include == self.include_loopback:
-            return
-        self.include_loopback = include
-        if not include:
-            for key in [k for k, row in self.open.items() if row.scope == "loopback"]:
-                del self.open[key]
-        self.rebaseline()
+        with self.lock:
+            if include == self.include_loopback:
+                return
+            self.include_loopback = include
+            if not include:
+                for key in [k for k, row in self.open.items() if row.scope == "loopback"]:
+                    del self.open[key]
+                self._counts = self._count_open()
+            self.rebaseline()
 
     def rebaseline(self) -> None:
         """Next apply() takes current counters as the starting point (resume)."""
-        self._baseline = True
+        with self.lock:
+            self._baseline = True
 
     # -- the tick ----------------------------------------------------------
     def apply(self, snap: Snapshot) -> TickChanges:
-        """Fold one snapshot in; return the rows that changed and closed."""
+        """Fold one snapshot in; return the rows that changed and closed.
+
+        Thread-safe against the changes above (self.lock), so it may run on
+        a worker thread while the event loop answers `status`."""
+        with self.lock:
+            return self._apply(snap)
+
+    def _apply(self, snap: Snapshot) -> TickChanges:
         changes = TickChanges()
         baseline = self._baseline
         # Rates need a previous sample, and none counts across a baseline.
@@ -467,6 +490,7 @@ class MonitorState:
             }
             self.history.append(point)
             changes.history_point = point
+        self._counts = self._count_open()
         self.last_mono = snap.monotonic
         self._baseline = False
         self.ticks += 1
@@ -719,14 +743,18 @@ class MonitorState:
         return out
 
     def connection_counts(self) -> dict[str, int]:
-        """The open sockets, by what they are; the one definition that
-        `status`, `stats`, `apps` and `top` use.
+        """The open sockets, by what they are, as of the last tick; the one
+        definition that `status`, `stats`, `apps` and `top` use. Counted
+        once per tick: `status` reads it while the next tick runs.
 
         connections: active connections (a remote end, not TIME_WAIT; UDP
         sockets with a peer included); listeners: TCP listeners and UDP
         sockets without a peer; time_wait: remnants of closed connections
         the kernel still holds; sockets: all three.
         """
+        return dict(self._counts)
+
+    def _count_open(self) -> dict[str, int]:
         listeners = remnants = 0
         for row in self.open.values():
             if row.is_listener:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from common import api
 from common.models import CONNECTION_FIELDS
@@ -52,8 +53,9 @@ def conns(
 
     The daemon applies the filters; all of them must hold.
 
-    With --json (and --format ndjson or csv), each row is the daemon's
-    Connection as sent: first_seen, last_seen and closed_at are Unix epoch
+    With --json (and --format ndjson or csv), rows come in the daemon's
+    order (open ones, then closed ones), printed as they arrive, unless
+    --sort or --limit is given; each row is the daemon's Connection as sent: first_seen, last_seen and closed_at are Unix epoch
     seconds (floats), duration is seconds, bytes_sent/bytes_received are
     bytes, upload_speed/download_speed are bytes per second over the latest
     sampling interval, and null (empty in csv) means unknown, never 0.
@@ -66,6 +68,16 @@ def conns(
       netmonctl conns --ip 10.0.0.0/8 --remote-only
       netmonctl conns --json | jq '.connections[] | .remote_addr'
     """
+    ctx = click.get_current_context()
+    if (settings.format in render.MACHINE_FORMATS and limit is None
+            and ctx.get_parameter_source("sort_field") is ParameterSource.DEFAULT):
+        # Machine output in the daemon's order: printed as the daemon streams
+        # it, so that neither side holds 100,000 rows at once.
+        with connect(settings) as daemon:
+            render.emit_rows_streamed(settings.format, "connections",
+                                      daemon.connections_streamed(flt, include_closed=closed),
+                                      CONNECTION_FIELDS)
+        return
     with connect(settings) as daemon:
         result = daemon.connections(flt, include_closed=closed)
     # One order over open and closed rows: the biggest closed transfer must be
