@@ -19,8 +19,9 @@ less than asked), destroy events the kernel dropped (netmond's status
 `events_lost`), bytes the churner moved against the bytes netmond counted
 (socket_bytes_sent / socket_bytes_received of `stats`: the held sockets
 moved nothing once netmond started), the share missing, and how many of
-the connections each tool saw at all (netmond's: those a `connection_closed`
-subscriber, as `netmonctl watch`, was told of). Target: 0 events lost, or every loss
+the connections each tool saw (netmond: client ends a `connection_closed`
+subscriber, as `netmonctl watch`, was told of with their 1,000 bytes;
+psutil: distinct client ends it saw open). Target: 0 events lost, or every loss
 counted and its bytes recovered. Needs root (a namespace); n/a otherwise.
 --size small (and --quick) runs 10 s instead of 60.
 """
@@ -41,7 +42,8 @@ from harness import (  # noqa: E402
 )
 
 # Polls every second for `seconds`; prints the distinct connections to the
-# churner's listeners (on CHURN_ADDR) it saw, either end, and its polls.
+# churner's listeners (on CHURN_ADDR) it saw open (client ends, not yet in
+# TIME_WAIT), and its polls.
 _PSUTIL_LOOP = """
 import sys, time, psutil
 seconds, addr = float(sys.argv[1]), sys.argv[2]
@@ -50,8 +52,8 @@ seen = set()
 polls = 0
 while time.monotonic() - t0 < seconds:
     for c in psutil.net_connections("inet"):
-        if c.raddr and addr in (c.laddr.ip, c.raddr.ip):
-            seen.add(frozenset((c.laddr, c.raddr)))
+        if c.raddr and c.raddr.ip == addr and c.status != "TIME_WAIT":
+            seen.add((c.laddr, c.raddr))
     polls += 1
     next_at += 1.0
     time.sleep(max(0.0, next_at - time.monotonic()))
@@ -61,14 +63,16 @@ print(len(seen), polls, flush=True)
 
 class ClosedWatcher:
     """A subscriber to `connection_closed` rows on CHURN_ADDR (as `netmonctl
-    watch` would be): the distinct connections netmond reported closed."""
+    watch` would be): the connections netmond reported closed with all
+    their bytes (client ends that sent `nbytes`)."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, nbytes: int) -> None:
         from common.client import Client
 
+        self.nbytes = nbytes
         self.client = Client.connect(socket_path, timeout=60)
         self.client.subscribe(["connection_closed"], {"ip": CHURN_ADDR})
-        self.seen: set[frozenset] = set()
+        self.seen = 0
         self.lagged = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -83,14 +87,16 @@ class ClosedWatcher:
                 self.lagged += note.payload.get("missed", 0)
                 continue
             for row in note.payload.get("connections", []):
-                if not row.get("remote_port"):
-                    continue  # the churner's listeners, closed as it exits
-                self.seen.add(frozenset((row["local_addr"], row["remote_addr"])))
+                if row.get("remote_ip") == CHURN_ADDR and row.get("bytes_sent") == self.nbytes:
+                    self.seen += 1
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
         self.client.close()
+
+
+NBYTES = 1000  # client to server, per connection
 
 
 def inside(args: argparse.Namespace) -> None:
@@ -103,11 +109,11 @@ def inside(args: argparse.Namespace) -> None:
         with Client.connect(daemon.socket, timeout=60) as c:
             before = c.call("stats")
             lost_before = c.call("status")["events_lost"]
-        watcher = ClosedWatcher(daemon.socket)
+        watcher = ClosedWatcher(daemon.socket, NBYTES)
         peer = popen([sys.executable, "-c", _PSUTIL_LOOP, str(args.seconds), CHURN_ADDR],
                      stdout=subprocess.PIPE, text=True)
         try:
-            with StatusProbe(daemon.socket, every=0.5) as probe, Churn(args.rate, args.seconds) as churn:
+            with StatusProbe(daemon.socket, every=0.5) as probe, Churn(args.rate, args.seconds, NBYTES) as churn:
                 usage = Usage({"netmond": daemon.pid, "psutil loop": peer.pid})
                 usage.run(args.seconds)
                 churn.wait(args.seconds * 3 + 60)
@@ -143,7 +149,7 @@ def inside(args: argparse.Namespace) -> None:
          "connections seen", "status p99 ms", "cpu % of 1 core", "peak RSS MB", "ours/it cpu"),
         [
             ("netmond", lost, missing(sent), missing(received),
-             f"{len(watcher.seen)} of {churn.connections}"
+             f"{watcher.seen} of {churn.connections}"
              + (f" ({watcher.lagged} updates lagged)" if watcher.lagged else ""),
              ms(probe.percentile(99)), f"{ours_cpu:.1f}", mb(usage.peak_rss["netmond"]), ""),
             ("psutil loop", "", "no bytes", "no bytes",

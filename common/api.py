@@ -226,6 +226,7 @@ class Status(TypedDict):
     monitoring: bool
     interval: float  # seconds
     effective_interval: float  # seconds
+    backed_off: bool  # ticks outran the interval: sampling every effective_interval
     uptime: float  # seconds
     backend: str
     per_socket_bytes: bool

@@ -26,13 +26,14 @@ import psutil
 from common import api
 
 from . import __version__, handlers, listener
-from .backends.base import Backend
+from .backends.base import Backend, Snapshot
+from .cadence import Cadence
 from .config import Config, ConfigError, load_config
 from .metrics import Health, MetricsExporter
 from .peercred import resolve_group
 from .selfcost import RECORD_EVERY, CpuWindow
-from .server import Policy, Server
-from .state import ConnRow, MonitorState, TickChanges
+from .server import Policy, Server, pack_for
+from .state import ConnRow, MonitorState
 
 log = logging.getLogger("netmond")
 
@@ -120,6 +121,11 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
+        # When the next tick is due (late ticks, back-off, recovery).
+        self.cadence = Cadence(config.interval)
+        self._logged_backoff = config.interval
+        # Set while no tick is changing the state (see state_quiet).
+        self._quiet: asyncio.Event | None = None
         self._sample_errors = 0
         self.ready = threading.Event()
         # Prometheus exporter, only when configured (ConfigError: library missing).
@@ -163,6 +169,9 @@ class Daemon:
         warnings = list(self.warnings) + list(bst.warnings)
         if not bst.attribution_complete and not any("attribut" in w for w in warnings):
             warnings.append("process attribution is partial: some sockets are shown without pid")
+        cadence_warning = self.cadence.warning()
+        if cadence_warning is not None:
+            warnings.append(cadence_warning)
         if bst.events_lost:
             warnings.append(
                 f"{bst.events_lost} connection-close events were lost (kernel buffer overflow): "
@@ -178,8 +187,11 @@ class Daemon:
         return {
             "monitoring": self.monitoring,
             "interval": state.interval,
-            # What the OS source really samples at (nettop: whole seconds).
-            "effective_interval": bst.effective_interval if bst.effective_interval is not None else state.interval,
+            # What the OS source really samples at (nettop: whole seconds), or
+            # the interval the daemon backed off to (ticks longer than interval).
+            "effective_interval": max(bst.effective_interval if bst.effective_interval is not None
+                                      else state.interval, self.cadence.current),
+            "backed_off": self.cadence.backed_off,
             "uptime": mono - self.started_mono,
             "backend": self.backend.name,
             "per_socket_bytes": self.backend.per_socket_bytes,
@@ -216,9 +228,20 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.on_health(self._health())
 
+    async def state_quiet(self) -> None:
+        """Return when no tick is changing the state: a tick's state update
+        runs on the sampler thread, and the handlers that read the state
+        (all but hello, status and (un)subscribe: handlers.ANSWERED_DURING_TICK)
+        run after it. The caller must read without awaiting in between (a
+        tick starts from the loop, so none can start meanwhile)."""
+        quiet = self._quiet
+        while quiet is not None and not quiet.is_set():
+            await quiet.wait()
+
     def set_interval(self, interval: float) -> None:
         old = self.state.interval
         self.state.set_interval(interval)
+        self.cadence.set_interval(interval)
         self.backend.set_interval(interval)
         self._wake_sampler()
         log.info("interval changed from %gs to %gs", old, interval)
@@ -300,16 +323,27 @@ class Daemon:
 
     # -- sampling ------------------------------------------------------------
     async def _sampler(self) -> None:
-        assert self._stop is not None and self._wake is not None
+        assert self._stop is not None and self._wake is not None and self._quiet is not None
         loop = asyncio.get_running_loop()
-        next_at = time.monotonic()
         while not self._stop.is_set():
+            t0 = time.monotonic()
             if self.monitoring:
-                t0 = time.monotonic()
                 try:
                     snap = await loop.run_in_executor(self._executor, self.backend.sample)
                     if self.monitoring:
-                        self._publish(self.state.apply(snap))
+                        # The state update and the encoding of notifications
+                        # run on the sampler thread too, so that `status` is
+                        # answered while they run (at 100,000 sockets they take
+                        # a good part of a second); readers of the state wait
+                        # for them (state_quiet).
+                        wanted = self.server.wanted() if self.server is not None else {}
+                        self._quiet.clear()
+                        try:
+                            packed = await loop.run_in_executor(self._executor, self._apply_and_pack, snap, wanted)
+                        finally:
+                            self._quiet.set()
+                        del snap
+                        self._publish(packed)
                 except Exception:  # noqa: BLE001 - a bad tick (sample, apply, publish) must not end sampling
                     self._sample_errors += 1
                     if self._sample_errors <= 5 or self._sample_errors % 100 == 0:
@@ -317,19 +351,36 @@ class Daemon:
                 self.last_tick_seconds = time.monotonic() - t0
                 if self.metrics is not None:
                     self.metrics.on_tick(self.state, self.backend.name, self._health(self.last_tick_seconds))
+                was_backed_off = self.cadence.backed_off
+                next_at = self.cadence.after_tick(t0, time.monotonic() - t0)
+                if self.cadence.backed_off != was_backed_off or (
+                        was_backed_off and self.cadence.current != self._logged_backoff):
+                    self._log_cadence()
             else:
                 self.backend.discard_pending()
-            now = time.monotonic()
-            next_at += self.state.interval
-            if next_at < now or self._wake.is_set():
-                next_at = now + (0 if self._wake.is_set() else self.state.interval)
+                next_at = t0 + self.state.interval
+            # Due already (a late tick): at once, without waiting a full interval.
+            delay = max(0.0, next_at - time.monotonic())
+            if self._wake.is_set():
+                delay = 0.0  # woken: sample now on the new settings
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - now))
-                next_at = time.monotonic()  # woken: sample now on the new settings
+                await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    def _log_cadence(self) -> None:
+        """One line per change of the back-off: a warning when it grows."""
+        grew = self.cadence.current > self._logged_backoff
+        self._logged_backoff = self.cadence.current
+        if not self.cadence.backed_off:
+            log.info("interval %gs held again: automatic back-off over", self.cadence.interval)
+        elif grew:
+            log.warning("%s", self.cadence.warning())
+        else:
+            log.info("ticks are faster: sampling every %gs (interval %gs)", self.cadence.current,
+                     self.cadence.interval)
 
     async def _record_cost(self) -> None:
         """Record the daemon's CPU time every second, whatever the interval."""
@@ -337,31 +388,33 @@ class Daemon:
             self.cpu_window.record()
             await asyncio.sleep(RECORD_EVERY)
 
-    def _publish(self, changes: TickChanges) -> None:
+    def _apply_and_pack(self, snap: Snapshot, wanted: dict[str, set[Any]]) -> dict[str, dict[Any, Any]]:
+        """On the sampler thread: fold the snapshot into the state, then
+        encode this tick's notifications, once per subscribers' filter
+        (`wanted`, Server.wanted()). Rows and stats are only serialised for
+        a topic someone subscribed to."""
+        changes = self.state.apply(snap)
+        now = time.time()
+        packed: dict[str, dict[Any, Any]] = {}
+        for topic, rows in ((api.CONNECTION_UPDATE, changes.updated), (api.CONNECTION_CLOSED, changes.closed)):
+            if rows and topic in wanted:
+                packed[topic] = pack_for(topic, {"connections": [r.to_wire(now) for r in rows]}, "connections",
+                                         wanted[topic])
+        if api.STATS_UPDATE in wanted:
+            stats = self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring)
+            packed[api.STATS_UPDATE] = pack_for(api.STATS_UPDATE, dict(stats), None, wanted[api.STATS_UPDATE])
+        if changes.history_point is not None and api.BANDWIDTH_DATA in wanted:
+            packed[api.BANDWIDTH_DATA] = pack_for(api.BANDWIDTH_DATA, dict(changes.history_point), None,
+                                                  wanted[api.BANDWIDTH_DATA])
+        return packed
+
+    def _publish(self, packed: dict[str, dict[Any, Any]]) -> None:
+        """On the loop: queue what _apply_and_pack encoded for each subscriber."""
         server = self.server
         if server is None:
             return
-        # Rows and stats are only serialised for a topic someone subscribed to.
-        now = time.time()
-        if changes.updated and server.has_subscribers(api.CONNECTION_UPDATE):
-            server.publish(
-                api.CONNECTION_UPDATE,
-                {"connections": [r.to_wire(now) for r in changes.updated]},
-                rows_key="connections",
-            )
-        if changes.closed and server.has_subscribers(api.CONNECTION_CLOSED):
-            server.publish(
-                api.CONNECTION_CLOSED,
-                {"connections": [r.to_wire(now) for r in changes.closed]},
-                rows_key="connections",
-            )
-        if server.has_subscribers(api.STATS_UPDATE):
-            server.publish(
-                api.STATS_UPDATE,
-                self.state.stats(uptime=time.monotonic() - self.started_mono, monitoring=self.monitoring),
-            )
-        if changes.history_point is not None and server.has_subscribers(api.BANDWIDTH_DATA):
-            server.publish(api.BANDWIDTH_DATA, dict(changes.history_point))
+        for topic, encodings in packed.items():
+            server.deliver(topic, encodings)
 
     # -- life cycle ----------------------------------------------------------
     async def serve(self, sock: socket.socket | None = None, install_signals: bool = False) -> None:
@@ -369,6 +422,8 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         if install_signals:
             self.install_signal_handlers()
         file_id = None
@@ -382,7 +437,8 @@ class Daemon:
             if isinstance(name, str) and name:
                 self.socket_path = name
             log.info("using the listening socket passed by the service manager")
-        self.server = Server(handlers.bind(self), self.policy)
+        self.server = Server(handlers.bind(self), self.policy, state_gate=self.state_quiet,
+                             ungated=handlers.ANSWERED_DURING_TICK)
         try:
             self.backend.start()
             await self.server.start(sock)

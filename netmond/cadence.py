@@ -80,6 +80,7 @@ class Cadence:
             if self._calm >= RECOVER_AFTER:
                 target = max(self.current / 2, self._calm_worst * HEADROOM)
                 self.current = max(self.interval, _tenths_up(target))
+                self.slow_tick = self._calm_worst  # what the warning quotes now
                 self._calm = 0
                 self._calm_worst = 0.0
                 if not self.backed_off:
@@ -95,5 +96,5 @@ class Cadence:
         if not self.backed_off:
             return None
         took = f"{self.slow_tick:.2f}s" if self.slow_tick is not None else "longer"
-        return (f"interval {self.interval:g}s cannot be held: ticks took {took}; sampling every "
+        return (f"interval {self.interval:g}s cannot be held: ticks take {took}; sampling every "
                 f"{self.current:g}s until they fit again (automatic back-off)")

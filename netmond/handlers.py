@@ -21,13 +21,14 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from common import api, protocol
 from common.models import CONNECTION_FIELDS, Filter, FilterError
 from common.protocol import RPCError
 
 from . import __version__
+from .server import Streamed
 from .state import ConnRow
 
 
@@ -53,108 +54,34 @@ class DaemonInterface(Protocol):
 
     def stats(self) -> api.Stats: ...
 
-    def connections(self, include_closed: bool) -> Iterable[ConnRow]: ...
-
-    def app_usage(self, rows: Iterable[ConnRow] | None = None) -> list[api.AppUsage]:
-        """Every app (rows None, with the bytes of long-closed connections), or the apps of `rows`."""
-
-    def bandwidth_history(self, seconds: float) -> list[api.HistoryPoint]: ...
-
-    def set_monitoring(self, on: bool) -> None: ...
-
-    def clear(self) -> None: ...
-
-    def set_interval(self, interval: float) -> None: ...
-
-
-class Session(Protocol):
-    """What handlers may read and change of the client's session (server.ClientSession)."""
-
-    @property
-    def may_control(self) -> bool: ...
-
-    @property
-    def topics(self) -> set[str]: ...
-
-    def subscribe(self, topics: list[str], flt: Filter) -> None: ...
-
-    def unsubscribe(self, topics: list[str]) -> None: ...
+    def _wire_chunks(rows: list[ConnRow], flt: Filter, include_closed: bool, wanted: list[str] | None,
+                 chunk: int) -> Iterator[list[dict[str, Any]]]:
+    """The matching rows as wire dicts, `chunk` at a time, lazily: each chunk
+    is made when asked for, from the rows as they are then. A row that
+    closed since the reply began is left out unless closed rows were asked
+    for (it is no longer an open connection)."""
+    batch: list[dict[str, Any]] = []
+    now = time.time()
+    for row in rows:
+        if not include_closed and row.closed_at is not None:
+            continue
+        if not flt.matches(row):
+            continue
+        wire = row.to_wire(now)
+        batch.append(wire if wanted is None else {f: wire[f] for f in wanted})
+        if len(batch) >= chunk:
+            yield batch
+            batch = []
+            now = time.time()
+    if batch:
+        yield batch
 
 
-Handler = Callable[[DaemonInterface, dict[str, Any], Session], Any]
-#: A handler with its daemon bound: what the server calls, (params, session) -> result.
-BoundHandler = Callable[[dict[str, Any], Session], Any]
-
-
-def _invalid(field: str, message: str) -> RPCError:
-    return RPCError(protocol.INVALID_PARAMS, f"{field}: {message}")
-
-
-def _check_keys(params: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in params:
-        if key not in allowed:
-            raise _invalid(str(key), f"unknown parameter (allowed: {', '.join(allowed) or 'none'})")
-
-
-def _filter(params: dict[str, Any]) -> Filter:
-    try:
-        return Filter.from_wire(params.get("filter"))
-    except FilterError as exc:
-        raise _invalid(f"filter.{exc.field}", str(exc).split(": ", 1)[-1]) from None
-
-
-def _bool(params: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = params.get(key, default)
-    if not isinstance(value, bool):
-        raise _invalid(key, "must be true or false")
-    return value
-
-
-def _positive_number(params: dict[str, Any], key: str, lo: float, hi: float) -> float:
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _invalid(key, "must be a number")
-    if not lo <= value <= hi:
-        raise _invalid(key, f"must be between {lo:g} and {hi:g}")
-    return float(value)
-
-
-def _require_control(session: Session) -> None:
-    if not session.may_control:
-        raise RPCError(
-            protocol.ACCESS_DENIED,
-            "control needs root, the daemon's own user, or membership of its socket group",
-        )
-
-
-# -- methods ---------------------------------------------------------------
-
-
-def hello(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.HelloResult:
-    """Handshake: protocol and daemon versions, platform, backend."""
-    _check_keys(params, ("client_version",))
-    cv = params.get("client_version")
-    if cv is not None and not isinstance(cv, str):
-        raise _invalid("client_version", "must be a string")
-    return {
-        "protocol": protocol.PROTOCOL_VERSION,
-        "version": __version__,
-        "platform": sys.platform,
-        "backend": daemon.backend_name,
-        "capabilities": daemon.capabilities(),
-        "pid": os.getpid(),
-    }
-
-
-def status(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.Status:
-    """Daemon health: monitoring, interval, backend, warnings, own cost."""
-    _check_keys(params, ())
-    return daemon.status()
-
-
-def connections(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.ConnectionsResult:
-    """Connection rows matching the filter; closed ones last."""
-    _check_keys(params, ("filter", "include_closed", "fields"))
+def connections(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> Any:
+    """Connection rows matching the filter; closed ones last. With `chunk`,
+    streamed (server.Streamed): the result of api.ConnectionsResult's shape
+    comes after the rows."""
+    _check_keys(params, ("filter", "include_closed", "fields", "chunk"))
     flt = _filter(params)
     include_closed = _bool(params, "include_closed")
     wanted = params.get("fields")
@@ -162,14 +89,24 @@ def connections(daemon: DaemonInterface, params: dict[str, Any], session: Sessio
         # Let callers that need a few columns skip serialising the rest.
         if not isinstance(wanted, (list, tuple)) or not all(f in CONNECTION_FIELDS for f in wanted):
             raise _invalid("fields", f"must be a list of: {', '.join(CONNECTION_FIELDS)}")
+        wanted = list(wanted)
+    chunk = params.get("chunk")
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not api.CHUNK_MIN <= chunk <= api.CHUNK_MAX:
+            raise _invalid("chunk", f"must be an integer from {api.CHUNK_MIN} to {api.CHUNK_MAX}")
+        # The rows of this moment (references only: 8 bytes each); each is
+        # turned into a dict when its chunk is made.
+        rows = list(daemon.connections(include_closed))
+        return Streamed(api.CONNECTIONS_CHUNK, "connections",
+                        _wire_chunks(rows, flt, include_closed, wanted, chunk))
     now = time.time()
     # Filtered on the rows themselves: only the matches are turned into dicts.
     matching = flt.apply(daemon.connections(include_closed))
     if wanted is None:
-        rows = [row.to_wire(now) for row in matching]
+        out = [row.to_wire(now) for row in matching]
     else:  # one full dict at a time, not all of them, before the cut
-        rows = [{f: wire[f] for f in wanted} for wire in (row.to_wire(now) for row in matching)]
-    return {"connections": rows}
+        out = [{f: wire[f] for f in wanted} for wire in (row.to_wire(now) for row in matching)]
+    return {"connections": out}
 
 
 def apps(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.AppsResult:
@@ -261,6 +198,11 @@ def unsubscribe(daemon: DaemonInterface, params: dict[str, Any], session: Sessio
     session.unsubscribe(_topics(params))
     return {"topics": sorted(session.topics)}
 
+
+#: Methods that read nothing a tick changes halfway (status reads what a
+#: tick publishes whole): answered at once, even while a tick runs. Every
+#: other method waits for the tick in progress to end (app.Daemon.state_quiet).
+ANSWERED_DURING_TICK = frozenset({api.HELLO, api.STATUS, api.SUBSCRIBE, api.UNSUBSCRIBE})
 
 HANDLERS: dict[str, Handler] = {
     api.HELLO: hello,

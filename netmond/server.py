@@ -50,7 +50,7 @@ import resource
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import msgpack
 
@@ -113,6 +113,29 @@ class Policy:
 #: What the server dispatches to: method -> (params, session) -> result
 #: (handlers.bind() makes it; the server knows nothing of the daemon).
 Dispatch = dict[str, Callable[[dict[str, Any], "ClientSession"], Any]]
+#: Awaited before a handler that reads the daemon's state runs: returns once
+#: no tick is changing it (app.Daemon.state_quiet).
+StateGate = Callable[[], Awaitable[None]]
+
+
+class Streamed:
+    """What a handler returns to send its reply in parts (docs/PROTOCOL.md,
+    `connections`, `chunk`): each list `chunks` yields goes out as a `topic`
+    notification {"msgid": the request's, key: rows}, made only once the
+    client has read the previous one and while no tick runs; then the
+    response {key: [], "streamed": rows sent}."""
+
+    def __init__(self, topic: str, key: str, chunks: Iterator[list[dict[str, Any]]]) -> None:
+        self.topic = topic
+        self.key = key
+        self.chunks = chunks
+
+    def final(self, sent: int) -> dict[str, Any]:
+        return {self.key: [], "streamed": sent}
+
+
+async def _no_gate() -> None:
+    return None
 
 
 def raise_fd_limit() -> None:
@@ -199,9 +222,14 @@ class ClientSession:
         peer: PeerCredentials | None,
         note: LogBudget,
         debug_note: LogBudget | None = None,
+        state_gate: StateGate = _no_gate,
+        ungated: frozenset[str] = frozenset(),
     ) -> None:
         self.policy = policy
         self.dispatch = dispatch
+        # Methods in `ungated` run at once; the others after state_gate().
+        self.state_gate = state_gate
+        self.ungated = ungated
         self.note = note
         # Harmless oddities (ignored notifications) have their own budget, so
         # that they never crowd out a warning.
@@ -479,6 +507,8 @@ class ClientSession:
             err = RPCError(protocol.UNKNOWN_METHOD, f"unknown method {msg.method[:64]!r}")
             await self._respond(msg.msgid, err, None)
             return True
+        if msg.method not in self.ungated:
+            await self.state_gate()
         try:
             result = handler(msg.params, self)
         except RPCError as exc:
@@ -488,7 +518,33 @@ class ClientSession:
             self.note(logging.ERROR, "handler %s failed (%s)", msg.method, self.label, exc_info=True)
             await self._respond(msg.msgid, RPCError(protocol.INTERNAL, "internal error; see daemon log"), None)
             return True
+        if isinstance(result, Streamed):
+            return await self._stream(msg.msgid, msg.method, result)
         await self._respond(msg.msgid, None, result)
+        return True
+
+    async def _stream(self, msgid: int, method: str, reply: Streamed) -> bool:
+        """Send a reply in parts (Streamed): each chunk is made while no tick
+        runs, written, and drained before the next is made, so the daemon
+        holds one chunk at a time, whatever the size of the table."""
+        sent = 0
+        while True:
+            await self.state_gate()
+            try:
+                rows = next(reply.chunks, None)
+            except Exception:  # noqa: BLE001 - no traceback crosses the socket
+                self.note(logging.ERROR, "handler %s failed (%s)", method, self.label, exc_info=True)
+                await self._respond(msgid, RPCError(protocol.INTERNAL, "internal error; see daemon log"), None)
+                return True
+            if rows is None:
+                break
+            sent += len(rows)
+            data = protocol.pack_notification(reply.topic, {"msgid": msgid, reply.key: rows})
+            del rows
+            self.writer.write(data)
+            del data
+            await asyncio.wait_for(self.writer.drain(), min(_RESPONSE_WRITE_TIMEOUT, self.idle_timeout))
+        await self._respond(msgid, None, reply.final(sent))
         return True
 
     def _ignore_notification(self) -> None:
@@ -517,12 +573,42 @@ class ClientSession:
             pass
 
 
+def pack_for(topic: str, payload: dict[str, Any], rows_key: str | None,
+             keys: Iterable[Filter | None]) -> dict[Filter | None, bytes | None | Exception]:
+    """One encoded notification per filter in `keys` (None: unfiltered).
+
+    With rows_key, payload[rows_key] (Connection rows) is filtered for each
+    key; a filter that leaves nothing gives None (nothing sent), one that
+    fails gives its exception (that session is dropped, see deliver()).
+    Pure: the sampler runs it on its thread, off the event loop.
+    """
+    packed: dict[Filter | None, bytes | None | Exception] = {}
+    whole: bytes | None = None
+    for key in keys:
+        try:
+            if key is None or rows_key is None:  # unfiltered: one encoding for all
+                if whole is None:
+                    whole = protocol.pack_notification(topic, payload)
+                packed[key] = whole
+            else:
+                rows = key.apply(payload[rows_key])
+                packed[key] = protocol.pack_notification(topic, {**payload, rows_key: rows}) if rows else None
+        except Exception as exc:  # noqa: BLE001 - one subscriber never fails the tick for everyone
+            log.debug("filter %r failed", key, exc_info=True)
+            packed[key] = exc
+    return packed
+
+
 class Server:
     """The listening socket and its sessions."""
 
-    def __init__(self, dispatch: Dispatch, policy: Policy) -> None:
+    def __init__(self, dispatch: Dispatch, policy: Policy, state_gate: StateGate = _no_gate,
+                 ungated: frozenset[str] = frozenset()) -> None:
         self.dispatch = dispatch
         self.policy = policy
+        # Methods not in `ungated` wait for state_gate() (see ClientSession).
+        self.state_gate = state_gate
+        self.ungated = ungated
         self.sessions: set[ClientSession] = set()
         self._server: asyncio.base_events.Server | None = None
         self.note = LogBudget()
@@ -589,7 +675,8 @@ class Server:
                 pass
             writer.close()
             return
-        session = ClientSession(self.policy, self.dispatch, reader, writer, peer, self.note, self.debug_note)
+        session = ClientSession(self.policy, self.dispatch, reader, writer, peer, self.note, self.debug_note,
+                                self.state_gate, self.ungated)
         session.buffered_total = self.buffered_total
         session.queued_total = self.queued_total
         self.sessions.add(session)
@@ -614,27 +701,36 @@ class Server:
         filtered per session; sessions whose filter leaves nothing get nothing.
         Sessions with equal filters share one encoded payload. A session whose
         filter fails is disconnected; the others, and the tick, go on.
+        (The sampler does the same in two halves: the encoding, off the event
+        loop, with pack_for(); the queueing, on it, with deliver().)
         """
-        packed: dict[Any, bytes | None] = {}  # filter (None: unfiltered) -> payload
+        self.deliver(topic, pack_for(topic, payload, rows_key, self.wanted().get(topic, ())))
+
+    def wanted(self) -> dict[str, set[Filter | None]]:
+        """The encodings each topic's subscribers need now: one per filter
+        (None: no filter); pack_for() makes them, deliver() hands them out."""
+        out: dict[str, set[Filter | None]] = {}
+        for s in self.sessions:
+            key = None if s.filter.is_empty() else s.filter
+            for topic in s.topics:
+                out.setdefault(topic, set()).add(key)
+        return out
+
+    def deliver(self, topic: str, packed: dict[Filter | None, bytes | None | Exception]) -> None:
+        """Queue, for every session subscribed to topic, the encoding made
+        for its filter (pack_for). A session that subscribed since the
+        encodings were made gets the next tick's; one whose filter failed is
+        disconnected."""
         for s in list(self.sessions):
             if topic not in s.topics:
                 continue
-            key = s.filter if rows_key is not None and not s.filter.is_empty() else None
-            try:
-                if key not in packed:
-                    if key is None:
-                        packed[key] = protocol.pack_notification(topic, payload)
-                    else:
-                        rows = key.apply(payload[rows_key])
-                        packed[key] = protocol.pack_notification(topic, {**payload, rows_key: rows}) \
-                            if rows else None
-                data = packed[key]
-                if data is not None:
-                    s.notify(data)
-            except Exception:  # noqa: BLE001 - one subscriber never fails the tick for everyone
-                self.note(logging.ERROR, "notification for %s failed; disconnecting it", s.label, exc_info=True)
-                packed[key] = None
+            data = packed.get(None if s.filter.is_empty() else s.filter)
+            if isinstance(data, Exception):
+                self.note(logging.ERROR, "notification for %s failed (%s); disconnecting it", s.label,
+                          type(data).__name__)
                 s.writer.transport.abort()
+            elif data is not None:
+                s.notify(data)
 
     def has_subscribers(self, topic: str) -> bool:
         """True if some session is subscribed to topic (else publish() is for nobody)."""

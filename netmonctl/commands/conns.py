@@ -79,10 +79,12 @@ def conns(
                                       CONNECTION_FIELDS)
         return
     with connect(settings) as daemon:
-        result = daemon.connections(flt, include_closed=closed)
+        # Streamed too: the daemon never holds the whole reply, even though
+        # sorting needs every row here.
+        every = [row for chunk in daemon.connections_streamed(flt, include_closed=closed) for row in chunk]
     # One order over open and closed rows: the biggest closed transfer must be
     # able to reach the top (a closed row's rate is 0: under `speed` it ranks with idle rows, by bytes).
-    rows = order_rows(result["connections"], sort_field, reverse, limit)
+    rows = order_rows(every, sort_field, reverse, limit)
     render.emit(
         settings.format,
         {"connections": rows},

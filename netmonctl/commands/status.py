@@ -43,7 +43,10 @@ def _describe(s: Mapping[str, Any]) -> str:
     if s.get("monitoring"):
         monitoring += f", every {render.seconds(s.get('interval'))}"
         effective = s.get("effective_interval")
-        if effective is not None and s.get("interval") is not None and abs(effective - s["interval"]) > 1e-6:
+        if s.get("backed_off") and effective is not None:
+            monitoring += (f" (backed off: sampling every {render.seconds(effective)}, "
+                           "ticks take longer than the interval)")
+        elif effective is not None and s.get("interval") is not None and abs(effective - s["interval"]) > 1e-6:
             monitoring += f" (the backend samples every {render.seconds(effective)})"
         if s.get("sample_age") is not None:
             monitoring += f", last sample {render.seconds(s.get('sample_age'))} ago"

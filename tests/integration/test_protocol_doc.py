@@ -52,8 +52,8 @@ def test_every_error_code_is_documented_and_no_other():
     assert table_keys(section(5)) == set(protocol.ERROR_CODES)
 
 
-def test_every_topic_and_lagged_is_documented():
-    assert table_keys(section(7)) == set(protocol.TOPICS) | {protocol.LAGGED}
+def test_every_topic_lagged_and_chunk_is_documented():
+    assert table_keys(section(7)) == set(protocol.TOPICS) | {protocol.LAGGED, protocol.CONNECTIONS_CHUNK}
 
 
 @pytest.mark.parametrize("names", [CONNECTION_FIELDS, APP_FIELDS, STATS_FIELDS, INTERFACE_FIELDS, HISTORY_FIELDS],

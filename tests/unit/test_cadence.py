@@ -46,7 +46,7 @@ def test_late_ticks_in_a_row_back_off_visibly():
     assert c.current == pytest.approx(2.0)  # 1.3 * 1.5 = 1.95, up to a tenth
     assert c.current >= 1.3 * HEADROOM
     text = c.warning()
-    assert text is not None and "cannot be held" in text and "2s" in text and "1.30s" in text
+    assert text is not None and "cannot be held" in text and "2s" in text and "1.30s" in text and "take" in text
     # Backed off: the ticks are spaced, no longer back to back.
     starts = run(c, [1.3] * 3, start=200.0)
     assert [round(b - a, 6) for a, b in zip(starts, starts[1:])] == [2.0, 2.0]
@@ -104,3 +104,12 @@ def test_a_new_interval_forgets_the_back_off():
     assert c.current == 5.0 and not c.backed_off and c.warning() is None
     starts = run(c, [1.3] * 4)
     assert [round(b - a, 6) for a, b in zip(starts, starts[1:])] == [5.0] * 3
+
+
+def test_the_warning_quotes_the_ticks_that_set_the_current_interval():
+    c = Cadence(1.0)
+    run(c, [3.0] * BACK_OFF_AFTER)
+    assert "ticks take 3.00s; sampling every 4.5s" in c.warning()
+    run(c, [1.0] * RECOVER_AFTER)
+    assert c.current == pytest.approx(2.3)
+    assert "ticks take 1.00s; sampling every 2.3s" in c.warning()

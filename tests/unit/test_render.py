@@ -184,6 +184,34 @@ def test_emit_dispatches_on_format(fmt, capsys):
     assert out == expected
 
 
+class CaptureOut(io.StringIO):
+    """stdout as a terminal or a pipe."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "terminal"])
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+@pytest.mark.parametrize("sizes", [[], [1], [3, 1], [2, 2, 2]], ids=["none", "one", "two", "three"])
+def test_streamed_rows_print_exactly_what_emit_prints_for_them_all(fmt, tty, sizes, monkeypatch):
+    rows = [conn_row(id=i, process_name=f"p{i}", pids=[i]) for i in range(sum(sizes))]
+    chunks, at = [], 0
+    for n in sizes:
+        chunks.append(rows[at:at + n])
+        at += n
+    whole, streamed = CaptureOut(tty), CaptureOut(tty)
+    monkeypatch.setattr("sys.stdout", whole)
+    render.emit(fmt, {"connections": rows}, rows_key="connections", fields=CONNECTION_FIELDS, human=lambda: "")
+    monkeypatch.setattr("sys.stdout", streamed)
+    render.emit_rows_streamed(fmt, "connections", iter(chunks), CONNECTION_FIELDS)
+    assert streamed.getvalue() == whole.getvalue()
+
+
 def test_emit_of_a_single_map_prints_it_as_one_row(capsys):
     render.emit("ndjson", {"monitoring": True}, human=lambda: "x")
     render.emit("csv", {"monitoring": True}, human=lambda: "x")
