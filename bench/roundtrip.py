@@ -19,7 +19,8 @@ For each socket count N a holder opens N loopback TCP sockets and a real
 and once: `netmonctl --version` (start-up: imports must stay lazy) against
 a bare `python -c pass` (the interpreter's own start-up, the floor) and
 `ss -V`. The title line gives the daemon's RSS before one `conns --json`
-and its peak during it (VmHWM, reset first through /proc/PID/clear_refs).
+and its peak during it (VmHWM, reset first through /proc/PID/clear_refs),
+beside the growth over a window as long without the call (the ticks' own).
 --size large (the default) adds 50,000 and 100,000 sockets. Targets:
 conns --json under 1.5 s at 10,000 and no slower than `ss -tinp` at
 100,000; the daemon's peak RSS grows by < 30 % during the reply;
@@ -66,15 +67,25 @@ def rpc_only(socket_path: str, runs: int) -> tuple[float, int]:
     return statistics.median(walls), rows
 
 
-def reply_memory(pid: int, argv: list[str], env: dict[str, str]) -> tuple[int, int] | None:
-    """(RSS before, peak RSS during) one run of argv, for the daemon `pid`:
-    its VmHWM is reset to its RSS first, so the peak is the reply's."""
+def reply_memory(pid: int, argv: list[str], env: dict[str, str]) -> tuple[int, int, int] | None:
+    """(RSS before, peak RSS during one run of argv, peak RSS during as long
+    a window without it) for the daemon `pid`: its VmHWM is reset to its
+    RSS first, so the peak is the reply's; the second window tells what the
+    ticks alone add over that time."""
     before = memory_status(pid).get("VmRSS")
     if before is None or not reset_peak_rss(pid):
         return None
+    t0 = time.monotonic()
     subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+    took = time.monotonic() - t0
     peak = memory_status(pid).get("VmHWM")
-    return None if peak is None else (before, peak)
+    reset_peak_rss(pid)
+    idle_before = memory_status(pid).get("VmRSS")
+    time.sleep(took)
+    idle_peak = memory_status(pid).get("VmHWM")
+    if peak is None or idle_before is None or idle_peak is None:
+        return None
+    return before, peak, idle_peak - idle_before
 
 
 def bench_conns(sockets: int, runs: int) -> None:
@@ -92,8 +103,9 @@ def bench_conns(sockets: int, runs: int) -> None:
     if memory is None:
         grew = "n/a (no /proc/PID/clear_refs)"
     else:
-        before, peak = memory
-        grew = f"{mb(before)} -> {mb(peak)} MB (+{100 * (peak - before) / before:.0f} %)"
+        before, peak, idle = memory
+        grew = (f"{mb(before)} -> {mb(peak)} MB (+{100 * (peak - before) / before:.0f} %; "
+                f"ticks alone over as long: +{100 * idle / before:.0f} %)")
     table(
         f"Round trip, {sockets} TCP sockets held (median of {runs}); "
         f"netmond's RSS during one conns --json: {grew}",
