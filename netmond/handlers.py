@@ -54,7 +54,106 @@ class DaemonInterface(Protocol):
 
     def stats(self) -> api.Stats: ...
 
-    def _wire_chunks(rows: list[ConnRow], flt: Filter, include_closed: bool, wanted: list[str] | None,
+    def connections(self, include_closed: bool) -> Iterable[ConnRow]: ...
+
+    def app_usage(self, rows: Iterable[ConnRow] | None = None) -> list[api.AppUsage]:
+        """Every app (rows None, with the bytes of long-closed connections), or the apps of `rows`."""
+
+    def bandwidth_history(self, seconds: float) -> list[api.HistoryPoint]: ...
+
+    def set_monitoring(self, on: bool) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def set_interval(self, interval: float) -> None: ...
+
+
+class Session(Protocol):
+    """What handlers may read and change of the client's session (server.ClientSession)."""
+
+    @property
+    def may_control(self) -> bool: ...
+
+    @property
+    def topics(self) -> set[str]: ...
+
+    def subscribe(self, topics: list[str], flt: Filter) -> None: ...
+
+    def unsubscribe(self, topics: list[str]) -> None: ...
+
+
+Handler = Callable[[DaemonInterface, dict[str, Any], Session], Any]
+#: A handler with its daemon bound: what the server calls, (params, session) -> result.
+BoundHandler = Callable[[dict[str, Any], Session], Any]
+
+
+def _invalid(field: str, message: str) -> RPCError:
+    return RPCError(protocol.INVALID_PARAMS, f"{field}: {message}")
+
+
+def _check_keys(params: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise _invalid(str(key), f"unknown parameter (allowed: {', '.join(allowed) or 'none'})")
+
+
+def _filter(params: dict[str, Any]) -> Filter:
+    try:
+        return Filter.from_wire(params.get("filter"))
+    except FilterError as exc:
+        raise _invalid(f"filter.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+
+
+def _bool(params: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise _invalid(key, "must be true or false")
+    return value
+
+
+def _positive_number(params: dict[str, Any], key: str, lo: float, hi: float) -> float:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _invalid(key, "must be a number")
+    if not lo <= value <= hi:
+        raise _invalid(key, f"must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def _require_control(session: Session) -> None:
+    if not session.may_control:
+        raise RPCError(
+            protocol.ACCESS_DENIED,
+            "control needs root, the daemon's own user, or membership of its socket group",
+        )
+
+
+# -- methods ---------------------------------------------------------------
+
+
+def hello(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.HelloResult:
+    """Handshake: protocol and daemon versions, platform, backend."""
+    _check_keys(params, ("client_version",))
+    cv = params.get("client_version")
+    if cv is not None and not isinstance(cv, str):
+        raise _invalid("client_version", "must be a string")
+    return {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "version": __version__,
+        "platform": sys.platform,
+        "backend": daemon.backend_name,
+        "capabilities": daemon.capabilities(),
+        "pid": os.getpid(),
+    }
+
+
+def status(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.Status:
+    """Daemon health: monitoring, interval, backend, warnings, own cost."""
+    _check_keys(params, ())
+    return daemon.status()
+
+
+def _wire_chunks(rows: list[ConnRow], flt: Filter, include_closed: bool, wanted: list[str] | None,
                  chunk: int) -> Iterator[list[dict[str, Any]]]:
     """The matching rows as wire dicts, `chunk` at a time, lazily: each chunk
     is made when asked for, from the rows as they are then. A row that
@@ -79,8 +178,8 @@ class DaemonInterface(Protocol):
 
 def connections(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> Any:
     """Connection rows matching the filter; closed ones last. With `chunk`,
-    streamed (server.Streamed): the result of api.ConnectionsResult's shape
-    comes after the rows."""
+    streamed (server.Streamed): the rows in connections_chunk notifications,
+    then the result."""
     _check_keys(params, ("filter", "include_closed", "fields", "chunk"))
     flt = _filter(params)
     include_closed = _bool(params, "include_closed")
