@@ -79,3 +79,27 @@ def test_a_stock_msgpack_rpc_client_does_hello_status_connections_errors_and_sub
     assert d.daemon.server.note._count == 0  # no warning about that client
     ignored = [r.getMessage() for r in caplog.records if "sent a notification; ignored" in r.getMessage()]
     assert len(ignored) == 2, ignored
+
+
+def test_a_stock_msgpack_rpc_client_reads_a_streamed_connections_reply(start_daemon_thread):
+    from tests.integration.test_daemon_load import PacedBackend
+
+    d = start_daemon_thread(PacedBackend(sockets=5), interval=0.2)
+    session = msgpack_rpc.socket_session(d.socket)
+    session.error_wrapper = NetmonError
+    try:
+        wait_until(lambda: session.request("status")["ticks"] >= 2)
+        # The chunks come as notifications before the response; the client's
+        # own notification queue holds them.
+        result = session.request("connections", {"chunk": 2})
+        assert result == {"connections": [], "streamed": 5}
+        chunks = []
+        while len(chunks) < 3:
+            kind, method, args = session.next_message()
+            if kind == "notification" and method == "connections_chunk":
+                chunks.append(args[0])
+        assert [len(c["connections"]) for c in chunks] == [2, 2, 1]
+        assert len({c["msgid"] for c in chunks}) == 1
+        assert sorted(r["local_port"] for c in chunks for r in c["connections"]) == list(range(10000, 10005))
+    finally:
+        session.close()
