@@ -471,7 +471,7 @@ def _csv_cell(value: Any) -> Any:
 MACHINE_FORMATS = ("json", "ndjson", "csv")
 
 
-def emit_rows_streamed(fmt: str, rows_key: str, chunks: Iterable[list[dict[str, Any]]],
+def emit_rows_streamed(fmt: str, rows_key: str, chunks: Iterable[Sequence[Mapping[str, Any]]],
                        fields: Sequence[str]) -> None:
     """Print rows in a machine format as their chunks arrive, never holding
     them all: the same text emit() prints for {rows_key: every row} (json,
