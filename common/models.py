@@ -12,7 +12,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol, TypeVar
 
 from . import api
 
@@ -92,6 +92,16 @@ def connection_scope(local_ip: str | None, remote_ip: str | None) -> str | None:
     return classify_scope(local_ip)
 
 
+class RowLike(Protocol):
+    """What a filter reads a connection through: a wire row (dict) or the
+    daemon's own row (netmond.state.ConnRow), by field name."""
+
+    def get(self, key: str, /) -> Any: ...
+
+
+R = TypeVar("R", bound=RowLike)
+
+
 class FilterError(ValueError):
     """A filter parameter is invalid; `field` names it."""
 
@@ -160,7 +170,7 @@ class Filter:
     def is_empty(self) -> bool:
         return not self.to_wire()
 
-    def matches(self, row: dict[str, Any]) -> bool:
+    def matches(self, row: RowLike) -> bool:
         """True when the Connection row passes every criterion."""
         if self.proc is not None:
             name = row.get("process_name") or ""
@@ -200,7 +210,7 @@ class Filter:
             return False
         return True
 
-    def apply(self, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    def apply(self, rows: Iterable[R]) -> list[R]:
         """The rows that match, in order."""
         if self.is_empty():
             return list(rows)
@@ -281,7 +291,7 @@ def _in_network(ip: str | None, network: Any) -> bool:
     return addr.version == network.version and addr in network
 
 
-def _search_matches(text: str, row: dict[str, Any]) -> bool:
+def _search_matches(text: str, row: RowLike) -> bool:
     needle = text.lower()
     for key in ("process_name", "local_ip", "remote_ip"):
         value = row.get(key)

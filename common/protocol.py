@@ -15,7 +15,7 @@ allocate more than about a megabyte, whatever header it sends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import msgpack
 import msgpack.fallback
@@ -224,7 +224,7 @@ def pack_response(msgid: int, error: RPCError | None, result: Any) -> bytes:
     return pack([RESPONSE, msgid, error.to_wire() if error else None, result])
 
 
-def pack_notification(method: str, payload: dict[str, Any]) -> bytes:
+def pack_notification(method: str, payload: Mapping[str, Any]) -> bytes:
     """Encode a notification."""
     return pack([NOTIFICATION, method, [payload]])
 

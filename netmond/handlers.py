@@ -154,12 +154,12 @@ def status(daemon: DaemonInterface, params: dict[str, Any], session: Session) ->
 
 
 def _wire_chunks(rows: list[ConnRow], flt: Filter, include_closed: bool, wanted: list[str] | None,
-                 chunk: int) -> Iterator[list[dict[str, Any]]]:
+                 chunk: int) -> Iterator[list[Any]]:
     """The matching rows as wire dicts, `chunk` at a time, lazily: each chunk
     is made when asked for, from the rows as they are then. A row that
     closed since the reply began is left out unless closed rows were asked
     for (it is no longer an open connection)."""
-    batch: list[dict[str, Any]] = []
+    batch: list[Any] = []  # Connections, or maps of the `fields` asked for
     now = time.time()
     for row in rows:
         if not include_closed and row.closed_at is not None:
@@ -167,7 +167,7 @@ def _wire_chunks(rows: list[ConnRow], flt: Filter, include_closed: bool, wanted:
         if not flt.matches(row):
             continue
         wire = row.to_wire(now)
-        batch.append(wire if wanted is None else {f: wire[f] for f in wanted})
+        batch.append(wire if wanted is None else {f: wire.get(f) for f in wanted})
         if len(batch) >= chunk:
             yield batch
             batch = []
@@ -201,10 +201,12 @@ def connections(daemon: DaemonInterface, params: dict[str, Any], session: Sessio
     now = time.time()
     # Filtered on the rows themselves: only the matches are turned into dicts.
     matching = flt.apply(daemon.connections(include_closed))
+    # Connections, or maps of the `fields` asked for (each a Connection field).
+    out: list[Any]
     if wanted is None:
         out = [row.to_wire(now) for row in matching]
     else:  # one full dict at a time, not all of them, before the cut
-        out = [{f: wire[f] for f in wanted} for wire in (row.to_wire(now) for row in matching)]
+        out = [{f: wire.get(f) for f in wanted} for wire in (row.to_wire(now) for row in matching)]
     return {"connections": out}
 
 

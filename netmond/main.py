@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         # Nothing to serve but a Unix socket: keep OpenSSL out of the daemon.
         # asyncio imports ssl when it can (libssl + libcrypto: ~5 MB of RSS)
         # and runs without it; the Prometheus exporter needs it, hence the if.
-        sys.modules.setdefault("ssl", None)
+        # (None in sys.modules makes `import ssl` fail: documented, not in typeshed.)
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from . import platform  # after logging is set up; keeps --help/--version fast
 
     platform.tune_allocator()  # before the daemon's modules allocate

@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from typing import overload
 from dataclasses import dataclass, field
 
 
@@ -37,6 +38,10 @@ class PeerCredentials:
             return False
 
 
+@overload
+def resolve_group(group: None) -> None: ...
+@overload
+def resolve_group(group: str | int) -> int: ...
 def resolve_group(group: str | int | None) -> int | None:
     """A group name or id to a gid; None if unset; KeyError if unknown."""
     if group is None:

@@ -50,7 +50,7 @@ import resource
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping
 
 import msgpack
 
@@ -112,7 +112,7 @@ class Policy:
 
 #: What the server dispatches to: method -> (params, session) -> result
 #: (handlers.bind() makes it; the server knows nothing of the daemon).
-Dispatch = dict[str, Callable[[dict[str, Any], "ClientSession"], Any]]
+Dispatch = Mapping[str, Callable[[dict[str, Any], "ClientSession"], Any]]
 #: Awaited before a handler that reads the daemon's state runs: returns once
 #: no tick is changing it (app.Daemon.state_quiet).
 StateGate = Callable[[], Awaitable[None]]
@@ -165,7 +165,7 @@ def client_fd_budget() -> int | None:
     return max(1, soft - _FD_RESERVE)
 
 
-def _claims_too_much(head: bytes) -> bool:
+def _claims_too_much(head: bytes | bytearray) -> bool:
     """True if these first bytes of a message hold a str/bin/ext/array/map
     header whose length is over the protocol's limits."""
     probe = protocol.new_unpacker(limited=True, pure=True)
@@ -374,6 +374,7 @@ class ClientSession:
                 # Completing a message resets the clock, receiving bytes does
                 # not: so a sender trickling one byte at a time times out too.
                 # A subscriber with nothing half-sent may be silent forever.
+                started: float | None
                 if partial_since is not None:
                     started = partial_since if self.topics else min(partial_since, last_message)
                 else:
@@ -573,7 +574,7 @@ class ClientSession:
             pass
 
 
-def pack_for(topic: str, payload: dict[str, Any], rows_key: str | None,
+def pack_for(topic: str, payload: Mapping[str, Any], rows_key: str | None,
              keys: Iterable[Filter | None]) -> dict[Filter | None, bytes | None | Exception]:
     """One encoded notification per filter in `keys` (None: unfiltered).
 
@@ -694,7 +695,7 @@ class Server:
             self.sessions.discard(session)
             self._tasks.discard(asyncio.current_task())
 
-    def publish(self, topic: str, payload: dict[str, Any], rows_key: str | None = None) -> None:
+    def publish(self, topic: str, payload: Mapping[str, Any], rows_key: str | None = None) -> None:
         """Queue a notification for every session subscribed to topic.
 
         With rows_key, payload[rows_key] is a list of Connection rows that is

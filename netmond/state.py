@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable
 
+from common import api
 from common.models import connection_scope, format_addr
 
 from .backends.base import InterfaceSample, Snapshot, SocketSample
@@ -120,7 +121,7 @@ class ConnRow:
         only in to_wire()."""
         return getattr(self, name, default)
 
-    def to_wire(self, now: float) -> dict[str, Any]:
+    def to_wire(self, now: float) -> api.Connection:
         """The Connection map of docs/PROTOCOL.md §8."""
         end = self.closed_at if self.closed_at is not None else now
         return {
@@ -181,7 +182,7 @@ class TickChanges:
 
     updated: list[ConnRow] = field(default_factory=list)
     closed: list[ConnRow] = field(default_factory=list)
-    history_point: dict[str, float] | None = None
+    history_point: api.HistoryPoint | None = None
 
 
 class _AppLive:
@@ -212,10 +213,12 @@ class _AppLive:
             self.uncounted += 1
 
 
-def _app_wire(name: str | None, live: _AppLive | None, totals: AppTotals | None) -> dict[str, Any]:
+def _app_wire(name: str | None, live: _AppLive | None, totals: AppTotals | None) -> api.AppUsage:
     """One AppUsage map (see MonitorState.app_usage for what each field means)."""
     counted = bool((totals and totals.counted) or (live and live.counted))
     uncounted = bool((totals and totals.uncounted) or (live and live.uncounted))
+    up: float | None
+    down: float | None
     if totals is not None and (totals.upload_speed or totals.download_speed):
         # What its sockets moved in the last tick, those closed in it included.
         up, down = totals.upload_speed, totals.download_speed
@@ -237,7 +240,7 @@ def _app_wire(name: str | None, live: _AppLive | None, totals: AppTotals | None)
     }
 
 
-def _app_order(app: dict[str, Any]) -> tuple:
+def _app_order(app: api.AppUsage) -> tuple:
     """Busiest first (speed, then bytes); unknown figures count as 0."""
     return ((app["upload_speed"] or 0.0) + (app["download_speed"] or 0.0),
             (app["bytes_sent"] or 0) + (app["bytes_received"] or 0))
@@ -295,7 +298,7 @@ class MonitorState:
         self._apps_moving: dict[str | None, AppTotals] = {}
         self._apps_moved: dict[str | None, AppTotals] = {}
         self._ifaces: dict[str, _IfaceTrack] = {}
-        self.history: deque[dict[str, float]] = deque(maxlen=self._history_len())
+        self.history: deque[api.HistoryPoint] = deque(maxlen=self._history_len())
         self._baseline = True
         self.last_mono: float | None = None
         self.ticks = 0
@@ -483,7 +486,7 @@ class MonitorState:
         iface_up, iface_down = self._apply_interfaces(snap.interfaces, dt, baseline)
         self._apply_totals(dt, counted_up, counted_down, iface_up, iface_down)
         if not baseline and dt:
-            point = {
+            point: api.HistoryPoint = {
                 "timestamp": wall,
                 "upload": self.total_upload_speed,
                 "download": self.total_download_speed,
@@ -596,7 +599,7 @@ class MonitorState:
     def _expire_closed(self, wall: float) -> None:
         cutoff = wall - self.closed_retention
         closed = self.closed
-        while closed and (closed[0].closed_at <= cutoff or len(closed) > MAX_CLOSED_ROWS):
+        while closed and ((closed[0].closed_at or 0.0) <= cutoff or len(closed) > MAX_CLOSED_ROWS):
             row = closed.popleft()
             if self._closed_by_key.get(row.key) is row:
                 del self._closed_by_key[row.key]
@@ -685,7 +688,7 @@ class MonitorState:
         if include_closed:
             yield from self.closed
 
-    def app_usage(self) -> list[dict[str, Any]]:
+    def app_usage(self) -> list[api.AppUsage]:
         """AppUsage maps: every app with open sockets or counted bytes, and the
         "process unknown" line (process_name None) when it has any.
 
@@ -715,7 +718,7 @@ class MonitorState:
         out.sort(key=_app_order, reverse=True)
         return out
 
-    def app_usage_of(self, rows: Iterable[ConnRow]) -> list[dict[str, Any]]:
+    def app_usage_of(self, rows: Iterable[ConnRow]) -> list[api.AppUsage]:
         """AppUsage maps computed over some rows only (a filtered `apps`).
 
         Bytes are what those rows moved since start/clear (closed ones still
@@ -768,7 +771,7 @@ class MonitorState:
             "time_wait": remnants,
         }
 
-    def interfaces(self) -> list[dict[str, Any]]:
+    def interfaces(self) -> list[api.Interface]:
         """Per-interface rates and totals since start/clear."""
         return [
             {
@@ -781,7 +784,7 @@ class MonitorState:
             for name, tr in sorted(self._ifaces.items())
         ]
 
-    def stats(self, *, uptime: float, monitoring: bool) -> dict[str, Any]:
+    def stats(self, *, uptime: float, monitoring: bool) -> api.Stats:
         """The Stats map of docs/PROTOCOL.md §8, with the totals of this module's docstring."""
         ifaces = self.interfaces()
         counted = [
@@ -823,7 +826,7 @@ class MonitorState:
             "top_app": top,
         }
 
-    def bandwidth_history(self, seconds: float, now: float) -> list[dict[str, float]]:
+    def bandwidth_history(self, seconds: float, now: float) -> list[api.HistoryPoint]:
         """History points of the last `seconds`, oldest first."""
         cutoff = now - seconds
         return [p for p in self.history if p["timestamp"] >= cutoff]

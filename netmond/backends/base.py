@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Hashable
 
+from common import api
+
 
 @dataclass(slots=True)
 class SocketSample:
@@ -95,7 +97,7 @@ class BackendStatus:
     # the one asked (nettop takes whole seconds); None: as asked.
     effective_interval: float | None = None
     # Linux root mode (eBPF): {"active": bool, "reason": str}; None elsewhere.
-    root_mode: dict | None = None
+    root_mode: api.RootMode | None = None
 
 
 class Backend:

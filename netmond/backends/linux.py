@@ -95,7 +95,7 @@ import socket
 from collections import deque
 from itertools import chain
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Hashable, NamedTuple
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
 from .ebpf.attribution import EbpfAttribution
@@ -132,7 +132,7 @@ MAX_DESTROYED_KEYS_PER_GENERATION = 100_000
 #: asynchronously, by a kernel work queue then our reader thread).
 OWNER_GENERATIONS = 3
 
-_FAMILY_NAMES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
 _NO_BYTES = (None, None)
 _INODE_OF = attrgetter("inode")
@@ -159,7 +159,7 @@ class OwnerEntry(NamedTuple):
 
 
 #: Owner tables map each connected TCP key to its OwnerEntry.
-OwnerTable = dict[tuple, OwnerEntry]
+OwnerTable = dict[Hashable, OwnerEntry]
 _NO_OWNER = OwnerEntry(None, None, None, None, None, None)
 #: Listening sockets of one dump: (family, raw local address, port) -> the
 #: (pid, process_name, user) of each listener there (SO_REUSEPORT: several).
@@ -384,8 +384,8 @@ class LinuxBackend(Backend):
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
         destroyed = self._destroyed
-        self._timewait_before, timewait_keys = self._timewait_keys, {}
-        self._timewait_keys = timewait_keys
+        timewait_keys: dict[tuple, tuple] = {}
+        self._timewait_before, self._timewait_keys = self._timewait_keys, timewait_keys
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
         last_tick = self._unchanged.get
@@ -398,9 +398,8 @@ class LinuxBackend(Backend):
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             if inode:
                 pid = inode_owner(inode)
-                info = by_pid.get(pid) if pid is not None else by_uid.get(uid)
-                if info is None:
-                    info = owner_info(pid, uid)
+                found = by_pid.get(pid) if pid is not None else by_uid.get(uid)
+                info = found if found is not None else owner_info(pid, uid)
                 if info[0] is None and ebpf_owner is not None:
                     info = ebpf_owner(cookie, owner_of) or info
                 if state == TCP_LISTEN:

@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import sys
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 # --- constants from the kernel's uapi headers -----------------------------
 NETLINK_SOCK_DIAG = 4
@@ -210,8 +210,11 @@ def parse_messages(
     known_get = known.get if known is not None else None
     swap = _PORTS_NEED_SWAP
     full = _NLMSGHDR_AND_DIAG_MSG.size
-    layout = layout_unpack = layout_headers = None
+    # Set together, from the first socket whose attributes are walked.
+    layout_unpack: Callable[..., tuple] | None = None
+    layout_headers: tuple | None = None
     layout_end = layout_counters = 0
+    counters: TcpCounters | None
     end = len(buf)
     off = 0
     while off + _HDR_LEN <= end:
@@ -233,7 +236,7 @@ def parse_messages(
                 # layout (every header where it was, same length and type),
                 # and the counters are read at its tcp_info offset. Any other
                 # layout is walked attribute by attribute.
-                if layout is not None and attr + layout_end <= msg_end and (
+                if layout_unpack is not None and attr + layout_end <= msg_end and (
                     layout_unpack(buf, attr) == layout_headers
                 ):
                     values = info_unpack(buf, attr + layout_counters)
@@ -247,7 +250,7 @@ def parse_messages(
                     sport = ((sport & 0xFF) << 8) | (sport >> 8)
                     dport = ((dport & 0xFF) << 8) | (dport >> 8)
                 record = new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie))
-                if known is not None:
+                if known_get is not None:
                     same = known_get(cookie)
                     if same is not None and same == record:
                         record = same
@@ -274,7 +277,8 @@ def _walk_attributes(buf, attr: int, msg_end: int) -> tuple[TcpCounters | None, 
     parse_messages checks the next socket's attributes in one call.
     """
     start = attr
-    fmt, headers, at = "=", [], start
+    headers: list[int] = []  # (length, type) of each attribute, flat
+    fmt, at = "=", start
     while attr + 4 <= msg_end:
         alen, atype = RTATTR.unpack_from(buf, attr)
         if alen < 4:

@@ -218,8 +218,9 @@ class DestroyListener:
         sock = self._sock
         assert sock is not None
         while not self._stopping.is_set():
+            watched: list[socket.socket | int] = [sock, self._wake_r]
             try:
-                readable, _, _ = select.select([sock, self._wake_r], [], [], 1.0)
+                readable, _, _ = select.select(watched, [], [], 1.0)
             except (OSError, ValueError):
                 return  # socket closed under us: shutting down
             if self._wake_r in readable:

@@ -126,12 +126,12 @@ def payload(c: TcpCounters, state: int, active_open: bool) -> tuple[int, int]:
         # ... and in CLOSE (destroy events) deduced from the unique payload
         # sent (4.19+), which bounds the payload acknowledged: anything
         # beyond it is the FIN. Older kernels: assume a graceful close.
-        if sent_with_retrans is None:
+        if sent_with_retrans is None or retrans is None:  # (both 4.19+)
             own_fin_acked = True
             acked -= 1
         else:
             own_fin_acked = acked > sent_with_retrans - retrans
-    if sent_with_retrans is not None:
+    if sent_with_retrans is not None and retrans is not None:
         unique_sent = sent_with_retrans - retrans
         if acked > unique_sent:
             acked = unique_sent

@@ -15,6 +15,7 @@ import ctypes.util
 import socket
 import struct
 import sys
+from typing import Any
 
 from ..peercred import PeerCredentials
 
@@ -61,7 +62,7 @@ def _load_libc() -> ctypes.CDLL | None:
     return ctypes.CDLL(libc_path) if libc_path else None
 
 
-def launch_activate_socket(name: str, libc: object | None = None) -> list[int]:
+def launch_activate_socket(name: str, libc: Any = None) -> list[int]:
     """The descriptors launchd passed us for the plist's Sockets entry `name`;
     [] when launchd did not start us with one, or off macOS.
 
@@ -82,5 +83,5 @@ def launch_activate_socket(name: str, libc: object | None = None) -> list[int]:
     if err != 0 or count.value < 1:
         return []  # not launched by launchd with a Sockets key (ESRCH/ENOENT)
     fd_list = [fds[i] for i in range(count.value)]
-    libc.free(fds)  # type: ignore[union-attr]
+    libc.free(fds)
     return fd_list
