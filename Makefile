@@ -60,12 +60,14 @@ stop:
 	@pid=$$($(BIN)/netmonctl status --json 2>/dev/null | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["pid"])' 2>/dev/null) \
 	  && kill -TERM $$pid && echo "netmond (pid $$pid) stopped" || echo "no netmond answers"
 
+# mypy first (a few seconds; [tool.mypy] in pyproject.toml says what and how strictly).
 # As root (where unshare works), the suite runs in a network namespace of its
 # own (tests/in_netns.sh): the daemons it starts see the tests' sockets alone.
 # On a busy machine every other program's connections made their ticks slow
 # and the tests' waits time out. NETMON_TEST_NETNS=0 runs it in the machine's.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 test: install
+	$(BIN)/mypy
 	@if [ "$$(id -u)" = 0 ] && [ "$${NETMON_TEST_NETNS:-1}" != 0 ] && command -v ip >/dev/null \
 	    && unshare --net true 2>/dev/null; then \
 	  echo "tests run in a network namespace of their own (NETMON_TEST_NETNS=0: not)"; \
@@ -78,4 +80,4 @@ bench: install
 	$(BIN)/python bench/run_all.py --size $(BENCH_SIZE)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(BPF_OBJ)
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache $(BPF_OBJ)
