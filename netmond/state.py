@@ -418,6 +418,7 @@ class MonitorState:
 
         # 2. Sockets open now.
         seen: set[Hashable] = set()
+        kinds_changed = False
         for s in sockets:
             key = s.key
             row = self.open.get(key)
@@ -440,6 +441,7 @@ class MonitorState:
                     continue  # dump taken just before the destroy event: stale
                 row = ConnRow(next(self._ids), s, wall)
                 self.open[key] = row
+                kinds_changed = True
                 if baseline:
                     row.upload_speed = row.download_speed = None
                 else:
@@ -472,6 +474,8 @@ class MonitorState:
             row.last_seen = wall
             if (row.state, row.bytes_sent, row.bytes_received, row.pid) != before:
                 changes.updated.append(row)
+                if row.state != before[0]:
+                    kinds_changed = True  # a listener or a remnant now, or no longer
 
         # 3. Rows the OS no longer lists closed since the last sample.
         if len(seen) != len(self.open):
@@ -493,7 +497,10 @@ class MonitorState:
             }
             self.history.append(point)
             changes.history_point = point
-        self._counts = self._count_open()
+        if kinds_changed or changes.closed:
+            # Counted again only when a row came, went or changed state: an
+            # idle tick at 100,000 sockets skips a pass over every row.
+            self._counts = self._count_open()
         self.last_mono = snap.monotonic
         self._baseline = False
         self.ticks += 1

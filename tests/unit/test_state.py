@@ -417,3 +417,18 @@ def test_an_app_of_short_connections_moves_at_the_speed_its_totals_grow():
     (app,) = [a for a in st.app_usage() if a["process_name"] == "shortconn"]
     assert (app["upload_speed"], app["download_speed"]) == (0.0, 0.0)
     assert app["bytes_sent"] == 100_000
+
+
+def test_counts_follow_rows_that_come_go_or_change_state_and_hold_on_idle_ticks():
+    st = MonitorState()
+    a, b = sock(5000), sock(5001)
+    st.apply(snap(0, [a, b]))
+    assert st.connection_counts()["connections"] == 2
+    st.apply(snap(1, [a, b]))  # the same samples: nothing to count again
+    assert st.connection_counts() == {"sockets": 2, "connections": 2, "listeners": 0, "time_wait": 0}
+    st.apply(snap(2, [a, sock(5001, state="TIME_WAIT", pid=None, name=None)]))  # a state change
+    assert st.connection_counts() == {"sockets": 2, "connections": 1, "listeners": 0, "time_wait": 1}
+    st.apply(snap(3, [a, sock(5002, state="LISTEN")]))  # one gone, one new
+    assert st.connection_counts() == {"sockets": 2, "connections": 1, "listeners": 1, "time_wait": 0}
+    st.apply(snap(4, [sock(5002, state="LISTEN")], closed=[a]))  # a destroy event
+    assert st.connection_counts() == {"sockets": 1, "connections": 0, "listeners": 1, "time_wait": 0}
