@@ -25,6 +25,7 @@ HELLO = "hello"
 STATUS = "status"
 CONNECTIONS = "connections"
 APPS = "apps"
+REMOTES = "remotes"
 STATS = "stats"
 BANDWIDTH_HISTORY = "bandwidth_history"
 CONTROL = "control"
@@ -32,7 +33,7 @@ CONFIGURE = "configure"
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 
-METHODS = (HELLO, STATUS, CONNECTIONS, APPS, STATS, BANDWIDTH_HISTORY, CONTROL, CONFIGURE, SUBSCRIBE, UNSUBSCRIBE)
+METHODS = (HELLO, STATUS, CONNECTIONS, APPS, REMOTES, STATS, BANDWIDTH_HISTORY, CONTROL, CONFIGURE, SUBSCRIBE, UNSUBSCRIBE)
 
 #: Bounds of the sampling interval (`configure`, the daemon's config), seconds.
 INTERVAL_MIN = 0.1
@@ -120,6 +121,7 @@ class Connection(TypedDict):
     last_seen: float  # epoch seconds
     counters: str | None  # "kernel" or null
     closed_at: float | None  # epoch seconds; null while open
+    remote_host: str | None  # the remote address's name (reverse DNS, hosts file); null: unknown yet, none, or --no-resolve
 
 
 class AppUsage(TypedDict):
@@ -132,6 +134,22 @@ class AppUsage(TypedDict):
     download_speed: float | None
     bytes_sent: int | None  # bytes since start/clear; null: no socket had counters
     bytes_received: int | None
+    partial: bool  # some sockets have counters and some not: figures count the former
+
+
+class RemoteUsage(TypedDict):
+    """One remote address's usage (with by_port: one remote address and port)."""
+
+    remote_ip: str
+    remote_port: int | None  # with by_port; null otherwise
+    hostname: str | None  # as Connection.remote_host
+    scope: str | None  # "loopback" | "lan" | "internet"
+    connections: int  # active connections to it now
+    upload_speed: float | None  # bytes/s; null: open sockets, none with counters
+    download_speed: float | None
+    bytes_sent: int | None  # bytes since start/clear, retained closed connections included; null: no counters
+    bytes_received: int | None
+    apps: list[str]  # the processes that talked to it, most bytes first (unknown processes not listed)
     partial: bool  # some sockets have counters and some not: figures count the former
 
 
@@ -195,6 +213,7 @@ class FilterMap(TypedDict, total=False):
     ip: str  # address or CIDR
     search: str
     family: int  # 4 | 6
+    host: str  # in the remote's name
 
 
 # -- method params and results (docs/PROTOCOL.md §6) ------------------------------
@@ -252,6 +271,7 @@ class Status(TypedDict):
     pid: int
     history_seconds: int  # seconds
     include_loopback: bool
+    resolve: bool  # remote addresses are named (config resolve, --no-resolve)
 
 
 class ConnectionsParams(TypedDict, total=False):
@@ -272,6 +292,15 @@ class AppsParams(TypedDict, total=False):
 
 class AppsResult(TypedDict):
     apps: list[AppUsage]
+
+
+class RemotesParams(TypedDict, total=False):
+    filter: FilterMap
+    by_port: bool
+
+
+class RemotesResult(TypedDict):
+    remotes: list[RemoteUsage]
 
 
 class BandwidthHistoryParams(TypedDict, total=False):

@@ -250,6 +250,15 @@ class Client:
         """Per-application usage, over the matching rows with a filter."""
         return self.call(api.APPS, {"filter": filter} if filter else {})
 
+    def remotes(self, filter: api.FilterMap | None = None, *, by_port: bool = False) -> api.RemotesResult:
+        """Per-remote usage (per remote address and port with by_port), over the matching rows with a filter."""
+        params: api.RemotesParams = {}
+        if filter:
+            params["filter"] = filter
+        if by_port:
+            params["by_port"] = True
+        return self.call(api.REMOTES, dict(params))
+
     def stats(self) -> api.Stats:
         """Machine totals."""
         return self.call(api.STATS)

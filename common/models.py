@@ -22,6 +22,8 @@ from . import api
 CONNECTION_FIELDS: tuple[str, ...] = tuple(api.Connection.__annotations__)
 #: Fields of an AppUsage row.
 APP_FIELDS: tuple[str, ...] = tuple(api.AppUsage.__annotations__)
+#: Fields of a RemoteUsage row.
+REMOTE_FIELDS: tuple[str, ...] = tuple(api.RemoteUsage.__annotations__)
 #: Fields of Stats.
 STATS_FIELDS: tuple[str, ...] = tuple(api.Stats.__annotations__)
 #: Fields of one entry of Stats.interfaces.
@@ -129,6 +131,7 @@ class Filter:
     ip: str | None = None
     search: str | None = None
     family: int | None = None
+    host: str | None = None
     _network: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -206,6 +209,10 @@ class Filter:
             return False
         if self.family is not None and row.get("family") != f"IPv{self.family}":
             return False
+        if self.host is not None:
+            name = row.get("remote_host")
+            if not name or self.host.lower() not in name.lower():
+                return False
         if self.search is not None and not _search_matches(self.search, row):
             return False
         return True
@@ -217,14 +224,14 @@ class Filter:
         return [r for r in rows if self.matches(r)]
 
 
-#: Longest text criterion (proc, search, ip). Names are at most a few hundred
+#: Longest text criterion (proc, search, ip, host). Names are at most a few hundred
 #: characters; a filter is evaluated against every row of every tick for
 #: every subscriber, so its cost must stay small whatever a client sends.
 MAX_FILTER_TEXT = 256
 
 
 def _validate_filter_field(key: str, value: Any) -> Any:
-    if key in ("proc", "search", "ip"):
+    if key in ("proc", "search", "ip", "host"):
         if not isinstance(value, str) or not value:
             raise FilterError(key, "must be a non-empty string")
         if len(value) > MAX_FILTER_TEXT:
@@ -293,7 +300,7 @@ def _in_network(ip: str | None, network: Any) -> bool:
 
 def _search_matches(text: str, row: RowLike) -> bool:
     needle = text.lower()
-    for key in ("process_name", "local_ip", "remote_ip"):
+    for key in ("process_name", "local_ip", "remote_ip", "remote_host"):
         value = row.get(key)
         if value and needle in value.lower():
             return True

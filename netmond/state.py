@@ -41,10 +41,10 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 from common import api
-from common.models import connection_scope, format_addr
+from common.models import classify_scope, connection_scope, format_addr
 
 from .backends.base import InterfaceSample, Snapshot, SocketSample
 
@@ -52,6 +52,27 @@ from .backends.base import InterfaceSample, Snapshot, SocketSample
 MAX_CLOSED_ROWS = 50_000
 #: App totals kept at most; beyond it the smallest idle apps are forgotten.
 MAX_APPS = 4096
+
+
+class Names:
+    """How rows learn their remote's name: one holder shared by the state and
+    all its rows, so that turning names on or off (config `resolve`, SIGHUP)
+    applies to every row at once.
+
+    `lookup` must answer at once (netmond.resolver.ReverseResolver.name: a
+    cache that queues what it does not know); None: names are off.
+    """
+
+    __slots__ = ("lookup",)
+
+    def __init__(self, lookup: Callable[[str], str | None] | None = None) -> None:
+        self.lookup = lookup
+
+    def __call__(self, ip: str | None) -> str | None:
+        lookup = self.lookup
+        if lookup is None or ip is None:
+            return None
+        return lookup(ip)
 
 
 class ConnRow:
@@ -62,10 +83,10 @@ class ConnRow:
         "remote_port", "scope", "state", "pid",
         "process_name", "user", "bytes_sent", "bytes_received", "upload_speed",
         "download_speed", "first_seen", "last_seen", "closed_at", "counted_sent",
-        "counted_received", "sample",
+        "counted_received", "sample", "names",
     )
 
-    def __init__(self, row_id: int, s: SocketSample, wall: float) -> None:
+    def __init__(self, row_id: int, s: SocketSample, wall: float, names: Names | None = None) -> None:
         self.id = row_id
         self.key = s.key
         self.protocol = s.protocol
@@ -93,6 +114,14 @@ class ConnRow:
         # The SocketSample last applied: a backend that hands the same object
         # again says the socket did not change (see MonitorState.apply).
         self.sample = s
+        self.names = names
+
+    @property
+    def remote_host(self) -> str | None:
+        """The remote address's name, as known now (asked for on first use:
+        read, not stored, so that a name that arrives later shows at once)."""
+        names = self.names
+        return None if names is None else names(self.remote_ip)
 
     @property
     def app(self) -> str | None:
@@ -150,6 +179,7 @@ class ConnRow:
             "counters": (self.sample.counters or "kernel")
             if self.bytes_sent is not None or self.bytes_received is not None else None,
             "closed_at": self.closed_at,
+            "remote_host": self.remote_host,
         }
 
 
@@ -275,8 +305,11 @@ class MonitorState:
         history_seconds: int = 3600,
         closed_retention: float = 60.0,
         include_loopback: bool = True,
+        names: Callable[[str], str | None] | None = None,
     ) -> None:
         self.interval = interval
+        #: Remote names for every row (see Names); set_names changes them.
+        self.names = Names(names)
         self.history_seconds = history_seconds
         self.closed_retention = closed_retention
         self.include_loopback = include_loopback
@@ -364,6 +397,10 @@ class MonitorState:
                 self._counts = self._count_open()
             self.rebaseline()
 
+    def set_names(self, lookup: Callable[[str], str | None] | None) -> None:
+        """Where rows' remote names come from from now on; None: no names."""
+        self.names.lookup = lookup
+
     def rebaseline(self) -> None:
         """Next apply() takes current counters as the starting point (resume)."""
         with self.lock:
@@ -406,7 +443,7 @@ class MonitorState:
                     counted_up, counted_down = counted_up + up, counted_down + down
                     continue
                 # Opened and closed between two samples: every byte is new.
-                row = ConnRow(next(self._ids), s, wall)
+                row = self._new_row(s, wall)
                 up, down = self._account(row, s, baseline=False, fresh=True)
             else:
                 self._adopt(row, s)
@@ -439,7 +476,7 @@ class MonitorState:
                     s.bytes_received, done.bytes_received
                 ) == 0:
                     continue  # dump taken just before the destroy event: stale
-                row = ConnRow(next(self._ids), s, wall)
+                row = self._new_row(s, wall)
                 self.open[key] = row
                 kinds_changed = True
                 if baseline:
@@ -458,7 +495,7 @@ class MonitorState:
                 # Counters went backwards: the key names a new socket now.
                 self._close(row, wall)
                 changes.closed.append(row)
-                row = ConnRow(next(self._ids), s, wall)
+                row = self._new_row(s, wall)
                 self.open[key] = row
                 up, down = self._account(row, s, baseline=False, fresh=True, dt=dt)
                 counted_up, counted_down = counted_up + up, counted_down + down
@@ -506,6 +543,12 @@ class MonitorState:
         self.ticks += 1
         self._bound_apps()
         return changes
+
+    def _new_row(self, s: SocketSample, wall: float) -> ConnRow:
+        row = ConnRow(next(self._ids), s, wall, self.names)
+        if s.remote_ip is not None:
+            self.names(s.remote_ip)  # asks for the name now, so that it is known when shown
+        return row
 
     def _adopt(self, row: ConnRow, s: SocketSample) -> None:
         """Take the sample's non-counter fields (state, late-known process)."""
@@ -749,6 +792,57 @@ class MonitorState:
             if row.closed_at is None:
                 live[row.app].add(row)
         out = [_app_wire(name, live[name] if live[name].sockets else None, t) for name, t in totals.items()]
+        out.sort(key=_app_order, reverse=True)
+        return out
+
+    def remote_usage(self, rows: Iterable[ConnRow] | None = None, by_port: bool = False) -> list[dict[str, Any]]:
+        """RemoteUsage maps: one per remote address (with `by_port`, per
+        address and port) of `rows`, by default every open row and every
+        retained closed one; busiest first.
+
+        The figures follow app_usage_of: bytes are what the rows moved since
+        start/clear, closed ones still retained included; connections and
+        speeds come from the open ones. Sockets without a peer (listeners)
+        and TIME_WAIT remnants are no one's traffic.
+        """
+        if rows is None:
+            rows = self.connections(include_closed=True)
+        groups: dict[tuple[str, int | None], tuple[AppTotals, _AppLive, dict[str, int]]] = {}
+        for row in rows:
+            ip = row.remote_ip
+            if ip is None or row.is_remnant:
+                continue
+            key = (ip, row.remote_port if by_port else None)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = (AppTotals(), _AppLive(), {})
+            totals, live, apps = group
+            totals.bytes_sent += row.counted_sent
+            totals.bytes_received += row.counted_received
+            if row.has_counters:
+                totals.counted = True
+            else:
+                totals.uncounted = True
+            if row.closed_at is None:
+                live.add(row)
+            if row.process_name is not None:
+                apps[row.process_name] = apps.get(row.process_name, 0) + row.counted_sent + row.counted_received
+        out = []
+        for (ip, port), (totals, live, apps) in groups.items():
+            figures = _app_wire(None, live if live.sockets else None, totals)
+            out.append({
+                "remote_ip": ip,
+                "remote_port": port,
+                "hostname": self.names(ip),
+                "scope": classify_scope(ip),
+                "connections": figures["connections"],
+                "upload_speed": figures["upload_speed"],
+                "download_speed": figures["download_speed"],
+                "bytes_sent": figures["bytes_sent"],
+                "bytes_received": figures["bytes_received"],
+                "apps": sorted(apps, key=lambda name: (-apps[name], name)),
+                "partial": figures["partial"],
+            })
         out.sort(key=_app_order, reverse=True)
         return out
 
