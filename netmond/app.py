@@ -32,6 +32,7 @@ from .gcpause import GcPacer
 from .config import Config, ConfigError, load_config
 from .metrics import Health, MetricsExporter
 from .peercred import resolve_group
+from .resolver import ReverseResolver
 from .selfcost import RECORD_EVERY, CpuWindow
 from .server import Policy, Server, pack_for
 from .state import ConnRow, MonitorState
@@ -100,11 +101,14 @@ class Daemon:
         if backend is None:
             backend, self.warnings = make_backend(config)
         self.backend = backend
+        # Remote names, looked up off the sampling path (None: resolve = false).
+        self.resolver: ReverseResolver | None = ReverseResolver() if config.resolve else None
         self.state = MonitorState(
             interval=config.interval,
             history_seconds=config.history_seconds,
             closed_retention=config.closed_retention,
             include_loopback=config.include_loopback,
+            names=self.resolver.name if self.resolver is not None else None,
         )
         # Read by the server at each use; reload() updates it in place.
         self.policy = Policy(
@@ -159,6 +163,9 @@ class Daemon:
 
     def app_usage(self, rows: Iterable[ConnRow] | None = None) -> list[api.AppUsage]:
         return self.state.app_usage() if rows is None else self.state.app_usage_of(rows)
+
+    def remote_usage(self, rows: Iterable[ConnRow], by_port: bool = False) -> list[api.RemoteUsage]:
+        return self.state.remote_usage(rows, by_port=by_port)
 
     def bandwidth_history(self, seconds: float) -> list[api.HistoryPoint]:
         return self.state.bandwidth_history(seconds, time.time())
@@ -223,6 +230,7 @@ class Daemon:
             "pid": os.getpid(),
             "history_seconds": state.history_seconds,
             "include_loopback": state.include_loopback,
+            "resolve": self.resolver is not None,
         }
 
     def set_monitoring(self, on: bool) -> None:
@@ -268,6 +276,13 @@ class Daemon:
             sample_errors=self._sample_errors,
         )
 
+    def use_resolver(self, resolver: ReverseResolver | None) -> None:
+        """Name remotes with `resolver` from now on (None: no names); the old one stops."""
+        if self.resolver is not None:
+            self.resolver.close()
+        self.resolver = resolver
+        self.state.set_names(resolver.name if resolver is not None else None)
+
     def _wake_sampler(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -310,6 +325,8 @@ class Daemon:
             self.state.set_history_seconds(new.history_seconds)
         self.state.closed_retention = new.closed_retention
         self.state.set_include_loopback(new.include_loopback)
+        if new.resolve != old.resolve:
+            self.use_resolver(ReverseResolver() if new.resolve else None)
         if new.socket_group != old.socket_group:
             try:
                 listener.apply_socket_mode(self.socket_path, new.socket_group)
@@ -479,6 +496,8 @@ class Daemon:
                 self.metrics.stop()
             await self.server.close()
             self.backend.close()
+            if self.resolver is not None:
+                self.resolver.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._gc.close()
             sock.close()

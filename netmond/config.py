@@ -51,6 +51,9 @@ class Config:
     metrics_textfile: str | None = None
     # Linux root mode: eBPF attribution and UDP counters when allowed (false: never).
     ebpf: bool = True
+    # Name remote addresses (reverse DNS: queries go to the configured DNS
+    # server; loopback and link-local from the hosts file only). false: never.
+    resolve: bool = True
 
     def socket_path(self) -> str:
         """The socket path to bind."""
@@ -157,6 +160,8 @@ def validate(cfg: Config) -> None:
     cfg.subscriber_queue = int(_number("subscriber_queue", cfg.subscriber_queue, 1, 100000))
     if not isinstance(cfg.ebpf, bool):
         raise ConfigError(f"ebpf must be true or false, got {cfg.ebpf!r}")
+    if not isinstance(cfg.resolve, bool):
+        raise ConfigError(f"resolve must be true or false, got {cfg.resolve!r}")
     if not isinstance(cfg.include_loopback, bool):
         raise ConfigError(f"include_loopback must be true or false, got {cfg.include_loopback!r}")
     if cfg.backend not in BACKENDS:

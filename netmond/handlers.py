@@ -59,6 +59,9 @@ class DaemonInterface(Protocol):
     def app_usage(self, rows: Iterable[ConnRow] | None = None) -> list[api.AppUsage]:
         """Every app (rows None, with the bytes of long-closed connections), or the apps of `rows`."""
 
+    def remote_usage(self, rows: Iterable[ConnRow], by_port: bool = False) -> list[api.RemoteUsage]:
+        """One row per remote address (per address and port with `by_port`) of `rows`."""
+
     def bandwidth_history(self, seconds: float) -> list[api.HistoryPoint]: ...
 
     def set_monitoring(self, on: bool) -> None: ...
@@ -225,6 +228,14 @@ def apps(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> a
     return {"apps": daemon.app_usage(flt.apply(daemon.connections(True)))}
 
 
+def remotes(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.RemotesResult:
+    """Per-remote usage over the open and retained closed rows (matching the filter)."""
+    _check_keys(params, ("filter", "by_port"))
+    flt = _filter(params)
+    by_port = _bool(params, "by_port")
+    return {"remotes": daemon.remote_usage(flt.apply(daemon.connections(True)), by_port=by_port)}
+
+
 def stats(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> api.Stats:
     """Totals, rates, interfaces, attribution."""
     _check_keys(params, ())
@@ -310,6 +321,7 @@ HANDLERS: dict[str, Handler] = {
     api.STATUS: status,
     api.CONNECTIONS: connections,
     api.APPS: apps,
+    api.REMOTES: remotes,
     api.STATS: stats,
     api.BANDWIDTH_HISTORY: bandwidth_history,
     api.CONTROL: control,

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write Prometheus metrics to PATH every tick, for node_exporter's textfile collector")
     p.add_argument("--no-ebpf", dest="ebpf", action="store_const", const=False, default=None,
                    help="Linux: never load the eBPF programs of root mode (config: ebpf = false)")
+    p.add_argument("--no-resolve", dest="resolve", action="store_const", const=False, default=None,
+                   help="never look up the names of remote addresses (reverse DNS sends their addresses "
+                   "to the configured DNS server; config: resolve = false)")
     p.add_argument("--version", action="version", version=f"netmond {__version__}")
     return p
 

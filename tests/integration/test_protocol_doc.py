@@ -15,7 +15,7 @@ import pytest
 
 from common import models, protocol
 from common.models import (
-    APP_FIELDS, CONNECTION_FIELDS, HISTORY_FIELDS, INTERFACE_FIELDS, STATS_FIELDS, Filter,
+    APP_FIELDS, CONNECTION_FIELDS, HISTORY_FIELDS, INTERFACE_FIELDS, REMOTE_FIELDS, STATS_FIELDS, Filter,
 )
 from netmond.backends.base import Backend
 from netmond.config import Config
@@ -56,8 +56,9 @@ def test_every_topic_lagged_and_chunk_is_documented():
     assert table_keys(section(7)) == set(protocol.TOPICS) | {protocol.LAGGED, protocol.CONNECTIONS_CHUNK}
 
 
-@pytest.mark.parametrize("names", [CONNECTION_FIELDS, APP_FIELDS, STATS_FIELDS, INTERFACE_FIELDS, HISTORY_FIELDS],
-                         ids=["Connection", "AppUsage", "Stats", "Interface", "HistoryPoint"])
+@pytest.mark.parametrize("names", [CONNECTION_FIELDS, APP_FIELDS, REMOTE_FIELDS, STATS_FIELDS, INTERFACE_FIELDS,
+                                   HISTORY_FIELDS],
+                         ids=["Connection", "AppUsage", "RemoteUsage", "Stats", "Interface", "HistoryPoint"])
 def test_every_field_of_the_data_model_is_documented(names):
     assert set(names) - named(section(8)) == set()
 
