@@ -61,6 +61,7 @@ COMMANDS: dict[str, str] = {
     "status": "netmonctl.commands.status:status",
     "conns": "netmonctl.commands.conns:conns",
     "apps": "netmonctl.commands.apps:apps",
+    "remotes": "netmonctl.commands.remotes:remotes",
     "stats": "netmonctl.commands.stats:stats",
     "history": "netmonctl.commands.history:history",
     "top": "netmonctl.commands.top:top",

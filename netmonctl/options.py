@@ -147,6 +147,7 @@ FILTER_KEYS = (
     "ip",
     "search",
     "family",
+    "host",
 )
 
 
@@ -198,9 +199,12 @@ _FILTER_OPTIONS: tuple[Callable[[F], F], ...] = (
     click.option("--ip", metavar="ADDR|CIDR", callback=_validate,
                  help="Local or remote address, or a network such as 10.0.0.0/8."),
     click.option("--search", metavar="TEXT", callback=_validate,
-                 help="TEXT in the process name or an address, or equal to a port or pid."),
+                 help="TEXT in the process name, an address or the remote's name, or equal to a port or pid."),
     click.option("--family", type=click.Choice(["4", "6"]), callback=_validate,
                  help="IPv4 or IPv6."),
+    click.option("--host", metavar="TEXT", callback=_validate,
+                 help="The remote's name contains TEXT (case-insensitive); rows without a name never "
+                 "match. (-H/--host before the command names the daemon's machine.)"),
 )
 
 
@@ -222,6 +226,12 @@ def filter_options(f: F) -> F:
     for option in reversed(_FILTER_OPTIONS):
         decorated = option(decorated)
     return decorated
+
+
+def numeric_option(f: F) -> F:
+    """Add -n/--numeric: addresses instead of the remotes' names (as nettop -n); the command gets `numeric`."""
+    return click.option("-n", "--numeric", is_flag=True,
+                        help="Show remote addresses, not their names (JSON has both).")(f)
 
 
 # -- sorting -------------------------------------------------------------------

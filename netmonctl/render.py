@@ -225,6 +225,25 @@ def clip_address(text: str, width: int) -> str:
     return "…" + host[len(host) - keep:] + ":" + port
 
 
+def remote_end(row: dict[str, Any], numeric: bool = False) -> str:
+    """A row's remote end as people read it: its name, with the port where
+    the row has one ('example.com:443'), where the name is known and not
+    `numeric`; else the address ('93.184.216.34:443', '[2001:db8::1]:443').
+    Connection rows name it `remote_host`, RemoteUsage rows `hostname`; '-'
+    for a row without a remote (a listener)."""
+    ip, port = row.get("remote_ip"), row.get("remote_port")
+    name = None if numeric else row.get("remote_host", row.get("hostname"))
+    if name:
+        text = printable(str(name))
+        return text if port is None else f"{text}:{port}"
+    if ip is None:
+        return "-" if row.get("remote_addr") is None else safe(row["remote_addr"])
+    ip = printable(str(ip))
+    if port is None:
+        return ip
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def seconds(value: float | None) -> str:
     """A short number of seconds for settings and ages: 0.2 -> '0.2s'; None -> '-'."""
     return "-" if value is None else f"{value:.3g}s"

@@ -33,12 +33,18 @@ from .sorting import descending, sort_rows
 
 Row = Mapping[str, Any]
 
-VIEWS = ("apps", "conns")
+VIEWS = ("apps", "conns", "remotes")
+#: What the title and the status line call each view's rows.
+VIEW_TITLES = {"apps": "applications", "conns": "connections", "remotes": "remote hosts"}
+VIEW_NOUNS = {"apps": "apps", "conns": "connections", "remotes": "remotes"}
+#: The key that shows each view.
+VIEW_KEYS = {"a": "apps", "c": "conns", "h": "remotes"}
 #: What `s` cycles through, per view; the first is the default.
 SORT_KEYS: dict[str, tuple[str, ...]] = {
     "apps": ("speed", "upload_speed", "download_speed", "bytes", "connections", "process_name"),
     "conns": ("speed", "upload_speed", "download_speed", "bytes", "duration",
               "process_name", "remote_addr", "state"),
+    "remotes": ("speed", "upload_speed", "download_speed", "bytes", "connections", "hostname", "remote_ip"),
 }
 #: Seconds of bandwidth the sparklines show.
 SPARK_SECONDS = 60.0
@@ -46,18 +52,18 @@ SPARK_SECONDS = 60.0
 #: Line styles; commands/top.py maps them to curses attributes.
 STYLES = ("normal", "title", "header", "alert", "dim", "selected")
 
-KEY_HELP = "q:quit a/c:view s:sort r:reverse /:filter j/k:scroll b:bits p:pause ?:help"
+KEY_HELP = "q:quit a/c/h:view s:sort r:reverse /:filter j/k:scroll b:bits p:pause ?:help"
 
 HELP_LINES = (
     "Keys",
     "",
     "  q        quit (also Ctrl-C)",
-    "  a / c    applications / connections",
+    "  a / c / h  applications / connections / remote hosts (per address)",
     "  s        next sort column: speed, up, down, bytes, ...",
     "  r        reverse the order",
     "  j / k    move the selection down / up (also the arrow keys);",
     "           PgDn / PgUp (Space) a page, Home / End (g / G) first / last row",
-    "  /        filter by text: process, ip or port (Enter keeps it, Esc clears it)",
+    "  /        filter by text: process, ip, name or port (Enter keeps it, Esc clears it)",
     "  b        rates in bits per second (kbps, Mbps) or bytes (kB/s, MB/s)",
     "  p        pause the display (data keeps arriving)",
     "  + / -    the daemon's sampling interval x2 / /2 (slower / faster);",
@@ -83,6 +89,7 @@ class TopModel:
     stats: Mapping[str, Any] | None = None
     apps: Sequence[Row] = dc_field(default_factory=list)
     connections: Sequence[Row] = dc_field(default_factory=list)
+    remotes: Sequence[Row] = dc_field(default_factory=list)
     #: HistoryPoints (timestamp, upload, download), oldest first.
     history: list[dict[str, Any]] = dc_field(default_factory=list)
     connected: bool = True
@@ -135,21 +142,24 @@ class Line:
 
 
 def matches_text(row: Row, text: str) -> bool:
-    """The `/` filter: text in the process name or an address, or a port or pid starting so."""
+    """The `/` filter: text in the process name, an address or the remote's
+    name (a remote's processes too), or a port or pid starting so."""
     needle = text.strip().lower()
     if not needle:
         return True
-    for key in ("process_name", "local_addr", "remote_addr"):
+    for key in ("process_name", "local_addr", "remote_addr", "remote_host", "remote_ip", "hostname"):
         value = row.get(key)
         if value and needle in str(value).lower():
             return True
+    if any(needle in str(name).lower() for name in row.get("apps") or ()):
+        return True
     numbers = [row.get("local_port"), row.get("remote_port"), row.get("pid"), *(row.get("pids") or [])]
     return any(n is not None and str(n).startswith(needle) for n in numbers)
 
 
 def visible_rows(model: TopModel, ui: ViewState) -> list[Row]:
     """The current view's rows, text-filtered and sorted."""
-    rows = model.apps if ui.view == "apps" else model.connections
+    rows = {"apps": model.apps, "conns": model.connections, "remotes": model.remotes}[ui.view]
     if ui.filter_text:
         rows = [r for r in rows if matches_text(r, ui.filter_text)]
     return sort_rows(rows, ui.sort, ui.reverse)
@@ -244,6 +254,37 @@ APP_COLUMNS = (
     *_traffic(3),
 )
 
+def _remote_cell(value: Any, width: int) -> str:
+    """A remote's name (or address), cut on the name's left: the domain is what tells most."""
+    text = render.safe(value)
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:] if width > 1 else text[:width]
+
+
+def _apps_cell(value: Any, width: int) -> str:
+    names = [render.safe(n) for n in value or ()]
+    if not names:
+        return "-"
+    for shown in range(len(names), 0, -1):
+        text = ",".join(names[:shown]) + (f" +{len(names) - shown}" if shown < len(names) else "")
+        if len(text) <= width:
+            return text
+    return clip(names[0], width)
+
+
+REMOTE_COLUMNS = (
+    TopColumn(Column("REMOTE", lambda row: render.remote_end(row) + (render.PARTIAL_MARK if row.get("partial") else "")),
+              16, ("hostname",), ideal=40, flex=True, cell=_remote_cell),
+    # The address beside the name: the first to go on a narrow screen (a
+    # name-less remote shows its address under REMOTE anyway), and only
+    # shown with room to spare, so that it never squeezes the names.
+    TopColumn(Column("ADDRESS", value_of("remote_ip"), drop=5), 24, ("remote_ip",), ideal=39,
+              cell=_remote_cell),  # 39: a full IPv6 address
+    TopColumn(Column("CONNS", value_of("connections"), align="right", drop=2), 5, ("connections",)),
+    # 14: wide enough for a name or two; at 80 columns it gives way to the remotes' names.
+    TopColumn(Column("PROCESSES", value_of("apps"), drop=4), 14, ideal=24, cell=_apps_cell),
+    *_traffic(3),
+)
+
 CONN_COLUMNS = (
     TopColumn(Column("PROTO", value_of("protocol"), drop=5), 5),
     TopColumn(Column("LOCAL", value_of("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell,
@@ -258,6 +299,8 @@ CONN_COLUMNS = (
     TopColumn(Column("AGE", value_of("duration"), fmt=human_duration, align="right", drop=9), 7,
               ("duration",)),
 )
+VIEW_COLUMNS: dict[str, tuple[TopColumn, ...]] = {
+    "apps": APP_COLUMNS, "conns": CONN_COLUMNS, "remotes": REMOTE_COLUMNS}
 
 
 def fit_columns(columns: Sequence[TopColumn], width: int, sort: str = "") -> list[tuple[TopColumn, int]]:
@@ -337,7 +380,7 @@ def _spread(left: str, right: str, width: int) -> str:
 
 def _title(model: TopModel, ui: ViewState, width: int) -> str:
     host = f"{render.printable(model.host)} · " if model.host else ""
-    left = f"netmon top · {host}{'applications' if ui.view == 'apps' else 'connections'}"
+    left = f"netmon top · {host}{VIEW_TITLES[ui.view]}"
     if ui.paused:
         left += " · PAUSED"
     parts = []
@@ -385,7 +428,7 @@ def _status(model: TopModel, ui: ViewState, first: int, shown: int, total: int, 
         text = (f"no update from the daemon for {human_duration(model.silent_for)} "
                 "(monitoring stopped? see netmonctl status)")
         return Line(clip(text, width), "alert")
-    noun = "apps" if ui.view == "apps" else "connections"
+    noun = VIEW_NOUNS[ui.view]
     text = f"{total} {noun}"
     if shown < total:
         text += f", rows {first + 1}-{first + shown} shown"
@@ -462,7 +505,7 @@ def layout(model: TopModel, ui: ViewState, width: int, height: int) -> list[Line
     history = _last_minute(model.history)
     s = model.stats or {}
     rows = visible_rows(model, ui)
-    columns = APP_COLUMNS if ui.view == "apps" else CONN_COLUMNS
+    columns = VIEW_COLUMNS[ui.view]
     room = table_room(height)
     selected, offset = window(ui.selected, ui.offset, len(rows), room)
     window_rows = rows[offset : offset + room]

@@ -12,7 +12,7 @@ from common.models import CONNECTION_FIELDS
 from common.units import human_duration
 
 from .. import render
-from ..options import filter_options, output_options, sort_options
+from ..options import filter_options, numeric_option, output_options, sort_options
 from ..render import Column, value_of
 from ..session import Settings, connect, pass_settings
 from ..sorting import order_rows
@@ -35,9 +35,16 @@ COLUMNS = (
 )
 
 
+def columns(numeric: bool = False) -> tuple[Column, ...]:
+    """The table's columns; REMOTE shows the remote's name where known, its address when `numeric`."""
+    remote = Column("REMOTE", lambda row: render.remote_end(row, numeric), fmt=str)
+    return (COLUMNS[0], COLUMNS[1], remote, *COLUMNS[3:])
+
+
 @click.command()
 @filter_options
 @click.option("--closed", is_flag=True, help="Also list recently closed connections, sorted with the open ones.")
+@numeric_option
 @sort_options(CONNECTION_FIELDS)
 @output_options
 @pass_settings
@@ -45,13 +52,16 @@ def conns(
     settings: Settings,
     flt: api.FilterMap,
     closed: bool,
+    numeric: bool,
     sort_field: str,
     reverse: bool,
     limit: int | None,
 ) -> None:
     """List connections with their process and traffic.
 
-    The daemon applies the filters; all of them must hold.
+    The daemon applies the filters; all of them must hold. REMOTE shows the
+    remote's name where the daemon knows it (hosts file, reverse DNS; see
+    netmonctl remotes), -n its address.
 
     With --json (and --format ndjson or csv), rows come in the daemon's
     order (open ones, then closed ones), printed as they arrive, unless
@@ -66,6 +76,7 @@ def conns(
       netmonctl conns --proc firefox --state ESTABLISHED
       netmonctl conns --port 443 --sort bytes --limit 10
       netmonctl conns --ip 10.0.0.0/8 --remote-only
+      netmonctl conns --host example.com -n
       netmonctl conns --json | jq '.connections[] | .remote_addr'
     """
     ctx = click.get_current_context()
@@ -91,6 +102,6 @@ def conns(
         rows_key="connections",
         fields=CONNECTION_FIELDS,
         human=lambda: render.table(
-            rows, COLUMNS, color=settings.color, width=settings.width, empty="no connections match"
+            rows, columns(numeric), color=settings.color, width=settings.width, empty="no connections match"
         ),
     )

@@ -42,6 +42,7 @@ from ..session import Settings, pass_settings
 from ..topview import (
     SORT_KEYS,
     SPARK_SECONDS,
+    VIEW_KEYS,
     VIEWS,
     TopModel,
     ViewState,
@@ -79,11 +80,12 @@ CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "rem
 @click.command()
 @filter_options
 @click.option("--view", type=click.Choice(VIEWS), default="apps", show_default=True,
-              help="Start with applications or connections (keys a / c).")
+              help="Start with applications, connections or remote hosts (keys a / c / h).")
 @click.option("--sort", "sort_field", default="speed", show_default=True, metavar="FIELD",
               type=click.Choice(TOP_SORTS),
               help="Start sorted by FIELD, one of the columns top can sort by: "
-              f"{', '.join(TOP_SORTS)} (key s cycles; apps have no duration, remote_addr or state).")
+              f"{', '.join(TOP_SORTS)} (key s cycles through the view's own; a view that has not FIELD "
+              "starts sorted by speed).")
 @click.option("--reverse", is_flag=True, help="Start in reverse order (key r).")
 @color_option
 @bits_option
@@ -92,7 +94,7 @@ CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "rem
               expose_value=False, callback=lambda ctx, p, v: _refuse_format(v))
 @pass_settings
 def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reverse: bool) -> None:
-    """Live full-screen view of bandwidth by application or connection.
+    """Live full-screen view of bandwidth by application, connection or remote host.
 
     The header shows total upload and download rates, active connections,
     the top application, the share of traffic no socket explains, and a
@@ -101,9 +103,9 @@ def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reve
 
     \b
     Keys:
-      q quit            a / c  applications / connections
+      q quit            a / c / h  applications / connections / remote hosts
       s sort column     r      reverse order
-      / filter by text (process, ip, port)
+      / filter by text (process, ip, name, port)
       j / k, arrows, PgUp / PgDn, Home / End   scroll
       b bits / bytes    p      pause display
       + / -  daemon interval x2 / /2 (needs control rights)
@@ -235,6 +237,8 @@ class TopApp:
     def _fetch_table(self) -> None:
         if self.ui.view == "apps":
             self.model.apps = self.feed.request(lambda d: d.apps(self.flt))["apps"]
+        elif self.ui.view == "remotes":
+            self.model.remotes = self.feed.request(lambda d: d.remotes(self.flt))["remotes"]
         else:
             self.model.connections = self.feed.request(
                 lambda d: d.connections(self.flt, fields=CONN_FIELDS))["connections"]
@@ -338,8 +342,8 @@ class TopApp:
             scroll(ui, action, total, table_room(self.screen.getmaxyx()[0] if self.screen else 24))
         elif key in ("q", "Q"):
             self.quit = True
-        elif key in ("a", "c"):
-            ui.view = "apps" if key == "a" else "conns"
+        elif key in VIEW_KEYS:
+            ui.view = VIEW_KEYS[key]
             if ui.sort not in SORT_KEYS[ui.view]:
                 ui.sort = "speed"
             ui.selected = ui.offset = 0
@@ -363,7 +367,7 @@ class TopApp:
             self._change_interval(2.0)
         elif key in ("-", "_"):
             self._change_interval(0.5)
-        elif key in ("?", "h"):
+        elif key == "?":
             ui.help = True
 
     def _edit_filter(self, key: str | int) -> None:
@@ -416,6 +420,9 @@ class TopApp:
     def _detail(self, row: Mapping[str, Any] | None) -> str:
         if row is None:
             return ""
+        if "remote_ip" in row and "pid" not in row:  # a remote host: who talks to it
+            who = ", ".join(str(a) for a in row.get("apps") or ()) or "processes unknown"
+            return f"{row['remote_ip']} ({row.get('hostname') or 'no name known'}): {who}"
         pids = [row["pid"]] if "pid" in row else list(row.get("pids") or [])
         pid = next((p for p in pids if p is not None), None)
         if pid is None:

@@ -48,11 +48,12 @@ def test_every_filter_option_maps_to_its_wire_key():
         "--proc", "Chrome", "--pid", "42", "--proto", "TCP", "--state", "established",
         "--state", "time-wait", "--scope", "lan", "--remote-only", "--listening",
         "--port", "443", "--ip", "10.0.0.0/8", "--search", "github", "--family", "6",
+        "--host", "Example.COM",
     )
     assert flt == {
         "proc": "Chrome", "pid": 42, "proto": "TCP", "state": ["ESTABLISHED", "TIME_WAIT"],
         "scope": "lan", "remote_only": True, "listening": True, "port": 443,
-        "ip": "10.0.0.0/8", "search": "github", "family": 6,
+        "ip": "10.0.0.0/8", "search": "github", "family": 6, "host": "Example.COM",
     }
     assert set(flt) == set(FILTER_KEYS)
 

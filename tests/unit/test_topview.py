@@ -34,6 +34,19 @@ def conn(proto, local, remote, state, pid, name, up, down, sent=0, recv=0, age=5
             "bytes_received": recv, "duration": age}
 
 
+def remote(ip, name, conns, up, down, sent, recv, apps, port=None):
+    return {"remote_ip": ip, "remote_port": port, "hostname": name, "scope": "internet", "connections": conns,
+            "upload_speed": up, "download_speed": down, "bytes_sent": sent, "bytes_received": recv,
+            "apps": apps, "partial": False}
+
+
+REMOTES = [
+    remote("127.0.0.1", "localhost", 1, 10_000.0, 20_000.0, 1_000_000, 2_000_000, ["python"]),
+    remote("142.250.1.1", "fra16s52-in-f1.1e100.net", 30, 900_000.0, 2_500_000.0, 50_000_000, 900_000_000,
+           ["firefox", "curl", "wget", "git"]),
+    remote("2001:db8:ffff:eeee:dddd:cccc:bbbb:aaaa", None, 1, None, None, None, None, []),
+]
+
 STATS = {
     "total_upload_speed": 1_500_000.0,
     "total_download_speed": 3_500_000.0,
@@ -66,7 +79,8 @@ CONNS = [
 
 
 def model(**kw) -> TopModel:
-    base = dict(stats=dict(STATS), apps=list(APPS), connections=list(CONNS), history=history(),
+    base = dict(stats=dict(STATS), apps=list(APPS), connections=list(CONNS), remotes=list(REMOTES),
+                history=history(),
                 where="/run/netmond.sock", clock=NOW)
     base.update(kw)
     return TopModel(**base)
@@ -136,6 +150,50 @@ def test_connections_at_100x30_shows_addresses_and_cuts_long_ones():
     assert "5 connections" in screen(lines)
 
 
+def test_remote_hosts_at_120x30_show_names_addresses_and_processes():
+    lines = layout(model(), ViewState(view="remotes"), 120, 30)
+    check_bounds(lines, 120, 30)
+    assert "remote hosts" in lines[0].text
+    header = next(line.text for line in lines if line.style == "header")
+    for col in ("REMOTE", "ADDRESS", "CONNS", "PROCESSES", "UP", "DOWN", "SENT", "RECV"):
+        assert col in header
+    rows = table_rows(lines)
+    assert rows[0].split()[:3] == ["fra16s52-in-f1.1e100.net", "142.250.1.1", "30"]
+    assert "firefox +3" in rows[0]  # the processes that fit, then how many more
+    assert rows[1].split()[:2] == ["localhost", "127.0.0.1"] and "python" in rows[1]
+    # No name: the address (cut on its left); unknown rates last, as "-".
+    assert rows[2].split()[0].endswith("bbbb:aaaa") and rows[2].split()[3:] == ["-"] * 5
+    assert "3 remotes" in screen(lines)
+
+
+def test_remote_hosts_at_100_and_80_keep_the_name_and_drop_the_address_first():
+    header = next(line.text for line in layout(model(), ViewState(view="remotes"), 100, 30) if line.style == "header")
+    assert "ADDRESS" not in header and {"REMOTE", "PROCESSES", "SENT"} <= set(header.replace("▼", "").split())
+    lines = layout(model(), ViewState(view="remotes"), 80, 24)
+    header = next(line.text for line in lines if line.style == "header")
+    assert "PROCESSES" not in header and {"REMOTE", "CONNS", "UP", "DOWN"} <= set(header.replace("▼", "").split())
+    assert table_rows(lines)[0].split()[0] == "fra16s52-in-f1.1e100.net"
+
+
+def test_remote_hosts_at_80_cut_long_names_on_the_left():
+    long = remote("198.51.100.7", "a-very-long-reverse-name-of-some-cloud-host.eu-west-1.compute.example.com",
+                  1, 1e6, 1e6, 1, 1, ["curl"])
+    lines = layout(model(remotes=[long]), ViewState(view="remotes"), 80, 24)
+    check_bounds(lines, 80, 24)
+    (row,) = table_rows(lines)
+    assert row.startswith("…") and "compute.example.com" in row
+
+
+def test_text_filter_in_remotes_matches_names_addresses_and_processes():
+    def ips(text):
+        return [r["remote_ip"] for r in topview.visible_rows(model(), ViewState(view="remotes", filter_text=text))]
+
+    assert ips("1e100") == ["142.250.1.1"]
+    assert ips("LOCALHOST") == ["127.0.0.1"]
+    assert ips("wget") == ["142.250.1.1"]
+    assert ips("2001:db8") == ["2001:db8:ffff:eeee:dddd:cccc:bbbb:aaaa"]
+
+
 def test_connections_at_80x24_drop_the_local_address_first():
     lines = layout(model(), ViewState(view="conns"), 80, 24)
     check_bounds(lines, 80, 24)
@@ -149,9 +207,11 @@ def test_tiny_40x10_keeps_names_and_rates(view):
     lines = layout(model(), ViewState(view=view), 40, 10)
     check_bounds(lines, 40, 10)
     header = next(line.text for line in lines if line.style == "header")
-    assert {"PROCESS", "UP", "DOWN"} <= set(header.replace("▼", "").split())
+    name = "REMOTE" if view == "remotes" else "PROCESS"
+    assert {name, "UP", "DOWN"} <= set(header.replace("▼", "").split())
     rows = table_rows(lines)
-    assert rows and "firefox" in rows[0] and "kB/s" in rows[0]
+    top = "1e100.net" if view == "remotes" else "firefox"
+    assert rows and top in rows[0] and "kB/s" in rows[0]
     assert lines[-1].text.startswith("q:quit")
 
 
@@ -365,8 +425,7 @@ def test_sent_and_recv_go_together_and_the_sort_column_always_shows(width, view)
     for sort in topview.SORT_KEYS[view]:
         header = header_of(layout(model(), ViewState(view=view, sort=sort), width, 24))
         assert ("SENT" in header) == ("RECV" in header), (width, sort, header)
-        shows = {c.column.header for c in (topview.APP_COLUMNS if view == "apps" else topview.CONN_COLUMNS)
-                 if sort in c.sorts}
+        shows = {c.column.header for c in topview.VIEW_COLUMNS[view] if sort in c.sorts}
         assert shows <= set(header), (width, sort, header)
 
 
