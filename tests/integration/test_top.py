@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import psutil
 import pytest
 
+from netmond.resolver import hosts_file_name
 from netmonctl.topview import table_room
 from tests.conftest import netmonctl_cmd
 from tests.helpers import REPO, tcp_pair, wait_until
@@ -183,6 +184,12 @@ def test_top_shows_live_rates_and_answers_every_key(start_daemon_process, termin
         terminal.keys("c")
         terminal.wait_for(lambda s: "connections" in title(s) and "REMOTE" in s and f":{port}" in s,
                           "the connections view with our port")
+        # h: remote hosts, our pair's peer by its hosts-file name, with its rate.
+        terminal.keys("h")
+        peer = hosts_file_name("127.0.0.1") or "127.0.0.1"
+        terminal.wait_for(lambda s: "remote hosts" in title(s) and "PROCESSES" in s
+                          and nonzero_rate(table_line(s, peer)) and me in table_line(s, peer),
+                          f"the remote hosts view with {peer}, {me} and a non-zero rate")
         terminal.keys("a")
         terminal.wait_for(lambda s: "applications" in title(s) and "PIDS" in s, "the apps view again")
 
