@@ -38,7 +38,7 @@ from typing import Callable
 
 log = logging.getLogger("netmond.resolver")
 
-#: Addresses cached at most (10,000 names: about 3 MB; see README).
+#: Addresses cached at most (10,000 names: about 3 MB of RSS; see README, "Remote names").
 MAX_CACHE = 16_384
 #: Lookups queued or running at most.
 MAX_IN_FLIGHT = 256

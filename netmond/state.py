@@ -807,41 +807,58 @@ class MonitorState:
         """
         if rows is None:
             rows = self.connections(include_closed=True)
-        groups: dict[tuple[str, int | None], tuple[AppTotals, _AppLive, dict[str, int]]] = {}
+        # One plain list per remote (this runs over every row at every `top`
+        # refresh): [sent, received, counted, uncounted, open sockets, open
+        # counted, up, down, {app: bytes}].
+        groups: dict[tuple[str, int | None], list[Any]] = {}
         for row in rows:
             ip = row.remote_ip
             if ip is None or row.is_remnant:
                 continue
             key = (ip, row.remote_port if by_port else None)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = (AppTotals(), _AppLive(), {})
-            totals, live, apps = group
-            totals.bytes_sent += row.counted_sent
-            totals.bytes_received += row.counted_received
-            if row.has_counters:
-                totals.counted = True
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = [0, 0, False, False, 0, 0, 0.0, 0.0, {}]
+            g[0] += row.counted_sent
+            g[1] += row.counted_received
+            counters = row.bytes_sent is not None or row.bytes_received is not None
+            if counters:
+                g[2] = True
             else:
-                totals.uncounted = True
+                g[3] = True
             if row.closed_at is None:
-                live.add(row)
-            if row.process_name is not None:
-                apps[row.process_name] = apps.get(row.process_name, 0) + row.counted_sent + row.counted_received
+                g[4] += 1
+                if counters:
+                    g[5] += 1
+                    g[6] += row.upload_speed or 0.0
+                    g[7] += row.download_speed or 0.0
+            name = row.process_name
+            if name is not None:
+                apps = g[8]
+                apps[name] = apps.get(name, 0) + row.counted_sent + row.counted_received
         out = []
-        for (ip, port), (totals, live, apps) in groups.items():
-            figures = _app_wire(None, live if live.sockets else None, totals)
+        names = self.names
+        for (ip, port), (sent, received, counted, uncounted, sockets, open_counted, up, down, apps) in groups.items():
+            # As _app_wire: unknown (None) when open sockets have no counters
+            # at all, 0 when nothing is open, else what the open ones moved.
+            if sockets == 0:
+                speed_up = speed_down = 0.0 if counted else None
+            elif open_counted:
+                speed_up, speed_down = up, down
+            else:
+                speed_up = speed_down = None
             out.append({
                 "remote_ip": ip,
                 "remote_port": port,
-                "hostname": self.names(ip),
+                "hostname": names(ip),
                 "scope": classify_scope(ip),
-                "connections": figures["connections"],
-                "upload_speed": figures["upload_speed"],
-                "download_speed": figures["download_speed"],
-                "bytes_sent": figures["bytes_sent"],
-                "bytes_received": figures["bytes_received"],
-                "apps": sorted(apps, key=lambda name: (-apps[name], name)),
-                "partial": figures["partial"],
+                "connections": sockets,
+                "upload_speed": speed_up,
+                "download_speed": speed_down,
+                "bytes_sent": sent if counted else None,
+                "bytes_received": received if counted else None,
+                "apps": sorted(apps, key=lambda app: (-apps[app], app)) if len(apps) > 1 else list(apps),
+                "partial": counted and uncounted,
             })
         out.sort(key=_app_order, reverse=True)
         return out

@@ -37,6 +37,15 @@ def _root_mode(mode: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [("root mode", f"{'on' if mode.get('active') else 'off'} ({mode.get('reason')})")]
 
 
+def _names(resolve: bool | None) -> list[tuple[str, str]]:
+    """The remote-names line (none from a daemon too old to say)."""
+    if resolve is None:
+        return []
+    if resolve:
+        return [("remote names", "on (hosts file, reverse DNS in the background; netmond --no-resolve turns it off)")]
+    return [("remote names", "off (--no-resolve: no DNS query is sent; conns and remotes show addresses)")]
+
+
 def _describe(s: Mapping[str, Any]) -> str:
     # The daemon may add fields over time: read them with .get().
     monitoring = "yes" if s.get("monitoring") else "no (resume with: netmonctl start)"
@@ -62,6 +71,7 @@ def _describe(s: Mapping[str, Any]) -> str:
             ("uptime", human_duration(s.get("uptime"))),
             ("connections", render.connection_counts(s)
                             + f"; {render.dash(s.get('closed_retained'))} recently closed"),
+            *_names(s.get("resolve")),
             ("clients", s.get("clients")),
             ("daemon", f"netmond {render.dash(s.get('version'))}, pid {render.dash(s.get('pid'))}, {cost}"),
             ("socket", s.get("socket")),
