@@ -10,6 +10,7 @@ machines; whatever this one says), so no DNS query is sent.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -205,3 +206,25 @@ def test_a_resolver_that_hangs_30s_never_delays_a_tick_or_a_reply(start_daemon_t
     # Released: the names that were asked arrive, and no more than were queued.
     wait_until(lambda: resolver.in_flight() == 0, timeout=30)
     assert 0 < resolver.cached() <= MAX_IN_FLIGHT
+
+
+def test_sighup_turns_names_on_and_off(start_daemon_process, short_dir):
+    import os
+    import signal
+
+    conf = os.path.join(short_dir, "names.toml")
+    with open(conf, "w") as fh:
+        fh.write("backend = 'portable'\nresolve = false\n")
+    d = start_daemon_process("--config", conf)
+    assert ctl(d, "status")["resolve"] is False
+    with open(conf, "w") as fh:
+        fh.write("backend = 'portable'\nresolve = true\n")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: ctl(d, "status")["resolve"] is True, timeout=20)
+    assert re.search(r"^remote names:\s+on \(", ctl(d, "status", as_json=False), re.M)
+    with open(conf, "w") as fh:
+        fh.write("backend = 'portable'\nresolve = 'maybe'\n")  # invalid: nothing changes
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "resolve must be true or false" in d.log(), timeout=20)
+    assert ctl(d, "status")["resolve"] is True
+    assert "resolve False -> True" in d.log() and "Traceback" not in d.log()
