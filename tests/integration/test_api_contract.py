@@ -29,6 +29,7 @@ def test_the_dispatch_table_serves_exactly_the_contracts_methods():
 
 def test_the_models_field_tuples_are_the_typed_dicts_in_order():
     assert models.CONNECTION_FIELDS == tuple(api.Connection.__annotations__)
+    assert models.REMOTE_FIELDS == tuple(api.RemoteUsage.__annotations__)
     assert models.STATS_FIELDS[0] == "total_upload_speed" and "top_app" in models.STATS_FIELDS
     assert keys(api.FilterMap) == {
         f for f in models.Filter.__dataclass_fields__ if not f.startswith("_")}
@@ -50,6 +51,10 @@ def test_every_typed_method_returns_its_typed_dict(start_daemon_thread):
         apps = c.apps()["apps"]
         assert apps and all(set(a) == keys(api.AppUsage) for a in apps)
         assert set(c.apps({"pid": 999_999_999})) == keys(api.AppsResult)
+        remotes = c.remotes()["remotes"]
+        assert remotes and all(set(r) == keys(api.RemoteUsage) for r in remotes)
+        assert all(set(r) == keys(api.RemoteUsage) for r in c.remotes({"port": port}, by_port=True)["remotes"])
+        assert set(c.remotes({"pid": 999_999_999})) == keys(api.RemotesResult)
         history = wait_until(lambda: c.bandwidth_history(5)["history"])
         assert all(set(p) == keys(api.HistoryPoint) for p in history)
         assert set(c.bandwidth_history()) == keys(api.BandwidthHistoryResult)
