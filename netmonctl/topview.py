@@ -289,7 +289,9 @@ CONN_COLUMNS = (
     TopColumn(Column("PROTO", value_of("protocol"), drop=5), 5),
     TopColumn(Column("LOCAL", value_of("local_addr"), drop=6), ADDR_MIN, ideal=ADDR_IDEAL, cell=_addr_cell,
               grow=3),  # grows with REMOTE: both addresses as readable
-    TopColumn(Column("REMOTE", value_of("remote_addr"), drop=3), ADDR_MIN, ("remote_addr",),
+    # The remote's name where known (netmonctl top -n: the address), as in `conns`.
+    TopColumn(Column("REMOTE", lambda row: render.remote_end(row) if row.get("remote_addr") else None, drop=3),
+              ADDR_MIN, ("remote_addr",),
               ideal=ADDR_IDEAL, cell=_addr_cell),
     TopColumn(Column("STATE", value_of("state"), drop=4), 11, ("state",)),
     TopColumn(Column("PID", value_of("pid"), align="right", drop=7), 7),

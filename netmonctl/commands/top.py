@@ -37,7 +37,7 @@ from common import api
 from common.errors import UsageProblem
 
 from .. import render
-from ..options import INTERVAL_RANGE, bits_option, color_option, filter_options
+from ..options import INTERVAL_RANGE, bits_option, color_option, filter_options, numeric_option
 from ..session import Settings, pass_settings
 from ..topview import (
     SORT_KEYS,
@@ -72,7 +72,7 @@ MAX_FILTER_TEXT = 64
 SILENT_TICKS = 3
 #: Connection fields the table, the sort keys and the `/` filter use: the
 #: daemon skips serialising the rest, which matters with 10,000 sockets.
-CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "remote_port",
+CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "remote_host", "remote_ip", "local_port", "remote_port",
                "state", "pid", "process_name", "upload_speed", "download_speed",
                "bytes_sent", "bytes_received", "duration"]
 
@@ -87,13 +87,15 @@ CONN_FIELDS = ["id", "protocol", "local_addr", "remote_addr", "local_port", "rem
               f"{', '.join(TOP_SORTS)} (key s cycles through the view's own; a view that has not FIELD "
               "starts sorted by speed).")
 @click.option("--reverse", is_flag=True, help="Start in reverse order (key r).")
+@numeric_option
 @color_option
 @bits_option
 # Not listed in --help (top has no output format), but answered with the way to get JSON.
 @click.option("--json", "--format", "machine", hidden=True, is_flag=False, flag_value="json",
               expose_value=False, callback=lambda ctx, p, v: _refuse_format(v))
 @pass_settings
-def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reverse: bool) -> None:
+def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reverse: bool,
+        numeric: bool) -> None:
     """Live full-screen view of bandwidth by application, connection or remote host.
 
     The header shows total upload and download rates, active connections,
@@ -111,7 +113,8 @@ def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reve
       + / -  daemon interval x2 / /2 (needs control rights)
       ? help
 
-    The line above the keys is the selected row's command line (for a
+    Remote ends show their names where the daemon knows them; -n shows
+    addresses. The line above the keys is the selected row's command line (for a
     daemon on this machine); with -H the title names the host.
 
     Needs a terminal that can move the cursor (not TERM=dumb); for pipes and
@@ -126,7 +129,7 @@ def top(settings: Settings, flt: api.FilterMap, view: str, sort_field: str, reve
         sort_field = "speed"
     import curses
 
-    app = TopApp(settings, flt, ViewState(view=view, sort=sort_field, reverse=reverse))
+    app = TopApp(settings, flt, ViewState(view=view, sort=sort_field, reverse=reverse), numeric=numeric)
     app.feed.open()  # before curses: a daemon that is not there is the usual exit 3
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -206,11 +209,13 @@ def _terminate(signum: int, frame: Any) -> None:
 class TopApp:
     """The controller: daemon feed -> model, keys -> view state, both -> screen."""
 
-    def __init__(self, settings: Settings, flt: api.FilterMap, ui: ViewState) -> None:
+    def __init__(self, settings: Settings, flt: api.FilterMap, ui: ViewState, numeric: bool = False) -> None:
         from ..live import LiveFeed  # pulls in the client (msgpack)
 
         self.ui = ui
         self.flt = flt
+        #: -n: addresses, not names (the names are not even asked for).
+        self.numeric = numeric
         self.model = TopModel()
         self.frozen: TopModel | None = None  # what the screen shows while paused
         self.table_view: str | None = None  # the view whose rows the model holds
@@ -238,10 +243,12 @@ class TopApp:
         if self.ui.view == "apps":
             self.model.apps = self.feed.request(lambda d: d.apps(self.flt))["apps"]
         elif self.ui.view == "remotes":
-            self.model.remotes = self.feed.request(lambda d: d.remotes(self.flt))["remotes"]
+            remotes = self.feed.request(lambda d: d.remotes(self.flt))["remotes"]
+            self.model.remotes = [{**r, "hostname": None} for r in remotes] if self.numeric else remotes
         else:
+            fields = [f for f in CONN_FIELDS if f != "remote_host"] if self.numeric else CONN_FIELDS
             self.model.connections = self.feed.request(
-                lambda d: d.connections(self.flt, fields=CONN_FIELDS))["connections"]
+                lambda d: d.connections(self.flt, fields=fields))["connections"]
         self.table_view = self.ui.view
         self.stale = False
 

@@ -194,6 +194,19 @@ def test_text_filter_in_remotes_matches_names_addresses_and_processes():
     assert ips("2001:db8") == ["2001:db8:ffff:eeee:dddd:cccc:bbbb:aaaa"]
 
 
+def test_connections_show_the_remotes_name_where_known():
+    named = {**CONNS[1], "remote_host": "www.example.com", "remote_ip": "142.250.1.1"}
+    rows = table_rows(layout(model(connections=[named]), ViewState(view="conns"), 120, 24))
+    assert "www.example.com:443" in rows[0] and "142.250.1.1" not in rows[0]
+    # A long name is cut on its left, as addresses are: the domain and the port stay.
+    long = {**named, "remote_host": "fra16s52-in-f1.1e100.net"}
+    rows = table_rows(layout(model(connections=[long]), ViewState(view="conns"), 100, 24))
+    assert "1e100.net:443" in rows[0]
+    numeric = {k: v for k, v in named.items() if k != "remote_host"}  # top -n does not ask for names
+    rows = table_rows(layout(model(connections=[numeric]), ViewState(view="conns"), 120, 24))
+    assert "142.250.1.1:443" in rows[0] and "example" not in rows[0]
+
+
 def test_connections_at_80x24_drop_the_local_address_first():
     lines = layout(model(), ViewState(view="conns"), 80, 24)
     check_bounds(lines, 80, 24)
