@@ -138,7 +138,7 @@ def test_remotes_refuses_bad_params_with_the_field_named(start_daemon_thread):
 
     d = start_daemon_thread()
     with d.client() as c:
-        assert c.call("remotes") == {"remotes": []} or isinstance(c.call("remotes")["remotes"], list)
+        assert set(c.call("remotes")) == {"remotes"}
         for params, field in (({"by_port": "yes"}, "by_port"), ({"filter": {"host": ""}}, "filter.host"),
                               ({"bogus": 1}, "bogus")):
             with pytest.raises(RPCError) as err:

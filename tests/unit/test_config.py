@@ -35,12 +35,13 @@ def test_every_daemon_flag_is_its_config_key():
     argv = ["--socket", "/tmp/s.sock", "--interval", "2", "--history-seconds", "60", "--closed-retention", "5",
             "--no-include-loopback", "--backend", "portable", "--socket-group", "0", "--max-clients", "7",
             "--log-level", "debug", "--metrics-listen", "127.0.0.1:9101", "--metrics-textfile", "/tmp/m.prom",
-            "--no-ebpf", "--config", "/tmp/n.toml"]
+            "--no-ebpf", "--no-resolve", "--config", "/tmp/n.toml"]
     flags = {a.dest for a in build_parser()._actions if a.dest not in ("help", "version", "config")}
     overrides = config_overrides(build_parser().parse_args(argv))
     assert set(overrides) == flags and flags <= set(Config.__dataclass_fields__)
     cfg = build_config(**overrides)
     assert (cfg.interval, cfg.history_seconds, cfg.include_loopback, cfg.ebpf, cfg.max_clients) == (2, 60, False, False, 7)
+    assert cfg.resolve is False
     assert config_overrides(build_parser().parse_args([])) == {}  # nothing given: the file and defaults decide
 
 

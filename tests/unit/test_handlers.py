@@ -103,3 +103,33 @@ def test_the_daemon_and_the_session_provide_every_member_handlers_may_use():
     session = ClientSession(policy, {}, None, None, None, LogBudget())
     for proto, real in ((handlers.DaemonInterface, daemon), (handlers.Session, session)):
         assert _members(proto) and not {name for name in _members(proto) if not hasattr(real, name)}
+
+
+class RowsDaemon(FakeDaemon):
+    """A FakeDaemon with two rows, recording what remote_usage is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = [{"remote_ip": "192.0.2.1", "remote_host": "a.example", "pid": 1},
+                     {"remote_ip": "192.0.2.2", "remote_host": None, "pid": 2}]
+        self.asked: list[tuple[list, bool]] = []
+
+    def connections(self, include_closed: bool) -> list:
+        assert include_closed  # remotes count the retained closed rows too
+        return self.rows
+
+    def remote_usage(self, rows, by_port: bool = False) -> list:
+        self.asked.append((list(rows), by_port))
+        return []
+
+
+def test_remotes_filters_the_rows_and_passes_by_port():
+    daemon = RowsDaemon()
+    assert call(api.REMOTES, {}, daemon) == {"remotes": []}
+    assert call(api.REMOTES, {"filter": {"host": "A.EX"}, "by_port": True}, daemon) == {"remotes": []}
+    assert daemon.asked == [(daemon.rows, False), ([daemon.rows[0]], True)]
+    for params, field in (({"by_port": 1}, "by_port"), ({"filter": {"host": ""}}, "filter.host"), ({"x": 1}, "x")):
+        with pytest.raises(RPCError) as err:
+            call(api.REMOTES, params, daemon)
+        assert err.value.code == protocol.INVALID_PARAMS and err.value.message.startswith(field + ": ")
+    assert len(daemon.asked) == 2
