@@ -61,9 +61,9 @@ def remotes(
     """List the remote hosts this machine talks to, by bandwidth.
 
     One row per remote address (with --by-port, per address and port): its
-    name where the daemon knows it, current rates, bytes since start or
-    clear (recently closed connections included), active connections and
-    the processes talking to it. Names come from the hosts file and reverse
+    name where the daemon knows it, the current rates of its open
+    connections, bytes since start or clear (recently closed connections
+    included), active connections and the processes talking to it. Names come from the hosts file and reverse
     DNS, looked up by the daemon in the background (netmond --no-resolve
     turns that off); -n shows addresses only.
 
