@@ -225,7 +225,7 @@ def clip_address(text: str, width: int) -> str:
     return "…" + host[len(host) - keep:] + ":" + port
 
 
-def remote_end(row: dict[str, Any], numeric: bool = False) -> str:
+def remote_end(row: Mapping[str, Any], numeric: bool = False) -> str:
     """A row's remote end as people read it: its name, with the port where
     the row has one ('example.com:443'), where the name is known and not
     `numeric`; else the address ('93.184.216.34:443', '[2001:db8::1]:443').

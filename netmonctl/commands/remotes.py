@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import click
 
+from common import api
 from common.models import REMOTE_FIELDS
 
 from .. import render
@@ -18,7 +19,7 @@ from ..sorting import order_rows
 SHOWN_APPS = 3
 
 
-def apps_cell(names: list[str] | None, shown: int = SHOWN_APPS) -> str:
+def apps_cell(names: Sequence[str] | None, shown: int = SHOWN_APPS) -> str:
     """'firefox,curl +2': the first names, then how many more; none -> '-'."""
     if not names:
         return "-"
@@ -26,7 +27,7 @@ def apps_cell(names: list[str] | None, shown: int = SHOWN_APPS) -> str:
     return text + (f" +{len(names) - shown}" if len(names) > shown else "")
 
 
-def remote_label(row: dict[str, Any], numeric: bool) -> str:
+def remote_label(row: Mapping[str, Any], numeric: bool) -> str:
     """The REMOTE cell: name (or address) and port, marked when the figures are partial."""
     return render.remote_end(row, numeric) + (render.PARTIAL_MARK if row.get("partial") else "")
 
@@ -51,7 +52,7 @@ def columns(numeric: bool = False) -> tuple[Column, ...]:
 @pass_settings
 def remotes(
     settings: Settings,
-    flt: dict[str, Any],
+    flt: api.FilterMap,
     by_port: bool,
     numeric: bool,
     sort_field: str,
@@ -88,7 +89,7 @@ def remotes(
     )
 
 
-def _describe(rows: list[dict[str, Any]], settings: Settings, numeric: bool) -> str:
+def _describe(rows: Sequence[Mapping[str, Any]], settings: Settings, numeric: bool) -> str:
     text = render.table(rows, columns(numeric), color=settings.color, width=settings.width,
                         empty="no remotes match")
     note = render.partial_note(rows)
