@@ -107,3 +107,21 @@ def test_format_addr():
     assert format_addr("::1", 80) == "[::1]:80"
     assert format_addr("1.2.3.4", 5) == "1.2.3.4:5"
     assert format_addr(None, None) is None
+
+
+def test_the_host_filter_matches_names_case_insensitively_and_never_unnamed_rows():
+    flt = Filter.from_wire({"host": "Local"})
+    assert flt.matches({"remote_host": "localhost"})
+    assert flt.matches({"remote_host": "my.LOCALDOMAIN"})
+    assert not flt.matches({"remote_host": "example.com"})
+    assert not flt.matches({"remote_host": None, "remote_ip": "127.0.0.1"})
+    assert flt.to_wire() == {"host": "Local"}
+    for bad in ("", 5, "x" * 257):
+        with pytest.raises(FilterError, match="host"):
+            Filter.from_wire({"host": bad})
+
+
+def test_search_also_matches_names():
+    flt = Filter.from_wire({"search": "google"})
+    assert flt.matches({"remote_host": "fra16s52-in-f14.1e100.GOOGLE.com", "remote_ip": "142.250.185.78"})
+    assert not flt.matches({"remote_host": None, "remote_ip": "142.250.185.78", "process_name": "curl"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.models import CONNECTION_FIELDS, STATS_FIELDS
+from common.models import CONNECTION_FIELDS, REMOTE_FIELDS, STATS_FIELDS, Filter
 
 UNKNOWN_APP = None  # the "process unknown" line of app_usage
 from netmond.backends.base import InterfaceSample, Snapshot, SocketSample
@@ -432,3 +432,132 @@ def test_counts_follow_rows_that_come_go_or_change_state_and_hold_on_idle_ticks(
     assert st.connection_counts() == {"sockets": 2, "connections": 1, "listeners": 1, "time_wait": 0}
     st.apply(snap(4, [sock(5002, state="LISTEN")], closed=[a]))  # a destroy event
     assert st.connection_counts() == {"sockets": 1, "connections": 0, "listeners": 1, "time_wait": 0}
+
+
+# -- remote names on rows, per-remote usage (issue 17) -----------------------------------------
+
+
+def remote_sock(port: int, sent: int | None = 0, recv: int | None = 0, *, remote: str = "93.184.216.34",
+                rport: int = 443, state: str = "ESTABLISHED", pid: int | None = 42,
+                name: str | None = "curl") -> SocketSample:
+    key = ("TCP", "192.168.1.5", port, remote, rport)
+    return SocketSample(key, "TCP", "IPv4", "192.168.1.5", port, remote, rport, state, pid, name,
+                        "alice", sent, recv)
+
+
+def remote_listener(port: int) -> SocketSample:
+    return SocketSample(("TCP", "0.0.0.0", port), "TCP", "IPv4", "0.0.0.0", port, None, None, "LISTEN",
+                        7, "nginx", "root", 0, 0)
+
+
+def remote_snap(t: float, sockets=(), closed=()) -> Snapshot:
+    return Snapshot(monotonic=t, wall=1_000_000 + t, sockets=list(sockets), closed=list(closed))
+
+
+class FakeNames:
+    """A name lookup as the resolver offers it: answers at once, records what is asked."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    def __call__(self, ip: str) -> str | None:
+        self.asked.append(ip)
+        return self.table.get(ip)
+
+
+def remotes_by_key(rows):
+    return {(r["remote_ip"], r["remote_port"]): r for r in rows}
+
+
+def test_rows_carry_the_name_known_when_read_and_null_without_one():
+    names = FakeNames({})
+    st = MonitorState(names=names)
+    st.apply(remote_snap(0, [remote_sock(5000), remote_sock(5001, remote="198.51.100.7"), remote_listener(80)]))
+    assert names.asked == ["93.184.216.34", "198.51.100.7"]  # asked when the rows appear, not the listener's
+    assert all(set(r.to_wire(0)) == set(CONNECTION_FIELDS) for r in st.connections())
+    assert [r.remote_host for r in st.connections()] == [None, None, None]
+    names.table["93.184.216.34"] = "example.com"  # the lookup finished meanwhile
+    rows = {r.local_port: r.to_wire(0) for r in st.connections()}
+    assert rows[5000]["remote_host"] == "example.com"
+    assert rows[5001]["remote_host"] is None and rows[80]["remote_host"] is None
+
+
+def test_names_off_means_null_names_and_no_lookups():
+    names = FakeNames({"93.184.216.34": "example.com"})
+    st = MonitorState(names=names)
+    st.apply(remote_snap(0, [remote_sock(5000)]))
+    assert next(iter(st.connections())).remote_host == "example.com"
+    st.set_names(None)  # resolve = false, applied by a reload
+    asked = len(names.asked)
+    assert next(iter(st.connections())).to_wire(0)["remote_host"] is None
+    assert st.remote_usage()[0]["hostname"] is None
+    assert len(names.asked) == asked
+    plain = MonitorState()  # no lookup at all (the default)
+    plain.apply(remote_snap(0, [remote_sock(5000)]))
+    assert next(iter(plain.connections())).remote_host is None
+
+
+def test_one_row_per_remote_with_bytes_since_start_closed_ones_included():
+    names = FakeNames({"93.184.216.34": "example.com"})
+    st = MonitorState(names=names)
+    st.apply(remote_snap(0, [remote_sock(5000, 1000, 1000), remote_listener(80)]))  # baseline: earlier bytes not counted
+    st.apply(remote_snap(1, [
+        remote_sock(5000, 1100, 1400),
+        remote_sock(5001, 50, 70, name="wget", pid=43),
+        remote_sock(5002, 9, 9, remote="198.51.100.7", rport=53),
+    ]))
+    # 5001 closes; its bytes stay with its remote while retained.
+    st.apply(remote_snap(2, [remote_sock(5000, 1200, 1800), remote_sock(5002, 9, 9, remote="198.51.100.7", rport=53)],
+                  closed=[remote_sock(5001, 80, 100, name="wget", pid=43)]))
+    remotes = remotes_by_key(st.remote_usage())
+    assert set(remotes) == {("93.184.216.34", None), ("198.51.100.7", None)}  # not the listener
+    ex = remotes["93.184.216.34", None]
+    assert set(ex) == set(REMOTE_FIELDS)
+    assert ex["hostname"] == "example.com" and ex["scope"] == "internet"
+    assert ex["bytes_sent"] == 200 + 80 and ex["bytes_received"] == 800 + 100
+    assert ex["connections"] == 1  # the open one; the closed one counts bytes only
+    assert ex["upload_speed"] == pytest.approx(100) and ex["download_speed"] == pytest.approx(400)
+    assert ex["apps"] == ["curl", "wget"]  # most bytes first
+    assert ex["partial"] is False
+    other = remotes["198.51.100.7", None]
+    assert other["hostname"] is None and other["bytes_sent"] == 9 and other["apps"] == ["curl"]
+    # Busiest first.
+    assert [r["remote_ip"] for r in st.remote_usage()] == ["93.184.216.34", "198.51.100.7"]
+    # The same bytes as the apps of the same rows.
+    apps = {a["process_name"]: a for a in st.app_usage()}
+    assert apps["curl"]["bytes_sent"] + apps["wget"]["bytes_sent"] == sum(
+        r["bytes_sent"] for r in st.remote_usage())
+
+
+def test_by_port_groups_by_remote_service():
+    st = MonitorState()
+    st.apply(remote_snap(0, []))
+    st.apply(remote_snap(1, [remote_sock(5000, 10, 20), remote_sock(5001, 1, 2, rport=80), remote_sock(5002, 3, 4, rport=80)]))
+    remotes = remotes_by_key(st.remote_usage(by_port=True))
+    assert set(remotes) == {("93.184.216.34", 443), ("93.184.216.34", 80)}
+    assert remotes["93.184.216.34", 80]["bytes_sent"] == 4 and remotes["93.184.216.34", 80]["connections"] == 2
+    assert remotes_by_key(st.remote_usage())["93.184.216.34", None]["bytes_sent"] == 14
+
+
+def test_unknown_processes_and_uncounted_sockets():
+    st = MonitorState()
+    st.apply(remote_snap(0, []))
+    st.apply(remote_snap(1, [remote_sock(5000, 10, 20, pid=None, name=None), remote_sock(5001, None, None, name="dig")]))
+    (remote,) = st.remote_usage()
+    assert remote["apps"] == ["dig"]  # the unknown process is not a name
+    assert remote["bytes_sent"] == 10 and remote["partial"] is True
+    st2 = MonitorState()
+    st2.apply(remote_snap(0, []))
+    st2.apply(remote_snap(1, [remote_sock(5000, None, None)]))
+    (remote,) = st2.remote_usage()
+    assert remote["bytes_sent"] is None and remote["upload_speed"] is None  # unknown, never 0
+
+
+def test_remote_usage_of_some_rows_only():
+    st = MonitorState(names=FakeNames({"93.184.216.34": "example.com"}))
+    st.apply(remote_snap(0, []))
+    st.apply(remote_snap(1, [remote_sock(5000, 10, 20), remote_sock(5001, 1, 2, remote="198.51.100.7")]))
+    flt = Filter.from_wire({"host": "EXAMPLE"})
+    (remote,) = st.remote_usage(flt.apply(st.connections(True)))
+    assert remote["remote_ip"] == "93.184.216.34"
