@@ -270,7 +270,7 @@ def _app_wire(name: str | None, live: _AppLive | None, totals: AppTotals | None)
     }
 
 
-def _app_order(app: api.AppUsage) -> tuple:
+def _app_order(app: api.AppUsage | api.RemoteUsage) -> tuple:
     """Busiest first (speed, then bytes); unknown figures count as 0."""
     return ((app["upload_speed"] or 0.0) + (app["download_speed"] or 0.0),
             (app["bytes_sent"] or 0) + (app["bytes_received"] or 0))
@@ -795,7 +795,7 @@ class MonitorState:
         out.sort(key=_app_order, reverse=True)
         return out
 
-    def remote_usage(self, rows: Iterable[ConnRow] | None = None, by_port: bool = False) -> list[dict[str, Any]]:
+    def remote_usage(self, rows: Iterable[ConnRow] | None = None, by_port: bool = False) -> list[api.RemoteUsage]:
         """RemoteUsage maps: one per remote address (with `by_port`, per
         address and port) of `rows`, by default every open row and every
         retained closed one; busiest first.
@@ -836,7 +836,7 @@ class MonitorState:
             if name is not None:
                 apps = g[8]
                 apps[name] = apps.get(name, 0) + row.counted_sent + row.counted_received
-        out = []
+        out: list[api.RemoteUsage] = []
         names = self.names
         for (ip, port), (sent, received, counted, uncounted, sockets, open_counted, up, down, apps) in groups.items():
             # As _app_wire: unknown (None) when open sockets have no counters
