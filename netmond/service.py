@@ -333,7 +333,7 @@ def plan(manager: str, s: Settings) -> Plan:
             after_remove=[],
         )
     if s.user:
-        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        base = paths.xdg_home("XDG_CONFIG_HOME", "~/.config")  # relative: ignored (XDG spec)
         unit_dir = os.path.join(base, "systemd", "user")
         ctl = ["systemctl", "--user"]
         kinds = ("systemd-user-service", "systemd-user-socket")

@@ -208,6 +208,17 @@ def test_dry_run_writes_nothing():
     assert "wrote" not in out and os.path.exists(unit) == existed
 
 
+def test_user_unit_dir_ignores_a_relative_xdg_config_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/cfg")  # invalid by the XDG spec
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(service, "manager_running", lambda manager: False)
+    code, _out = run_service("install", "--user", "--manager", "systemd")
+    assert code == 0
+    assert (tmp_path / ".config" / "systemd" / "user" / "netmond.service").exists()
+    assert not os.path.exists("relative")
+    assert run_service("uninstall", "--user", "--manager", "systemd")[0] == 0
+
+
 def test_status_reports_files_and_a_missing_daemon(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
