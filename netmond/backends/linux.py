@@ -1,9 +1,10 @@
 """The Linux backend: kernel byte counters for every TCP socket, without root.
 
 Per tick (`sample()`):
-  1. one NETLINK_SOCK_DIAG dump per family (IPv4, IPv6) for TCP, asking for
-     tcp_info, and one per family for UDP (sockets only: the kernel keeps no
-     UDP byte counters, so their bytes are None);
+  1. one NETLINK_SOCK_DIAG dump of every TCP socket, IPv4 and IPv6 at once
+     (TCPDIAG_GETSOCK; one per family on a kernel that refuses it), asking
+     for tcp_info, and one per family for UDP (sockets only: the kernel keeps
+     no UDP byte counters, so their bytes are None);
   2. socket inode -> pid from /proc/PID/fd (`procfd.SocketOwners`), process
      name and user per pid (`procinfo.ProcessCache`);
   3. the TCP destroy events received since the previous tick (`sockdiag.
@@ -14,13 +15,16 @@ Per tick (`sample()`):
 What the counters mean (payload acknowledged by the peer / received, SYN and
 FIN not counted) and how tcp_info is corrected for it: see `tcpbytes.py`.
 
-Cost: most sockets are idle at any given second. A TCP socket whose record
-is equal to the previous dump's (same kernel cookie, state, addresses,
-counters) comes back from the parser as that very record object, and if its
-owner is unchanged too it is handed on as last tick's SocketSample, which
-MonitorState skips. So an idle socket costs its parsing and a few dict
-lookups, and leaves nothing new alive for the garbage collector
-(bench/tick.py measures it).
+Cost: most sockets are idle at any given second. A TCP socket whose raw
+fields are those of the previous dump (same kernel cookie, state, addresses,
+counters: netlink.RawRecords) comes back from the parser as that very record
+object, undecoded, and if its owner is unchanged too it is handed on as last
+tick's SocketSample, which MonitorState skips. So an idle socket costs one
+unpack and a few dict lookups, and leaves nothing new alive for the garbage
+collector (bench/tick.py measures it). TIME_WAIT remnants are listed on one
+tick in TIMEWAIT_DUMP_EVERY_TICKS (a state filter leaves them out of the
+others, in the kernel), and each is looked at once (`_Remnant`): between,
+their rows are handed on (bench/timewait.py measures it).
 
 Keys (`SocketSample.key`): ("TCP"|"UDP", cookie), the kernel's socket
 cookie, which the dump and the destroy event both carry (idiag_cookie) and
@@ -43,7 +47,11 @@ Closed connections (decisions):
     its own. A remnant listed before its socket's destroy event arrived is a
     row already: the event ends that row.
     TIME_WAIT sockets with no destroy event seen (closed before the daemon
-    started, or the event was lost) are reported as TIME_WAIT, counters None.
+    started, or the event was lost) are reported as TIME_WAIT, counters None,
+    with the owner the latest dumps knew for their cookie when first listed
+    (never looked up again). Their rows appear and go up to
+    TIMEWAIT_DUMP_EVERY_TICKS ticks (at most TIMEWAIT_DUMP_EVERY_SECONDS)
+    late; after destroy events were lost the next dump lists them at once.
   * Destroy events are ignored for sockets without a remote end (listeners;
     a socket aborted with SO_LINGER 0 also arrives so, with its counters
     zeroed by the kernel) and for sockets that never reached ESTABLISHED and
@@ -93,8 +101,8 @@ import logging
 import os
 import socket
 from collections import deque
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, compress, repeat
+from operator import attrgetter, eq, gt, is_, itemgetter, not_
 from typing import Hashable, NamedTuple
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
@@ -111,6 +119,7 @@ from .netlink import (
     UNSPECIFIED_ADDR,
     AddressFormatter,
     DiagSocket,
+    RawRecords,
 )
 from .procfd import SocketOwners
 from .procinfo import ProcessCache, UserNames
@@ -136,9 +145,23 @@ _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
 _NO_BYTES = (None, None)
 _INODE_OF = attrgetter("inode")
-#: (family, protocol, idiag_ext) of the four dumps of a tick.
+_KEY_OF = attrgetter("key")
+#: (family, protocol, idiag_ext) of the dumps of a tick: TCP of both
+#: families in one request where the kernel takes it (each TCP dump walks the
+#: whole TCP hash table: ~1.2 ms on a host with 100 sockets), else one each.
+_TCP_DUMP_BOTH = (socket.AF_UNSPEC, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO)
 _TCP_DUMPS = ((socket.AF_INET, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO), (socket.AF_INET6, socket.IPPROTO_TCP, INET_DIAG_EXT_INFO))
 _UDP_DUMPS = ((socket.AF_INET, socket.IPPROTO_UDP, 0), (socket.AF_INET6, socket.IPPROTO_UDP, 0))
+#: TIME_WAIT remnants are dumped (and their rows refreshed) on one tick in
+#: this many, or after this many seconds, whichever comes first; the other
+#: ticks ask the kernel to leave them out (a state filter: they cost it next
+#: to nothing) and hand on the remnant rows of the last dump that listed them.
+#: A remnant carries no counters and lives 60 s: its row appears or goes at
+#: most this late. FIN_WAIT2 remnants are dumped every tick (they become
+#: TIME_WAIT ones).
+TIMEWAIT_DUMP_EVERY_TICKS = 5
+TIMEWAIT_DUMP_EVERY_SECONDS = 5.0
+_WITHOUT_TIMEWAIT_MASK = ALL_STATES_MASK & ~(1 << TCP_TIME_WAIT)
 
 class OwnerEntry(NamedTuple):
     """What the next ticks need to know about one connected TCP socket.
@@ -212,16 +235,27 @@ class LinuxBackend(Backend):
         # 4-tuples (local_ip, local_port, remote_ip, remote_port) of recent
         # destroy events: their TIME_WAIT remnants are not rows again.
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
-        # Remnants listed as rows by 4-tuple -> key, this tick's and the previous
-        # one's: a destroy event arriving after its remnant was listed ends that row.
+        # TIME_WAIT/FIN_WAIT2 remnants of the latest dumps that listed them,
+        # by cookie (see _Remnant), and the rows among them: handed on as they
+        # are, and on the ticks that leave TIME_WAIT out of the dump.
+        self._remnants: dict[Hashable, _Remnant] = {}
+        self._remnant_rows: dict[Hashable, SocketSample] = {}
+        # Remnant rows by 4-tuple -> (remnant id, key), now and before this
+        # tick: a destroy event arriving after its remnant was listed ends that row.
         self._timewait_keys: dict[tuple, tuple] = {}
         self._timewait_before: dict[tuple, tuple] = {}
+        self._ticks_without_timewait = TIMEWAIT_DUMP_EVERY_TICKS
+        self._timewait_dumped_at = float("-inf")
+        self._events_lost_seen = 0
+        # The (pid, process_name, user) of each pid that owned a socket at the last tick.
+        self._last_owners: dict[int, tuple] = {}
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
         # the samples of those that did not change (see _tcp_samples), and
-        # their records, which the next dump returns again where equal.
+        # the raw records of the dump, which the next one returns again where
+        # unchanged.
         self._unchanged: dict[int, _Unchanged] = {}
-        self._tcp_records: dict[int, DiagSocket] = {}
-        self._dumps: list[tuple[int, int, int]] = list(_TCP_DUMPS + _UDP_DUMPS)
+        self._tcp_records = RawRecords()
+        self._dumps: list[tuple[int, int, int]] = [_TCP_DUMP_BOTH, *_UDP_DUMPS]
         self._dump_warnings: list[str] = []
         self._attribution_complete = True
         self._started = False
@@ -250,8 +284,18 @@ class LinuxBackend(Backend):
         Once started, a failing dump makes sample() raise instead: returning
         fewer sockets would make every row of that kind look closed.
         """
-        kept = []
-        for family, protocol, ext in self._dumps:
+        kept: list[tuple[int, int, int]] = []
+        dumps = self._dumps
+        if _TCP_DUMP_BOTH in dumps:
+            try:
+                self._dumper.dump(*_TCP_DUMP_BOTH, 1 << TCP_LISTEN)
+            except OSError as exc:  # a kernel without the old request: one dump per family
+                log.info("TCP sockets of both families in one dump refused (%s): one dump each", exc)
+                dumps = [*_TCP_DUMPS, *(d for d in dumps if d != _TCP_DUMP_BOTH)]
+            else:
+                kept.append(_TCP_DUMP_BOTH)
+                dumps = [d for d in dumps if d != _TCP_DUMP_BOTH]
+        for family, protocol, ext in dumps:
             try:
                 self._dumper.dump(family, protocol, ext, 1 << TCP_LISTEN)
                 kept.append((family, protocol, ext))
@@ -307,9 +351,22 @@ class LinuxBackend(Backend):
         mono, wall = now()
         tcp: list[DiagSocket] = []
         udp: list[DiagSocket] = []
+        # Remnants are listed at once after destroy events were lost: those of
+        # the lost connections then continue their rows (same cookie).
+        lost = self._destroy.events_lost
+        with_timewait = (self._ticks_without_timewait + 1 >= TIMEWAIT_DUMP_EVERY_TICKS
+                         or mono - self._timewait_dumped_at >= TIMEWAIT_DUMP_EVERY_SECONDS
+                         or lost != self._events_lost_seen)
+        self._events_lost_seen = lost
+        tcp_states = ALL_STATES_MASK if with_timewait else _WITHOUT_TIMEWAIT_MASK
         for family, protocol, ext in self._dumps:
             if protocol == socket.IPPROTO_TCP:
-                tcp += self._dump(family, protocol, ext, self._tcp_records)
+                tcp += self._dump(family, protocol, ext, self._tcp_records, tcp_states)
+        self._tcp_records.rotate(every_state=with_timewait)
+        if with_timewait:
+            self._ticks_without_timewait, self._timewait_dumped_at = 0, mono
+        else:
+            self._ticks_without_timewait += 1
         # Interface counters right after the TCP counters: the closer the two
         # readings, the less a tick sees sockets move more than interfaces.
         interfaces = sample_interfaces()
@@ -329,15 +386,19 @@ class LinuxBackend(Backend):
         live_inodes = set(map(_INODE_OF, chain(tcp, udp)))
         live_inodes.discard(0)
         self._owners.refresh(live_inodes)
+        reattributed, self._owners.changed = self._owners.changed, set()
         self._attribution_complete = is_privileged() or self._only_own_sockets(tcp, udp)
 
         owner_of = _OwnerLookup(self._procs, self._owners)
         owner_table: OwnerTable = {}
         listeners: ListenerTable = {}
-        sockets = self._tcp_samples(tcp, owner_of, owner_table, listeners)
+        owners_as_before = ebpf is None and self._owners_as_before(owner_of)
+        sockets = self._tcp_samples(tcp, owner_of, owner_table, listeners, with_timewait, owners_as_before,
+                                    reattributed)
         sockets += self._udp_samples(udp, owner_of)
         self._owner_history.appendleft(owner_table)
         self._listener_history.appendleft(listeners)
+        self._last_owners = dict(owner_of.by_pid)
 
         closed = self._closed_samples(events, owner_of, mono)
         if ebpf is not None:
@@ -345,21 +406,24 @@ class LinuxBackend(Backend):
             closed += self._closed_udp_samples(ebpf, live_cookies, owner_of)
             ebpf.finish_tick(live_cookies, (event.cookie for event in events))
         if closed:
-            closed_keys = {s.key for s in closed}
-            sockets = [s for s in sockets if s.key not in closed_keys]
+            # In C, not a Python loop: under churn this runs every tick.
+            listed_closed = map({s.key for s in closed}.__contains__, map(_KEY_OF, sockets))
+            sockets = list(compress(sockets, map(not_, listed_closed)))
         self._destroyed.expire(mono)
         self._procs.forget_missing(owner_of.live_pids())
         return Snapshot(
             monotonic=mono, wall=wall, sockets=sockets, interfaces=interfaces, closed=closed
         )
 
-    def _dump(self, family: int, protocol: int, ext: int, known: dict | None = None) -> list[DiagSocket]:
+    def _dump(
+        self, family: int, protocol: int, ext: int, known: RawRecords | None = None, states: int = ALL_STATES_MASK
+    ) -> list[DiagSocket]:
         """One dump, retried once (the dumper reopens its socket after a failure)."""
         try:
-            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK, known)
+            return self._dumper.dump(family, protocol, ext, states, known)
         except OSError as exc:
             log.info("sock_diag dump failed (%s), retrying once", exc)
-            return self._dumper.dump(family, protocol, ext, ALL_STATES_MASK, known)
+            return self._dumper.dump(family, protocol, ext, states, known)
 
     def _tcp_samples(
         self,
@@ -367,6 +431,9 @@ class LinuxBackend(Backend):
         owner_of: _OwnerLookup,
         owner_table: OwnerTable,
         listeners: ListenerTable,
+        with_timewait: bool = True,
+        owners_as_before: bool = False,
+        reattributed: set[int] | None = None,
     ) -> list[SocketSample]:
         """SocketSamples of a TCP dump; fills owner_table and listeners for destroy events.
 
@@ -375,6 +442,12 @@ class LinuxBackend(Backend):
         handed on as the very SocketSample object of that tick (see
         `_Unchanged`): most sockets of a busy machine are idle at any given
         second, and `MonitorState.apply` then skips them just as cheaply.
+        A remnant is looked at once (see `_Remnant`). `with_timewait`: the
+        dump listed TIME_WAIT remnants; without, those of the last dump that
+        did are handed on. `owners_as_before`: every socket but those of the
+        inodes `reattributed` has the owner it had at the last tick (see
+        _owners_as_before): unchanged sockets are then handed on in bulk, by
+        maps that run in C, not one by one.
         """
         # The backend's hot loop (10,000 sockets a tick): attribute and
         # method lookups are hoisted into locals, caches are read inline.
@@ -384,16 +457,26 @@ class LinuxBackend(Backend):
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
         destroyed = self._destroyed
-        timewait_keys: dict[tuple, tuple] = {}
-        self._timewait_before, self._timewait_keys = self._timewait_keys, timewait_keys
+        self._timewait_before = timewait_keys = self._timewait_keys
+        remnants_before = self._remnants.get
+        if with_timewait:  # every remnant is in this dump: start afresh
+            remnants: dict[Hashable, _Remnant] = {}
+            remnant_rows: dict[Hashable, SocketSample] = {}
+            timewait_keys = {}
+            self._remnants, self._remnant_rows, self._timewait_keys = remnants, remnant_rows, timewait_keys
+        else:  # TIME_WAIT left out: the remnants listed before stay
+            remnants, remnant_rows = self._remnants, self._remnant_rows
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
         last_tick = self._unchanged.get
         ebpf_owner = self._ebpf_owner if self._ebpf is not None else None
         this_tick: dict[int, _Unchanged] = {}
-        records_by_cookie: dict[int, DiagSocket] = {}
         out: list[SocketSample] = []
         append = out.append
+        list_listeners = not owners_as_before
+        if owners_as_before:
+            self._list_listeners(records, listeners, owner_of)  # all of them: not again below
+            records = self._hand_on_unchanged(records, this_tick, out, owner_table, reattributed)
         for record in records:
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             if inode:
@@ -402,7 +485,7 @@ class LinuxBackend(Backend):
                 info = found if found is not None else owner_info(pid, uid)
                 if info[0] is None and ebpf_owner is not None:
                     info = ebpf_owner(cookie, owner_of) or info
-                if state == TCP_LISTEN:
+                if state == TCP_LISTEN and list_listeners:
                     listener_key = (family, src, sport)
                     holders = listeners.get(listener_key)
                     if holders is None:
@@ -414,11 +497,22 @@ class LinuxBackend(Backend):
                 # The dump returns an unchanged record as last tick's object.
                 if same is not None and same.record is record and same.owner == info:
                     this_tick[cookie] = same
-                    records_by_cookie[cookie] = record
                     append(same.sample)
                     if same.owner_entry is not None:
                         owner_table[same.sample.key] = same.owner_entry
                     continue
+            elif counters is None and state in _TIMEWAIT_STATES:
+                remnant = remnants_before(cookie) if cookie else None
+                if remnant is None or remnant.record is not record:
+                    remnant = self._remnant(record, destroyed)
+                sample = remnant.sample
+                if cookie:
+                    remnants[cookie] = remnant
+                if sample is not None:
+                    ident = cookie or sample.key
+                    remnant_rows[ident] = sample
+                    timewait_keys[remnant.endpoints] = (ident, sample.key)
+                continue
             state_name = state_names.get(state)
             if state_name is None:
                 continue  # a pseudo-state (bound-only sockets) we did not ask for
@@ -428,19 +522,6 @@ class LinuxBackend(Backend):
                 # once established. Keyed by cookie it would be a second row.
                 continue
             local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode, cookie)
-            if inode == 0 and counters is None and state in _TIMEWAIT_STATES:
-                # By 4-tuple, not cookie: a socket never dumped had no cookie
-                # yet when its remnant was made, so the remnant got another.
-                endpoints_key = (local_ip, sport, remote_ip, remote_port)
-                if endpoints_key in destroyed:
-                    continue  # its row already ended at the destroy event
-                timewait_keys[endpoints_key] = key
-                # The full socket is gone; the last dump may still know its owner.
-                gone = previous.get(key) or _NO_OWNER
-                pid, name, user = gone.pid, gone.process_name, gone.user
-                append(SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
-                                    remote_port, state_name, pid, name, user))
-                continue
             known = previous.get(key)
             if inode:
                 pid, name, user = info
@@ -467,10 +548,77 @@ class LinuxBackend(Backend):
             append(sample)
             if inode and cookie:
                 this_tick[cookie] = _Unchanged(record, info, sample, entry)
-                records_by_cookie[cookie] = record
         self._unchanged = this_tick
-        self._tcp_records = records_by_cookie
+        out += remnant_rows.values()
         return out
+
+    def _owners_as_before(self, owner_of: _OwnerLookup) -> bool:
+        """True when each process that owned a socket at the last tick is still
+        there, as it was (same name and user): then every socket the inode
+        index did not re-attribute since (SocketOwners.changed) has the owner
+        it had. Looks each of those processes up (this tick's owner_of keeps
+        them)."""
+        for pid, info in self._last_owners.items():
+            if pid is None:
+                continue
+            name, user = self._procs.lookup(pid)
+            if name is None and user is None:
+                return False  # gone, or unreadable now: looked at socket by socket
+            now = owner_of.by_pid[pid] = (pid, name, user)
+            if now != info:
+                return False
+        return True
+
+    def _list_listeners(self, records: list[DiagSocket], listeners: ListenerTable, owner_of: _OwnerLookup) -> None:
+        """Fill `listeners` with the listening sockets among `records` (see _tcp_samples)."""
+        inode_owner = self._owners.owners.get
+        shared_inodes = self._owners.shared
+        for family, _state, sport, _dport, src, _dst, uid, inode, _counters, _cookie in compress(
+            records, map(eq, map(_STATE_OF, records), repeat(TCP_LISTEN))
+        ):
+            if inode:
+                info = owner_of.info(inode_owner(inode), uid)
+                holders = listeners.setdefault((family, src, sport), [])
+                holders.append(info if inode not in shared_inodes else (None,) + info[1:])
+
+    def _hand_on_unchanged(
+        self, records: list[DiagSocket], this_tick: dict, out: list[SocketSample], owner_table: OwnerTable,
+        reattributed: set[int] | None,
+    ) -> list[DiagSocket]:
+        """Hand on, in bulk, the sockets whose record is last tick's and whose inode
+        the index did not re-attribute (their owner is last tick's too: see
+        _owners_as_before): their samples go to `out`, what destroy events
+        need to `owner_table`. Returns the other records."""
+        cookies = list(map(_COOKIE_OF_RECORD, records))
+        last = list(map(self._unchanged.get, cookies, repeat(_NOT_SEEN)))
+        same = list(map(is_, records, map(_RECORD_OF, last)))
+        if reattributed:  # True > False: the same record, an owner as before
+            same = list(map(gt, same, map(reattributed.__contains__, map(_INODE_OF_RECORD, records))))
+        kept = list(compress(last, same))
+        this_tick.update(zip(compress(cookies, same), kept))
+        samples = list(map(_SAMPLE_OF, kept))
+        out += samples
+        entries = list(map(_OWNER_ENTRY_OF, kept))
+        owner_table.update(compress(zip(map(_KEY_OF, samples), entries), entries))
+        return list(compress(records, map(not_, same)))
+
+    def _remnant(self, record: DiagSocket, destroyed: RecentKeys) -> _Remnant:
+        """What a TIME_WAIT/FIN_WAIT2 remnant (no inode, no counters) is: the row
+        of a connection whose close the daemon did not see, or nothing (its
+        row ended at its destroy event)."""
+        family, state, sport, dport, src, dst, _uid, _inode, _counters, cookie = record
+        local_ip, remote_ip, remote_port, key = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
+        # By 4-tuple, not cookie: a socket never dumped had no cookie yet
+        # when its remnant was made, so the remnant got another.
+        endpoints_key = (local_ip, sport, remote_ip, remote_port)
+        if endpoints_key in destroyed:
+            return _Remnant(record, None, endpoints_key)  # its row already ended at the destroy event
+        # The full socket is gone; the latest dumps may still know its owner,
+        # which the remnant keeps (it is not attributed again).
+        gone = self._remembered_owner(key) or _NO_OWNER
+        pid, name, user = gone.pid, gone.process_name, gone.user
+        return _Remnant(record, SocketSample(key, "TCP", _FAMILY_NAMES[family], local_ip, sport, remote_ip,
+                                             remote_port, TCP_STATES[state], pid, name, user), endpoints_key)
 
     def _udp_samples(self, records: list[DiagSocket], owner_of: _OwnerLookup) -> list[SocketSample]:
         """SocketSamples of a UDP dump: bytes only in root mode (the kernel keeps none)."""
@@ -534,10 +682,11 @@ class LinuxBackend(Backend):
                 continue  # never established, nothing moved: a failed connect
             local_ip, remote_ip, _, key = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
             known = self._remembered_owner(key)
-            if known is None:
+            remnant_row = self._end_remnant_row((local_ip, sport, remote_ip, dport))
+            if known is None and remnant_row is not None:
                 # Never dumped, but its remnant was, and became a row before
                 # this event came: that row is this connection's, and ends now.
-                key = self._timewait_before.get((local_ip, sport, remote_ip, dport), key)
+                key = remnant_row
             # Final counters say which side opened, but for one reading (see
             # tcpbytes): then what a dump saw, else the passive side, which
             # a graceful close (by far the commonest) gives.
@@ -594,6 +743,17 @@ class LinuxBackend(Backend):
             return local_ip, None, None, (protocol, cookie) if cookie else (protocol, local_ip, sport, None, None, inode)
         remote_ip = texts.get(dst) or self._addresses.format(family, dst)
         return local_ip, remote_ip, dport, (protocol, cookie) if cookie else (protocol, local_ip, sport, remote_ip, dport)
+
+    def _end_remnant_row(self, endpoints: tuple) -> tuple | None:
+        """The key of the remnant row of these endpoints, which a destroy event
+        ends now, if there is one; it is not handed on any more."""
+        found = self._timewait_keys.pop(endpoints, None) or self._timewait_before.pop(endpoints, None)
+        if found is None:
+            return None
+        ident, key = found
+        self._remnant_rows.pop(ident, None)
+        self._remnants.pop(ident, None)
+        return key
 
     def _remember_destroyed(self, events: list[DiagSocket], mono: float) -> None:
         """Note the 4-tuples of the destroy events worth reporting (see _closed_samples)."""
@@ -681,6 +841,29 @@ class _Unchanged(NamedTuple):
     owner: tuple
     sample: SocketSample
     owner_entry: OwnerEntry | None
+
+
+class _Remnant(NamedTuple):
+    """A TIME_WAIT/FIN_WAIT2 remnant as the dumps list it, by its cookie.
+
+    The kernel's record of a remnant does not change while it lives (but for
+    FIN_WAIT2 becoming TIME_WAIT): while the dump returns it as this very
+    record, it is what it was the first time, a row (`sample`, handed on as
+    is) or nothing (None: the destroy event ended the connection's row).
+    """
+
+    record: DiagSocket
+    sample: SocketSample | None
+    endpoints: tuple  # (local_ip, local_port, remote_ip, remote_port)
+
+
+_NOT_SEEN = _Unchanged(None, None, None, None)  # type: ignore[arg-type]
+_COOKIE_OF_RECORD = itemgetter(9)
+_INODE_OF_RECORD = itemgetter(7)
+_STATE_OF = itemgetter(1)
+_RECORD_OF = itemgetter(0)
+_SAMPLE_OF = itemgetter(2)
+_OWNER_ENTRY_OF = itemgetter(3)
 
 
 class RecentKeys:

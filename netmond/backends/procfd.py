@@ -68,6 +68,11 @@ class SocketOwners:
         self._last_full_scan = float("-inf")
         #: Number of full walks of /proc so far (for tests and profiling).
         self.full_scans = 0
+        #: Inodes that got an owner or another one, or lost it with their
+        #: process, since the caller last emptied it: every other live
+        #: socket's pid is what it was (a caller may skip looking it up).
+        #: The caller empties it (LinuxBackend does, every tick).
+        self.changed: set[int] = set()
 
     def owner(self, inode: int) -> int | None:
         """The pid holding socket `inode`, if known."""
@@ -119,6 +124,7 @@ class SocketOwners:
         self._recent_owners.pop(pid, None)
         for inode in [i for i, p in self._owner.items() if p == pid]:
             del self._owner[inode]
+            self.changed.add(inode)
 
     # -- walking /proc -------------------------------------------------------
     def _full_scan(
@@ -174,7 +180,9 @@ class SocketOwners:
                     held_by = owner.get(inode)
                     if held_by is not None and held_by != pid:
                         self.shared.add(inode)
-                    owner[inode] = pid
+                    if held_by != pid:
+                        owner[inode] = pid
+                        self.changed.add(inode)
             before = len(missing)
             missing.difference_update(found)
             if len(missing) < before:

@@ -5,14 +5,15 @@ floors; and RecentKeys.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
 import psutil
 import pytest
 
-from netmond.backends import linux
-from netmond.backends.netlink import DiagSocket, TcpCounters
+from netmond.backends import linux, netlink
+from netmond.backends.netlink import DiagSocket, NetlinkError, TcpCounters
 
 from tests.linux_fakes import V4_LOOPBACK, V4_MAPPED, info
 
@@ -75,13 +76,20 @@ class FakeDumper:
         self.udp: list[DiagSocket] = []
 
     def dump(self, family, protocol, ext, states, known=None):
-        if family != socket.AF_INET:
+        if family not in (socket.AF_INET, socket.AF_UNSPEC):
             return []
-        records = self.tcp if protocol == socket.IPPROTO_TCP else self.udp
+        records = [r for r in (self.tcp if protocol == socket.IPPROTO_TCP else self.udp) if states & (1 << r.state)]
         if known is None:
-            return list(records)
+            return records
         # As parse_messages does: a record equal to a known one is that one.
-        return [known[r.cookie] if known.get(r.cookie) == r else r for r in records]
+        out = []
+        for r in records:
+            same = known.get(r.cookie)
+            r = same if same == r else r
+            if r.cookie:
+                known.current[r.cookie] = (r, r)
+            out.append(r)
+        return out
 
     def close(self) -> None:
         pass
@@ -158,6 +166,7 @@ def test_an_unchanged_socket_is_handed_on_as_the_same_sample(crafted) -> None:
     dumper.tcp[1] = record(8, SERVER_PORT, CLIENT_PORT, 200, dumper.tcp[1].counters, cookie=8)
     assert by_key(backend.sample().sockets)[SERVER_COOKIE_KEY].state == "CLOSE_WAIT"
     backend._owners.owners[200] = 1  # the inode index learnt another owner (init, here)
+    backend._owners.changed.add(200)  # as SocketOwners notes whenever an owner changes
     owned = by_key(backend.sample().sockets)[SERVER_COOKIE_KEY]
     assert owned.pid == 1 and owned.state == "CLOSE_WAIT"
     # What destroy events need is kept for handed-on sockets too.
@@ -269,7 +278,7 @@ def test_ipv4_mapped_key_in_dump_and_destroy_event(crafted) -> None:
     mapped = record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10),
                     family=socket.AF_INET6, src=V4_MAPPED, dst=V4_MAPPED)
     dumper.dump = lambda family, protocol, ext, states, known=None: (
-        [mapped] if (family, protocol) == (socket.AF_INET6, socket.IPPROTO_TCP) else [])
+        [mapped] if family in (socket.AF_INET6, socket.AF_UNSPEC) and protocol == socket.IPPROTO_TCP else [])
     [row] = backend.sample().sockets
     key = ("TCP", "::ffff:127.0.0.1", CLIENT_PORT, "::ffff:127.0.0.1", SERVER_PORT)
     assert (row.key, row.family, row.bytes_sent) == (key, "IPv6", 10)
@@ -411,3 +420,78 @@ def test_remnant_listed_before_its_destroy_event_is_the_row_the_event_ends(craft
                                                                    sent=1200), cookie=90)]
     snap = backend.sample()
     assert [(c.key, c.bytes_sent) for c in snap.closed] == [(remnant.key, 1200)] and snap.sockets == []
+
+
+def test_time_wait_remnants_are_dumped_one_tick_in_a_few_and_handed_on_between(crafted) -> None:
+    backend, dumper, listener = crafted
+    asked = []
+    fake_dump = dumper.dump
+
+    def dump(family, protocol, ext, states, known=None):
+        if protocol == socket.IPPROTO_TCP:
+            asked.append(bool(states & (1 << netlink.TCP_TIME_WAIT)))
+        return fake_dump(family, protocol, ext, states, known)
+
+    dumper.dump = dump
+    unseen = record(6, CLIENT_PORT, SERVER_PORT, 0, None, cookie=51)  # closed before we looked: a row
+    dumper.tcp = [unseen, record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=52)]
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=701, received=1001, data_segs_in=1,
+                                                                   sent=700), cookie=52)]
+    first = backend.sample().sockets
+    assert [s.key for s in first] == [("TCP", 51)]  # the other's row ended at its destroy event
+    every = linux.TIMEWAIT_DUMP_EVERY_TICKS
+    later = [backend.sample().sockets for _ in range(2 * every)]
+    assert asked == [True] + ([False] * (every - 1) + [True]) * 2
+    assert all(sockets == first and sockets[0] is first[0] for sockets in later)
+    # Gone from the kernel: the row goes at the next dump that lists remnants.
+    dumper.tcp = []
+    ticks = 0
+    while backend.sample().sockets:
+        ticks += 1
+    assert ticks < every
+
+
+def test_a_remnant_keeps_the_owner_it_was_first_given(crafted) -> None:
+    backend, dumper, listener = crafted
+    listener_rec, client, server = established_pair(info(acked=1001, received=700, data_segs_in=1, sent=1000),
+                                                    info(acked=700, received=1000, data_segs_in=1, sent=700))
+    client = client._replace(cookie=61)
+    dumper.tcp = [listener_rec, client, server]
+    backend.sample()
+    # Its destroy event was lost (so the next dump lists remnants): the
+    # remnant (same cookie) is the row, still ours.
+    listener.events_lost += 1
+    dumper.tcp = [listener_rec, record(6, CLIENT_PORT, SERVER_PORT, 0, None, cookie=61), server]
+    rows = [by_key(backend.sample().sockets)[("TCP", 61)] for _ in range(2 * linux.TIMEWAIT_DUMP_EVERY_TICKS)]
+    assert {(r.state, r.pid) for r in rows} == {("TIME_WAIT", os.getpid())}
+
+
+def test_a_late_destroy_event_ends_a_handed_on_remnant_row_for_good(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=71)]
+    [remnant] = backend.sample().sockets
+    backend.sample()  # TIME_WAIT left out: the row is handed on
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
+                                                                   sent=1200), cookie=70)]
+    snap = backend.sample()
+    assert [c.key for c in snap.closed] == [remnant.key] and snap.sockets == []
+    for _ in range(2 * linux.TIMEWAIT_DUMP_EVERY_TICKS):
+        assert backend.sample().sockets == []  # listed again, and hidden
+
+
+def test_tcp_of_both_families_in_one_dump_or_one_each(fake_proc) -> None:
+    class OldKernel(FakeDumper):
+        def dump(self, family, protocol, ext, states, known=None):
+            if family == socket.AF_UNSPEC:
+                raise NetlinkError(errno.EINVAL, "Invalid argument")
+            return super().dump(family, protocol, ext, states, known)
+
+    for dumper, expected in ((FakeDumper(), [socket.AF_UNSPEC]), (OldKernel(), [socket.AF_INET, socket.AF_INET6])):
+        backend = linux.LinuxBackend(proc_root=str(fake_proc.root), destroy_listener=FakeDestroyListener(),
+                                     dumper=dumper)
+        backend.start()
+        dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10), cookie=5)]
+        assert [s.key for s in backend.sample().sockets] == [("TCP", 5)]
+        assert [f for f, p, _ in backend._dumps if p == socket.IPPROTO_TCP] == expected
+        assert not backend.status().warnings or "refused" not in " ".join(backend.status().warnings)
+        backend.close()

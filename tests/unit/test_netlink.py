@@ -15,6 +15,7 @@ from netmond.backends import netlink
 from netmond.backends.netlink import (
     AddressFormatter,
     NetlinkError,
+    RawRecords,
     TcpCounters,
     build_dump_request,
     parse_messages,
@@ -89,17 +90,99 @@ def test_sockets_with_different_attribute_layouts_in_one_buffer() -> None:
     assert all(s.counters.bytes_received == s.local_port for s in sockets if s.counters)
 
 
-def test_records_equal_to_known_ones_are_returned_as_those() -> None:
-    def dump(acked):
-        info = tcp_info(acked=acked, received=5, data_segs_in=1, sent=acked, retrans=0)
-        return sock_msg(attrs=rtattr(netlink.INET_DIAG_INFO, info)) + DONE
+def test_records_whose_raw_fields_are_unchanged_are_returned_as_the_known_ones() -> None:
+    def dump(acked, rtt=0, rqueue=0, seq=1):
+        info = bytearray(tcp_info(acked=acked, received=5, data_segs_in=1, sent=acked, retrans=0))
+        struct.pack_into("=I", info, 68, rtt)  # tcpi_rtt: moves on idle sockets
+        msg = bytearray(sock_msg(seq=seq, attrs=rtattr(8, b"\x00") + rtattr(netlink.INET_DIAG_INFO, bytes(info))))
+        struct.pack_into("=I", msg, 16 + 56, rqueue)  # idiag_rqueue: not read
+        return bytes(msg) + nlmsg(netlink.NLMSG_DONE, struct.pack("=i", 0), seq=seq)
 
-    [first], _ = parse_messages(dump(10), seq=1)
-    known = {first.cookie: first}
-    [again], _ = parse_messages(dump(10), seq=1, known=known)
-    [moved], _ = parse_messages(dump(11), seq=1, known=known)
-    assert first.cookie and again is first
+    known = RawRecords()
+
+    def parse(buf, seq=1):
+        [record], done = parse_messages(buf, seq=seq, known=known)
+        known.rotate()
+        return record
+
+    first = parse(dump(10))
+    again = parse(dump(10, rtt=1234, rqueue=7))
+    assert first.cookie and again is first and known.get(first.cookie) is first
+    moved = parse(dump(11))
     assert moved is not first and moved.counters.bytes_acked == 11
+    assert parse(dump(11)) is moved
+    # The shortcut checks the datagram's sequence number first.
+    assert parse_messages(dump(11, seq=5), seq=6, known=known) == ([], False)
+
+
+def test_sockets_of_several_layouts_in_one_dump_are_all_recognised() -> None:
+    # TCP of both families in one dump: an IPv6 socket carries one attribute
+    # more (INET_DIAG_SKV6ONLY), and the dump may start with one.
+    def msg(cookie, family, extra=b""):
+        info = tcp_info(acked=cookie, received=5, data_segs_in=1, sent=cookie)
+        src = V6_LOOPBACK if family == socket.AF_INET6 else V4_LOOPBACK
+        raw = bytearray(sock_msg(family=family, src=src, dst=src, sport=cookie,
+                                 attrs=rtattr(8, b"\x00") + extra + rtattr(netlink.INET_DIAG_INFO, info)))
+        struct.pack_into("=Q", raw, 16 + 44, cookie)
+        return bytes(raw)
+
+    v6only = rtattr(11, b"\x00")
+    buf = msg(1, socket.AF_INET6, v6only) + msg(2, socket.AF_INET) + msg(3, socket.AF_INET6, v6only) + msg(
+        4, socket.AF_INET) + DONE
+    known = RawRecords()
+    first, _ = parse_messages(buf, seq=1, known=known)
+    known.rotate()
+    again, _ = parse_messages(buf, seq=1, known=known)
+    assert [s.counters.bytes_acked for s in first] == [1, 2, 3, 4]
+    assert all(a is b for a, b in zip(again, first)) and len(known.layouts) == 2
+
+
+def test_time_wait_records_are_recognised_by_their_short_fields() -> None:
+    known = RawRecords()
+    remnant = sock_msg(state=6, inode=0, attrs=rtattr(15, bytes(4))) + DONE
+    [first], _ = parse_messages(remnant, seq=1, known=known)
+    known.rotate()
+    [again], _ = parse_messages(remnant, seq=1, known=known)
+    assert again is first and first.counters is None
+    # Once a socket with tcp_info taught the layout, remnants still take the short way.
+    info = tcp_info(acked=10, received=5, data_segs_in=1, sent=9)
+    full = sock_msg(sport=1, attrs=rtattr(netlink.INET_DIAG_INFO, info))
+    known.rotate()
+    [_, kept], _ = parse_messages(full + remnant, seq=1, known=known)
+    assert kept is first
+
+
+def test_remnants_left_out_of_a_dump_are_still_known_to_the_next_that_lists_them() -> None:
+    known = RawRecords()
+    remnant = sock_msg(state=6, inode=0, sport=1)
+    full = sock_msg(sport=2, attrs=rtattr(netlink.INET_DIAG_INFO, tcp_info(acked=10, received=5, sent=9)))
+    [first, _], _ = parse_messages(remnant + full + DONE, seq=1, known=known)
+    known.rotate()
+    parse_messages(full + DONE, seq=1, known=known)  # TIME_WAIT left out (a state filter)
+    known.rotate(every_state=False)
+    [again, _], _ = parse_messages(remnant + full + DONE, seq=1, known=known)
+    assert again is first
+
+
+def test_a_failed_dump_leaves_the_known_records_of_the_last_complete_one() -> None:
+    known = RawRecords()
+    [first], _ = parse_messages(sock_msg(state=6, inode=0) + DONE, seq=1, known=known)
+    known.rotate()
+    parse_messages(sock_msg(state=6, inode=0), seq=1, known=known)
+    known.discard()
+    assert known.get(first.cookie) is first and not known.current
+
+
+def test_tcp_dump_request_asks_for_both_families_at_once() -> None:
+    req = netlink.build_tcp_dump_request(netlink.INET_DIAG_EXT_INFO, 0xFFE, seq=9)
+    length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", req)
+    assert (length, mtype, flags, seq) == (len(req), netlink.TCPDIAG_GETSOCK, 0x301, 9) and len(req) == 16 + 60
+    family, _src_len, _dst_len, ext, states, dbs = struct.unpack_from("=BBBB48xII", req, 16)
+    assert (family, ext, states, dbs) == (0, netlink.INET_DIAG_EXT_INFO, 0xFFE, 0)
+    # Its replies carry the request's type; they parse like the others.
+    reply = nlmsg(netlink.TCPDIAG_GETSOCK, diag_msg(family=socket.AF_INET6, src=V6_LOOPBACK, dst=V6_DOC)) + DONE
+    [s], done = parse_messages(reply, seq=1)
+    assert done and s.family == socket.AF_INET6
 
 
 def test_ipv6_and_ipv4_mapped_addresses() -> None:

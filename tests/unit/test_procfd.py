@@ -143,3 +143,22 @@ def test_owner_index_survives_an_fd_dir_that_is_not_a_directory(fake_proc) -> No
     index = SocketOwners(str(fake_proc.root), clock=Clock())
     index.refresh({100})
     assert index.owner(100) == 10
+
+
+def test_owner_index_notes_every_inode_whose_owner_changed(fake_proc) -> None:
+    # LinuxBackend hands unchanged sockets on in bulk but for these inodes.
+    fake_proc.add(10, 3, "socket:[100]")
+    clock = Clock()
+    index = SocketOwners(str(fake_proc.root), clock=clock)
+    index.refresh({100})
+    assert index.changed == {100}
+    index.changed = set()
+    index.refresh({100})
+    assert index.changed == set()  # nothing new: nothing changed
+    fake_proc.add(20, 4, "socket:[200]")
+    clock.now += 2
+    index.refresh({100, 200})
+    assert index.owner(200) == 20 and index.changed == {200}
+    index.changed = set()
+    index.forget_pid(20)
+    assert index.owner(200) is None and index.changed == {200}
