@@ -436,7 +436,7 @@ class Daemon:
         open(config, "w").close()  # no system config: the defaults, as documented
         self.proc = popen(
             [sys.executable, "-m", "netmond.main", "--config", config, "--socket", self.socket,
-             "--interval", str(self.interval), "--log-level", "warning", *self.extra],
+             "--interval", str(self.interval), "--log-level", "warning", *self._data_dir(), *self.extra],
             cwd=ROOT, stdin=subprocess.DEVNULL,
         )
         try:
@@ -445,6 +445,12 @@ class Daemon:
             self.__exit__()
             raise
         return self
+
+    def _data_dir(self) -> list[str]:
+        """Usage stored in the bench's temporary directory unless the bench says where."""
+        if "--data-dir" in self.extra or "--no-store-usage" in self.extra:
+            return []
+        return ["--data-dir", os.path.join(self.dir, "data")]
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -24,7 +24,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ("tick", "timewait", "steady", "load", "traffic", "roundtrip", "churn", "ebpf")
+BENCHES = ("tick", "timewait", "steady", "load", "traffic", "roundtrip", "churn", "ebpf", "usage")
 #: The benches that take --size (the others have no heavy rows).
 SIZED = frozenset({"tick", "load", "roundtrip", "churn"})
 

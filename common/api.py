@@ -32,8 +32,16 @@ CONTROL = "control"
 CONFIGURE = "configure"
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
+USAGE = "usage"
+FORGET = "forget"
 
-METHODS = (HELLO, STATUS, CONNECTIONS, APPS, REMOTES, STATS, BANDWIDTH_HISTORY, CONTROL, CONFIGURE, SUBSCRIBE, UNSUBSCRIBE)
+METHODS = (HELLO, STATUS, CONNECTIONS, APPS, REMOTES, STATS, BANDWIDTH_HISTORY, CONTROL, CONFIGURE, SUBSCRIBE,
+           UNSUBSCRIBE, USAGE, FORGET)
+
+#: What `usage` may group by (one key, or two as "day,app"; not day with hour).
+USAGE_KEYS = ("app", "remote", "day", "hour")
+#: Filter keys that apply to stored usage (the store keeps apps and remotes only).
+USAGE_FILTER_KEYS = ("proc", "ip", "scope")
 
 #: Bounds of the sampling interval (`configure`, the daemon's config), seconds.
 INTERVAL_MIN = 0.1
@@ -72,6 +80,7 @@ TOO_LARGE = "too_large"
 PROTOCOL_ERROR = "protocol_error"
 INTERNAL = "internal"
 TOO_MANY_CLIENTS = "too_many_clients"
+UNAVAILABLE = "unavailable"
 
 ERROR_CODES = (
     UNKNOWN_METHOD,
@@ -82,6 +91,7 @@ ERROR_CODES = (
     PROTOCOL_ERROR,
     INTERNAL,
     TOO_MANY_CLIENTS,
+    UNAVAILABLE,
 )
 
 
@@ -191,6 +201,29 @@ class Stats(TypedDict):
     top_app: str | None
 
 
+class UsageRow(TypedDict, total=False):
+    """One row of `usage`: the keys asked for in `by`, then the bytes."""
+
+    day: str  # "YYYY-MM-DD", the daemon's local day
+    hour: int  # epoch seconds, start of the hour (past 35 days: of the day)
+    app: str | None  # process name; null: process unknown
+    remote: str  # remote address
+    remote_host: str | None  # its name when known
+    apps: list[str | None]  # with remote and without app: the apps that talked to it
+    bytes_sent: int  # bytes
+    bytes_received: int
+
+
+class UsageStore(TypedDict):
+    """`status.usage_store`: where usage over days is kept."""
+
+    path: str
+    size_bytes: int | None  # bytes on disk (store + WAL); null: unreadable
+    storing: bool  # false: not storing now, `warnings` say why
+    written_at: float | None  # epoch seconds of the last write
+    retention_days: int
+
+
 class HistoryPoint(TypedDict):
     """One sample's bandwidth: a `bandwidth_history` entry and the bandwidth_data payload."""
 
@@ -272,6 +305,7 @@ class Status(TypedDict):
     history_seconds: int  # seconds
     include_loopback: bool
     resolve: bool  # remote addresses are named (config resolve, --no-resolve)
+    usage_store: UsageStore | None  # None: storing usage is off (store_usage = false)
 
 
 class ConnectionsParams(TypedDict, total=False):
@@ -335,6 +369,28 @@ class SubscribeParams(TypedDict, total=False):
 
 class UnsubscribeParams(TypedDict, total=False):
     topics: list[str]
+
+
+class UsageParams(TypedDict, total=False):
+    since: float | str  # epoch seconds, or "24h", "7d", "today", "2026-12-01"
+    until: float | str
+    by: str | list[str]  # "app", "remote", "day", "hour" or a pair: "day,app"
+    filter: FilterMap  # proc, ip, scope
+    limit: int  # the largest rows only
+
+
+class UsageResult(TypedDict):
+    usage: list[UsageRow]
+    since: float  # epoch seconds: the range the rows cover, as resolved
+    until: float
+
+
+class ForgetParams(TypedDict, total=False):
+    before: float | str  # only usage that ended by then; absent: all
+
+
+class ForgetResult(TypedDict):
+    deleted: int  # stored rows deleted
 
 
 class TopicsResult(TypedDict):

@@ -289,6 +289,18 @@ class Client:
         """Stop notifications on topics (all by default)."""
         return self.call(api.UNSUBSCRIBE, {} if topics is None else {"topics": list(topics)})
 
+    def usage(self, since: float | str | None = None, until: float | str | None = None,
+              by: str | Sequence[str] | None = None, filter: api.FilterMap | None = None,
+              limit: int | None = None) -> api.UsageResult:
+        """Stored usage over days (docs/PROTOCOL.md, usage); None: the daemon's default."""
+        params: dict[str, Any] = {"since": since, "until": until, "by": by, "filter": filter or None,
+                                  "limit": limit}
+        return self.call(api.USAGE, {k: v for k, v in params.items() if v is not None})
+
+    def forget(self, before: float | str | None = None) -> api.ForgetResult:
+        """Delete stored usage, all or what ended by `before` (needs control rights)."""
+        return self.call(api.FORGET, {} if before is None else {"before": before})
+
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Send a request and wait for its response; RPCError on error."""
         msgid = next(self._ids)

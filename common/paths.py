@@ -219,3 +219,19 @@ def default_config_path() -> str:
     if is_root():
         return "/etc/netmon/netmond.toml"
     return os.path.join(config_dir(), "netmond.toml")
+
+
+ENV_DATA_DIR = "NETMON_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """Where netmond keeps usage over days without --data-dir: $NETMON_DATA_DIR
+    if set, else /var/lib/netmon for root (macOS /var/db/netmon),
+    $XDG_DATA_HOME/netmon (~/.local/share/netmon) otherwise."""
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return os.path.abspath(env)
+    if is_root():
+        return "/var/db/netmon" if sys.platform == "darwin" else "/var/lib/netmon"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "netmon")

@@ -37,6 +37,7 @@ from .api import (  # noqa: F401 - re-exported
     TOO_LARGE,
     TOO_MANY_CLIENTS,
     TOPICS,
+    UNAVAILABLE,
     UNKNOWN_METHOD,
 )
 

@@ -90,3 +90,53 @@ def human_percent(part: float, total: float) -> str:
     if 99 < pct < 100:
         return ">99%"
     return f"{pct:.0f}%"
+
+
+_SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
+
+
+def parse_time(value: str | int | float, now: float) -> float:
+    """A point in time as Unix epoch seconds, for `usage --since/--until`.
+
+    Accepts epoch seconds (a number, or its digits), a span back from `now`
+    ('90s', '30m', '24h', '7d', '2w'; m is minutes), 'now', 'today' and
+    'yesterday' (local midnight), or a local date and time ('2026-12-01',
+    '2026-12-01 18:00', '2026-12-01T18:00:30'). ValueError says what is allowed.
+    """
+    import datetime
+    import time
+
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+            raise ValueError(f"not a time: {value!r}")
+        return float(value)
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return float(text)
+    if text == "now":
+        return now
+    if text in ("today", "yesterday"):
+        lt = time.localtime(now)
+        midnight = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+        if text == "today":
+            return midnight
+        lt = time.localtime(midnight - 12 * 3600)
+        return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+    if text[-1:] in _SPANS:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = None
+        if amount is not None and amount >= 0 and amount == amount and amount != float("inf"):
+            return now - amount * _SPANS[text[-1]]
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.datetime.strptime(text.upper() if "t" in text else text, fmt).timestamp()
+        except ValueError:
+            continue
+    raise ValueError(
+        f"not a time: {value!r} (e.g. 24h, 7d, 2w, today, yesterday, 2026-12-01, '2026-12-01 18:00', "
+        "or epoch seconds)")

@@ -64,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "remotes": "netmonctl.commands.remotes:remotes",
     "stats": "netmonctl.commands.stats:stats",
     "history": "netmonctl.commands.history:history",
+    "usage": "netmonctl.commands.usage:usage",
     "top": "netmonctl.commands.top:top",
     "watch": "netmonctl.commands.watch:watch",
     "start": "netmonctl.commands.control:start",

@@ -18,8 +18,8 @@ import sys
 import os
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Awaitable, Iterable
+from typing import Any, Callable, cast
 
 import psutil
 
@@ -36,6 +36,7 @@ from .resolver import ReverseResolver
 from .selfcost import RECORD_EVERY, CpuWindow
 from .server import Policy, Server, pack_for
 from .state import ConnRow, MonitorState
+from .usage.recorder import UsageRecorder, UsageUnavailable
 
 log = logging.getLogger("netmond")
 
@@ -142,6 +143,14 @@ class Daemon:
         self.metrics = MetricsExporter.from_config(config)
         if self.metrics is not None:
             self.warnings.extend(self.metrics.warnings())
+        # Usage over days: fed by the state's byte deltas, written by its own thread.
+        self.usage_recorder: UsageRecorder | None = None
+        if config.store_usage:
+            self.usage_recorder = UsageRecorder(
+                config.data_path(), retention_days=config.usage_retention_days, gid=self.policy.control_gid,
+                write_every=config.usage_write_interval,
+            )
+            self.state.usage_sink = self.usage_recorder.meter
 
     # -- what handlers see (handlers.DaemonInterface; on the loop) ------------
     @property
@@ -153,7 +162,21 @@ class Daemon:
         return self.state.interval
 
     def capabilities(self) -> list[str]:
-        return self.backend.capabilities()
+        return self.backend.capabilities() + (["usage"] if self.usage_recorder is not None else [])
+
+    def usage(self, query: dict[str, Any]) -> Awaitable[list[api.UsageRow]]:
+        # The server calls the usage handler while no tick runs (state_quiet):
+        # the meter's batch is taken here, on the loop, never mid-tick.
+        rows = asyncio.wrap_future(self._usage().query(**query))
+        return cast(Awaitable[list[api.UsageRow]], rows)
+
+    def forget_usage(self, before: float | None) -> Awaitable[int]:
+        return asyncio.wrap_future(self._usage().forget(before))
+
+    def _usage(self) -> UsageRecorder:
+        if self.usage_recorder is None:
+            raise UsageUnavailable("usage is not stored by this daemon (store_usage = false)")
+        return self.usage_recorder
 
     def effective_interval(self) -> float | None:
         return self.backend.status().effective_interval
@@ -180,6 +203,8 @@ class Daemon:
         """The daemon's health (the `status` method)."""
         bst = self.backend.status()
         warnings = list(self.warnings) + list(bst.warnings)
+        if self.usage_recorder is not None:
+            warnings.extend(self.usage_recorder.warnings())
         if not bst.attribution_complete and not any("attribut" in w for w in warnings):
             warnings.append("process attribution is partial: some sockets are shown without pid")
         cadence_warning = self.cadence.warning()
@@ -231,6 +256,7 @@ class Daemon:
             "history_seconds": state.history_seconds,
             "include_loopback": state.include_loopback,
             "resolve": self.resolver is not None,
+            "usage_store": self.usage_recorder.status() if self.usage_recorder is not None else None,
         }
 
     def set_monitoring(self, on: bool) -> None:
@@ -341,6 +367,9 @@ class Daemon:
         self.policy.max_clients = new.max_clients
         self.policy.client_idle_timeout = new.client_idle_timeout
         self.policy.subscriber_queue = new.subscriber_queue
+        if self.usage_recorder is not None:
+            self.usage_recorder.write_every = new.usage_write_interval
+            self.usage_recorder.set_retention(new.usage_retention_days)
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) or "nothing changed")
 
@@ -406,6 +435,16 @@ class Daemon:
             log.info("ticks are faster: sampling every %gs (interval %gs)", self.cadence.current,
                      self.cadence.interval)
 
+    async def _write_usage(self) -> None:
+        """Hand the counted usage to the store's thread every usage_write_interval,
+        between ticks: the meter is filled by the state update on the sampler
+        thread, and taken (a dict swap) on the loop while none runs."""
+        assert self.usage_recorder is not None
+        while True:
+            await asyncio.sleep(self.usage_recorder.write_every)
+            await self.state_quiet()
+            self.usage_recorder.flush()  # no await since state_quiet: no tick began
+
     async def _record_cost(self) -> None:
         """Record the daemon's CPU time every second, whatever the interval."""
         while True:
@@ -468,7 +507,11 @@ class Daemon:
             log.info("using the listening socket passed by the service manager")
         self.server = Server(handlers.bind(self), self.policy, state_gate=self.state_quiet,
                              ungated=handlers.ANSWERED_DURING_TICK)
+        usage_writer = None
         try:
+            if self.usage_recorder is not None:
+                self.usage_recorder.start()
+                usage_writer = asyncio.create_task(self._write_usage())
             self.backend.start()
             await self.server.start(sock)
             if self.metrics is not None:
@@ -492,6 +535,13 @@ class Daemon:
                 log.warning("the tick in progress did not end within %gs; stopping anyway", _STOP_GRACE)
                 sampler.cancel()
         finally:
+            if usage_writer is not None:
+                usage_writer.cancel()
+            if self.usage_recorder is not None:
+                # The last batch (SIGTERM), taken here on the loop, written
+                # before the socket goes away.
+                self.usage_recorder.flush(force=True)
+                await asyncio.get_running_loop().run_in_executor(None, self.usage_recorder.close)
             if self.metrics is not None:
                 self.metrics.stop()
             await self.server.close()
@@ -552,7 +602,8 @@ def run(
 
 
 # Config keys a reload cannot apply to a running daemon.
-_RESTART_ONLY = frozenset({"socket", "backend", "metrics_listen", "metrics_textfile", "ebpf"})
+_RESTART_ONLY = frozenset({"socket", "backend", "metrics_listen", "metrics_textfile", "ebpf", "data_dir",
+                           "store_usage"})
 
 
 def _show(value: Any) -> str:

@@ -54,10 +54,22 @@ class Config:
     # Name remote addresses (reverse DNS: queries go to the configured DNS
     # server; loopback and link-local from the hosts file only). false: never.
     resolve: bool = True
+    # Usage over days (netmond/usage): where the store lives, empty: the
+    # default (paths.default_data_dir); whether to keep it at all; how long.
+    data_dir: str = ""
+    store_usage: bool = True
+    usage_retention_days: int = 400
+    # Seconds between writes of the counted bytes (at most 10: a kill -9
+    # loses at most this much).
+    usage_write_interval: float = 10.0
 
     def socket_path(self) -> str:
         """The socket path to bind."""
         return self.socket or paths.default_daemon_socket()
+
+    def data_path(self) -> str:
+        """The directory of the usage store."""
+        return os.path.abspath(self.data_dir) if self.data_dir else paths.default_data_dir()
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -162,6 +174,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ebpf must be true or false, got {cfg.ebpf!r}")
     if not isinstance(cfg.resolve, bool):
         raise ConfigError(f"resolve must be true or false, got {cfg.resolve!r}")
+    if not isinstance(cfg.store_usage, bool):
+        raise ConfigError(f"store_usage must be true or false, got {cfg.store_usage!r}")
+    days = _number("usage_retention_days", cfg.usage_retention_days, 1, 36500)
+    if int(days) != days:
+        raise ConfigError(f"usage_retention_days must be a whole number, got {days!r}")
+    cfg.usage_retention_days = int(days)
+    cfg.usage_write_interval = float(_number("usage_write_interval", cfg.usage_write_interval, 0.1, 10))
+    if not isinstance(cfg.data_dir, str) or "\0" in cfg.data_dir:
+        raise ConfigError(f"data_dir must be a directory path, got {cfg.data_dir!r}")
     if not isinstance(cfg.include_loopback, bool):
         raise ConfigError(f"include_loopback must be true or false, got {cfg.include_loopback!r}")
     if cfg.backend not in BACKENDS:

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, Iterator, Protocol
 
 from common import api, protocol
@@ -30,6 +30,8 @@ from common.protocol import RPCError
 from . import __version__
 from .server import Streamed
 from .state import ConnRow
+from .usage import params as usage_params
+from .usage.recorder import UsageUnavailable
 
 
 class DaemonInterface(Protocol):
@@ -69,6 +71,16 @@ class DaemonInterface(Protocol):
     def clear(self) -> None: ...
 
     def set_interval(self, interval: float) -> None: ...
+
+    def usage(self, query: dict[str, Any]) -> Awaitable[list[api.UsageRow]]:
+        """Stored usage: UsageStore.query's arguments (usage.params.usage_query).
+        Called while no tick runs (it takes what the ticks counted so far);
+        the answer comes from the store's thread. UsageUnavailable (raised,
+        or from the awaitable) when the daemon does not store usage or cannot now."""
+
+    def forget_usage(self, before: float | None) -> Awaitable[int]:
+        """Delete stored usage (all, or what ended by `before`); rows deleted.
+        As usage()."""
 
 
 class Session(Protocol):
@@ -311,6 +323,60 @@ def unsubscribe(daemon: DaemonInterface, params: dict[str, Any], session: Sessio
     return {"topics": sorted(session.topics)}
 
 
+def _usage_param_error(exc: usage_params.ParamError) -> RPCError:
+    return _invalid(exc.field, str(exc).split(": ", 1)[-1])
+
+
+def _unavailable(exc: UsageUnavailable) -> RPCError:
+    return RPCError(protocol.UNAVAILABLE, f"usage store: {exc}")
+
+
+def usage(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> Awaitable[api.UsageResult]:
+    """Stored usage over days, grouped by app, remote, day or hour.
+
+    Returns a coroutine: the store answers in its own thread, and the server
+    awaits it, so this client waits and nobody else does."""
+    try:
+        query = usage_params.usage_query(params, time.time())
+    except usage_params.ParamError as exc:
+        raise _usage_param_error(exc) from None
+
+    try:
+        pending = daemon.usage(query)  # now, while no tick runs (the server's gate)
+    except UsageUnavailable as exc:
+        raise _unavailable(exc) from None
+
+    async def answer() -> api.UsageResult:
+        try:
+            rows = await pending
+        except UsageUnavailable as exc:
+            raise _unavailable(exc) from None
+        return {"usage": rows, "since": query["since"], "until": query["until"]}
+
+    return answer()
+
+
+def forget(daemon: DaemonInterface, params: dict[str, Any], session: Session) -> Awaitable[api.ForgetResult]:
+    """Delete stored usage, all or what ended by `before` (control rights); a coroutine, as usage."""
+    try:
+        before = usage_params.forget_before(params, time.time())
+    except usage_params.ParamError as exc:
+        raise _usage_param_error(exc) from None
+    _require_control(session)
+    try:
+        pending = daemon.forget_usage(before)
+    except UsageUnavailable as exc:
+        raise _unavailable(exc) from None
+
+    async def answer() -> api.ForgetResult:
+        try:
+            return {"deleted": await pending}
+        except UsageUnavailable as exc:
+            raise _unavailable(exc) from None
+
+    return answer()
+
+
 #: Methods that read nothing a tick changes halfway (status reads what a
 #: tick publishes whole): answered at once, even while a tick runs. Every
 #: other method waits for the tick in progress to end (app.Daemon.state_quiet).
@@ -328,6 +394,8 @@ HANDLERS: dict[str, Handler] = {
     api.CONFIGURE: configure,
     api.SUBSCRIBE: subscribe,
     api.UNSUBSCRIBE: unsubscribe,
+    api.USAGE: usage,
+    api.FORGET: forget,
 }
 
 

@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resolve", dest="resolve", action="store_const", const=False, default=None,
                    help="never look up the names of remote addresses (reverse DNS sends their addresses "
                    "to the configured DNS server; config: resolve = false)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where usage over days is stored (default: /var/lib/netmon for root, "
+                        "$XDG_DATA_HOME/netmon otherwise)")
+    p.add_argument("--no-store-usage", dest="store_usage", action="store_const", const=False, default=None,
+                   help="keep no usage on disk: `netmonctl usage` is then unavailable (config: store_usage = false)")
+    p.add_argument("--usage-retention-days", type=int, metavar="N",
+                   help="days of usage kept (default 400; hours older than 35 days are kept as days)")
+    p.add_argument("--usage-write-interval", type=float, metavar="SECONDS",
+                   help="seconds between writes of usage to disk, 0.1 - 10 (default 10)")
     p.add_argument("--version", action="version", version=f"netmond {__version__}")
     return p
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import resource
 import socket
@@ -512,6 +513,10 @@ class ClientSession:
             await self.state_gate()
         try:
             result = handler(msg.params, self)
+            if inspect.isawaitable(result):
+                # A handler that waits on another thread (the usage store)
+                # returns a coroutine: this client waits, the others do not.
+                result = await result
         except RPCError as exc:
             await self._respond(msg.msgid, exc, None)
             return True

@@ -198,6 +198,10 @@ LockPersonality=yes
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 UMask=0077
+# /var/lib/netmon, where usage over days is kept: made by systemd, and the
+# one place it may write despite ProtectSystem=strict.
+StateDirectory=netmon
+StateDirectoryMode={state_mode}
 """
 
 _USER_HARDENING = """\
@@ -226,7 +230,9 @@ def _system_hardening(s: Settings) -> str:
         private_tmp = "# No PrivateTmp: netmond runs from a temporary directory.\n"
     else:
         private_tmp = "PrivateTmp=yes\n"
-    return _SYSTEM_HARDENING.format(private_tmp=private_tmp)
+    # With a socket group, its members may read the usage store too (0640 files).
+    state_mode = "0750" if s.group is not None else "0700"
+    return _SYSTEM_HARDENING.format(private_tmp=private_tmp, state_mode=state_mode)
 
 
 def systemd_service(s: Settings) -> str:

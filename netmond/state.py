@@ -41,7 +41,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Protocol
 
 from common import api
 from common.models import classify_scope, connection_scope, format_addr
@@ -181,6 +181,15 @@ class ConnRow:
             "closed_at": self.closed_at,
             "remote_host": self.remote_host,
         }
+
+
+class UsageSink(Protocol):
+    """Receives every byte delta added to an app's totals (netmond.usage.meter)."""
+
+    def begin_tick(self, wall: float) -> None: ...
+
+    def count(self, app: str | None, remote_ip: str | None, remote_host: str | None,
+              sent: int, received: int) -> None: ...
 
 
 @dataclass
@@ -351,6 +360,8 @@ class MonitorState:
         # Socket bytes counted ahead of the interfaces, owed to the next tick
         # (<= 0; see the module docstring), (up, down).
         self._carry = [0, 0]
+        # Where the deltas of the app totals also go (the usage store), if anywhere.
+        self.usage_sink: UsageSink | None = None
 
     # -- configuration -----------------------------------------------------
     def _history_len(self) -> int:
@@ -418,6 +429,8 @@ class MonitorState:
     def _apply(self, snap: Snapshot) -> TickChanges:
         changes = TickChanges()
         baseline = self._baseline
+        if self.usage_sink is not None:
+            self.usage_sink.begin_tick(snap.wall)
         # Rates need a previous sample, and none counts across a baseline.
         dt = None if baseline or self.last_mono is None else snap.monotonic - self.last_mono
         if dt is not None and dt <= 0:
@@ -569,6 +582,11 @@ class MonitorState:
                 new.bytes_sent += row.counted_sent
                 new.bytes_received += row.counted_received
                 new.counted = True
+                sink = self.usage_sink
+                if sink is not None:
+                    host = row.remote_host
+                    sink.count(old_app, row.remote_ip, host, -row.counted_sent, -row.counted_received)
+                    sink.count(row.app, row.remote_ip, host, row.counted_sent, row.counted_received)
 
     def _account(
         self,
@@ -620,6 +638,8 @@ class MonitorState:
                 totals.tick_sent += up
                 totals.tick_received += down
                 self._apps_moving[row.app] = totals
+                if self.usage_sink is not None:
+                    self.usage_sink.count(row.app, row.remote_ip, row.remote_host, up, down)
             row.counted_sent += up
             row.counted_received += down
         return up, down

@@ -29,6 +29,28 @@ from common.client import Client, wait_for_daemon
 
 from tests.helpers import REPO, wait_until
 
+# Every netmond a test starts, however it starts it, stores usage in a
+# directory of the test run (NETMON_DATA_DIR, see common/paths.py), never in
+# /var/lib/netmon or the real home; the fixtures below give each daemon its own.
+_SESSION_DATA = tempfile.mkdtemp(prefix="nm-data-", dir="/tmp")
+os.environ["NETMON_DATA_DIR"] = _SESSION_DATA
+
+
+@pytest.fixture(autouse=True)
+def _usage_data_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fresh default data directory per test (removed after it)."""
+    path = tempfile.mkdtemp(prefix="nmd-", dir=_SESSION_DATA)
+    monkeypatch.setenv("NETMON_DATA_DIR", path)
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_DATA, ignore_errors=True)
+
+
 @pytest.fixture
 def short_dir() -> Iterator[str]:
     """A fresh directory under /tmp with a short path, removed afterwards."""
@@ -72,6 +94,8 @@ def start_daemon_thread(short_dir: str) -> Iterator[Callable[..., ThreadDaemon]]
         overrides.setdefault("socket", os.path.join(short_dir, f"d{len(started)}.sock"))
         overrides.setdefault("interval", 0.2)
         overrides.setdefault("backend", "portable")
+        # Usage is stored in the test's own directory, never the real one.
+        overrides.setdefault("data_dir", os.path.join(os.environ["NETMON_DATA_DIR"], f"d{len(started)}"))
         config = build_config({}, **overrides)
         holder: list[Any] = []
         code: list[int] = []
@@ -142,6 +166,9 @@ def start_daemon_process(short_dir: str) -> Iterator[Callable[..., ProcessDaemon
             argv += ["--socket", path]
         if "--interval" not in argv:
             argv += ["--interval", "0.2"]
+        if "--data-dir" not in argv and "--no-store-usage" not in argv:
+            # Usage is stored in the test's own directory, never the real one.
+            argv += ["--data-dir", os.path.join(os.environ["NETMON_DATA_DIR"], f"p{len(started)}")]
         log_path = os.path.join(short_dir, f"p{len(started)}.log")
         log = open(log_path, "wb")
         proc = subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import click
@@ -44,6 +45,17 @@ def _names(resolve: bool | None) -> list[tuple[str, str]]:
     if resolve:
         return [("remote names", "on (hosts file, reverse DNS in the background; netmond --no-resolve turns it off)")]
     return [("remote names", "off (--no-resolve: no DNS query is sent; conns and remotes show addresses)")]
+def _usage_store(store: Mapping[str, Any] | None) -> str:
+    """The 'usage store' line: where, how big, when last written, or off."""
+    if store is None:
+        return "off (store_usage = false)"
+    text = f"{store.get('path')}, {human_bytes(store.get('size_bytes'))}"
+    if not store.get("storing"):
+        return text + ", NOT STORING (see warnings)"
+    written = store.get("written_at")
+    if written is not None:
+        text += f", written {human_duration(max(0.0, time.time() - written))} ago"
+    return text + f", kept {store.get('retention_days')} days"
 
 
 def _describe(s: Mapping[str, Any]) -> str:
@@ -75,6 +87,7 @@ def _describe(s: Mapping[str, Any]) -> str:
             ("clients", s.get("clients")),
             ("daemon", f"netmond {render.dash(s.get('version'))}, pid {render.dash(s.get('pid'))}, {cost}"),
             ("socket", s.get("socket")),
+            *([("usage store", _usage_store(s.get("usage_store")))] if "usage_store" in s else []),
             ("warnings", list(s.get("warnings") or [])),
         ]
     )

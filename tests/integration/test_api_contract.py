@@ -79,6 +79,12 @@ def test_every_typed_method_returns_its_typed_dict(start_daemon_thread):
         assert set(seen[api.CONNECTION_UPDATE]) == keys(api.ConnectionsPayload)
         assert c.unsubscribe([api.STATS_UPDATE]) == {"topics": [api.CONNECTION_UPDATE]}
         assert c.unsubscribe() == {"topics": []}
+        used = c.usage(since="1h", by="day,app")
+        assert set(used) == keys(api.UsageResult)
+        assert all(set(r) == {"day", "app", "bytes_sent", "bytes_received"} for r in used["usage"])
+        by_remote = c.usage(by="remote")["usage"]
+        assert all(set(r) <= keys(api.UsageRow) for r in by_remote)
+        assert set(c.forget(before="30d")) == keys(api.ForgetResult)
         with pytest.raises(RPCError) as err:
             c.bandwidth_history(-1)
         assert err.value.code == api.INVALID_PARAMS

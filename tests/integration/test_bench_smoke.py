@@ -29,7 +29,7 @@ def test_run_all_quick_prints_every_table():
     out = done.stdout
     assert done.returncode == 0, out
     for title in ("Tick cost", "TIME_WAIT remnants", "Steady state", "Under load", "Cost under traffic", "Start-up",
-                  "Round trip", "Churn with CPU hogs"):
+                  "Round trip", "Churn with CPU hogs", "usage --by day,app", "with usage stored vs not"):
         assert title in out, f"no {title!r} table:\n{out}"
     # Each table sets our figure beside a peer, with the ratio.
     for peer in ("psutil", "ss -tin", "psutil loop", "nethogs", "ss -tn", "python -c pass"):

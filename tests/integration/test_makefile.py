@@ -74,7 +74,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                            if not p.startswith(sys.prefix))
     env = {"PATH": path, "HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "state"),
-           "LANG": "C.UTF-8", **extra}
+           "NETMON_DATA_DIR": str(tmp_path / "data"), "LANG": "C.UTF-8", **extra}
     return env
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import models, protocol
+from common import api, models, protocol
 from common.models import (
     APP_FIELDS, CONNECTION_FIELDS, HISTORY_FIELDS, INTERFACE_FIELDS, REMOTE_FIELDS, STATS_FIELDS, Filter,
 )
@@ -57,8 +57,8 @@ def test_every_topic_lagged_and_chunk_is_documented():
 
 
 @pytest.mark.parametrize("names", [CONNECTION_FIELDS, APP_FIELDS, REMOTE_FIELDS, STATS_FIELDS, INTERFACE_FIELDS,
-                                   HISTORY_FIELDS],
-                         ids=["Connection", "AppUsage", "RemoteUsage", "Stats", "Interface", "HistoryPoint"])
+                                   HISTORY_FIELDS, tuple(api.UsageRow.__annotations__)],
+                         ids=["Connection", "AppUsage", "RemoteUsage", "Stats", "Interface", "HistoryPoint", "UsageRow"])
 def test_every_field_of_the_data_model_is_documented(names):
     assert set(names) - named(section(8)) == set()
 
@@ -73,7 +73,8 @@ def test_every_capability_is_documented():
     class Full(Backend):
         per_socket_bytes = True
 
-    assert table_keys(section(4)) == set(Full().capabilities())
+    # The backend's, and the daemon's own: "usage" while it stores usage.
+    assert table_keys(section(4)) == set(Full().capabilities()) | {"usage"}
 
 
 def test_the_documented_limits_are_the_codes():

@@ -15,6 +15,7 @@ from netmond.app import Daemon
 from netmond.backends.base import Backend
 from netmond.config import build_config
 from netmond.server import ClientSession, LogBudget, Policy
+from netmond.usage.recorder import UsageUnavailable
 
 
 class FakeDaemon:
@@ -42,6 +43,16 @@ class FakeDaemon:
 
     def clear(self) -> None:
         self.cleared += 1
+
+    async def usage(self, query: dict) -> list:
+        self.asked = query
+        if getattr(self, "unavailable", None):
+            raise UsageUnavailable(self.unavailable)
+        return [{"app": "curl", "bytes_sent": 1, "bytes_received": 2}]
+
+    async def forget_usage(self, before: float | None) -> int:
+        self.forgot = before
+        return 3
 
 
 class FakeSession:
@@ -87,6 +98,34 @@ def test_hello_reports_the_backend_through_the_interface():
     result = call(api.HELLO, {"client_version": "x"}, FakeDaemon())
     assert (result["backend"], result["capabilities"], result["protocol"]) == (
         "fake", ["connections"], protocol.PROTOCOL_VERSION)
+
+
+def test_usage_checks_its_params_then_awaits_the_store():
+    import asyncio
+
+    daemon = FakeDaemon()
+    result = asyncio.run(call(api.USAGE, {"since": "7d", "by": "day,app", "filter": {"proc": "cu"}}, daemon))
+    assert result["usage"] == [{"app": "curl", "bytes_sent": 1, "bytes_received": 2}]
+    assert result["until"] - result["since"] == pytest.approx(7 * 86400, abs=5)
+    assert daemon.asked["by"] == ("day", "app") and daemon.asked["app_match"]("curl")
+    for params, field in (({"by": "week"}, "by"), ({"filter": {"pid": 1}}, "filter.pid"), ({"x": 1}, "x")):
+        with pytest.raises(RPCError) as err:
+            call(api.USAGE, params, daemon)  # refused before anything is awaited
+        assert err.value.code == protocol.INVALID_PARAMS and err.value.message.startswith(field + ": ")
+    daemon.unavailable = "not storing usage (the disk is full)"
+    with pytest.raises(RPCError) as err:
+        asyncio.run(call(api.USAGE, {}, daemon))
+    assert err.value.code == protocol.UNAVAILABLE and "disk is full" in err.value.message
+
+
+def test_forget_needs_control_rights():
+    import asyncio
+
+    daemon = FakeDaemon()
+    with pytest.raises(RPCError) as err:
+        call(api.FORGET, {}, daemon, may_control=False)
+    assert err.value.code == protocol.ACCESS_DENIED and not hasattr(daemon, "forgot")
+    assert asyncio.run(call(api.FORGET, {"before": 1000}, daemon)) == {"deleted": 3} and daemon.forgot == 1000
 
 
 def test_the_bound_table_serves_every_method():
