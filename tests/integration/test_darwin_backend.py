@@ -177,9 +177,10 @@ def test_set_interval_restarts_nettop_with_the_new_seconds(fake_path, make_backe
     assert backend.nettop_exits == 0  # asked for: not reported as a failure
     assert not any("exited" in w for w in backend.status().warnings)
 
+    pid = backend.nettop_pid
     backend.set_interval(2.9)  # still -s 3: nettop keeps running
-    time.sleep(0.5)
-    assert len(runs()) == 2
+    frames = {backend.sample().monotonic for _ in range(3)}  # each waits for a frame (0.2 s apart)
+    assert len(frames) >= 2 and backend.nettop_pid == pid and len(runs()) == 2
     with pytest.raises(ValueError):
         backend.set_interval(0)
 

@@ -129,12 +129,17 @@ def test_paced_stream_rate_is_reported_while_it_runs(kernel_daemon):
             port = cli.getsockname()[1]
             peer = "%s:%d" % srv.getsockname()
             speeds = []
-            time.sleep(1.5)  # let two samples see the stream
+
+            def rated() -> list:
+                rows = netmonctl_json(kernel_daemon.socket, "conns", "--port", str(port))["connections"]
+                return [r for r in rows if r["local_port"] == port and r["remote_addr"] == peer
+                        and r["upload_speed"] is not None]
+
+            # Two samples of the stream give its first speed: from there, measure.
+            wait_until(rated, 30, 0.2, what="the paced stream's first speed")
             deadline = time.monotonic() + duration
             while time.monotonic() < deadline:  # not a wait: samples the speed for `duration`
-                rows = netmonctl_json(kernel_daemon.socket, "conns", "--port", str(port))["connections"]
-                mine = [r for r in rows if r["local_port"] == port and r["remote_addr"] == peer
-                        and r["upload_speed"] is not None]
+                mine = rated()
                 if mine:
                     speeds.append(mine[0]["upload_speed"])
                 time.sleep(0.5)

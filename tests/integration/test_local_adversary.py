@@ -517,7 +517,9 @@ def test_hole5_the_textfile_is_never_written_through_a_planted_symlink(start_dae
                              env=nobody_env(), cwd="/", capture_output=True, text=True, timeout=60)
     assert planter.returncode == 0, planter.stderr
     seen, planted = map(int, planter.stdout.split())
-    time.sleep(0.5)  # a few more ticks with the links in place
+    with Client.connect(d.socket) as c:  # a few more ticks with the links in place
+        ticks = c.call("status")["ticks"]
+        wait_until(lambda: c.call("status")["ticks"] >= ticks + 3, timeout=20)
     assert open(victim).read() == "precious\n"
     st = os.lstat(textfile)
     assert os.path.isfile(textfile) and not os.path.islink(textfile) and st.st_uid == 0

@@ -218,7 +218,7 @@ def test_top_shows_live_rates_and_answers_every_key(start_daemon_process, termin
         # p: the display freezes (the clock in the title stops), p again resumes.
         terminal.keys("p")
         frozen = terminal.wait_for(lambda s: "PAUSED" in title(s), "PAUSED")
-        time.sleep(1.5)
+        time.sleep(1.5)  # what is tested: the title's clock (whole seconds) stands still
         assert title(terminal.screen()) == title(frozen)
         terminal.keys("p")
         terminal.wait_for(lambda s: "PAUSED" not in title(s) and title(s) != title(frozen), "running again")
@@ -281,7 +281,7 @@ def test_top_says_when_changing_the_interval_is_denied(start_daemon_process, ter
     terminal.keys("+")
     terminal.wait_for(lambda s: "changing the interval needs root, the daemon's user, or its group" in s,
                       "the access-denied message")
-    time.sleep(0.6)
+    time.sleep(0.6)  # what is tested: a tick later the interval is still the old one
     assert "every 0.5s" in title(terminal.screen())  # unchanged
     terminal.keys("q")
     assert terminal.exit_code() == 0

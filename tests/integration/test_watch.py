@@ -111,7 +111,7 @@ def subscribed(socket_path: str, clients: int) -> None:
             return c.call("status")["clients"] - 1 >= clients
 
     wait_until(count, timeout=15)
-    time.sleep(0.3)  # connect, hello and subscribe are three round trips
+    time.sleep(0.3)  # connect, hello and subscribe are three round trips (status shows no subscriptions)
 
 
 def open_and_talk(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
