@@ -425,7 +425,10 @@ def test_history_json_and_table(run, daemon):
     assert all(set(p) == set(HISTORY_FIELDS) for p in history)
     stamps = [p["timestamp"] for p in history]
     assert stamps == sorted(stamps)
-    assert len(run("history", "--seconds", "30", "--format", "ndjson").out.splitlines()) >= len(history)
+    # A second look is another window: points may have left it meanwhile (a
+    # slow tick adds none), so its points are checked, not their count.
+    lines = run("history", "--seconds", "30", "--format", "ndjson").out.splitlines()
+    assert lines and all(set(json.loads(line)) == set(HISTORY_FIELDS) for line in lines)
     r = run("history", "--seconds", "30")
     assert r.code == 0, r.err
     assert r.out.splitlines()[0].split() == ["TIME", "UP", "DOWN"]
