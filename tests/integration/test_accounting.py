@@ -214,8 +214,7 @@ def test_a_reused_four_tuple_is_two_rows_with_two_closes(daemon, peers):
 def test_a_udp_only_app_has_unknown_bytes_not_zero(daemon, peers):
     udp = peers("nm-udp", "udp", 1_200_000, 10)
     app = wait_until(lambda: apps_by_name(daemon).get("nm-udp"), timeout=10)
-    ticks = ctl(daemon, "status")["ticks"]
-    wait_until(lambda: ctl(daemon, "status")["ticks"] >= ticks + 3, timeout=20)  # still unknown ticks later
+    time.sleep(1.5)  # still unknown a few ticks later (the peer sends for 10 s: a time, not ticks)
     app = apps_by_name(daemon)["nm-udp"]
     assert (app["bytes_sent"], app["bytes_received"], app["upload_speed"], app["download_speed"]) == (
         None, None, None, None)
