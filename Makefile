@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 BPF_OBJ := netmond/backends/ebpf/netmon.bpf.o
 
-.PHONY: install run daemon stop test test-fast bench clean bpf
+.PHONY: install run daemon stop test bench clean bpf
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

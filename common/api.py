@@ -75,7 +75,6 @@ CHUNK_MIN, CHUNK_MAX = 1, 10_000
 UNKNOWN_METHOD = "unknown_method"
 INVALID_PARAMS = "invalid_params"
 ACCESS_DENIED = "access_denied"
-NOT_MONITORING = "not_monitoring"
 TOO_LARGE = "too_large"
 PROTOCOL_ERROR = "protocol_error"
 INTERNAL = "internal"
@@ -86,7 +85,6 @@ ERROR_CODES = (
     UNKNOWN_METHOD,
     INVALID_PARAMS,
     ACCESS_DENIED,
-    NOT_MONITORING,
     TOO_LARGE,
     PROTOCOL_ERROR,
     INTERNAL,

@@ -31,7 +31,6 @@ from .api import (  # noqa: F401 - re-exported
     INTERNAL,
     INVALID_PARAMS,
     LAGGED,
-    NOT_MONITORING,
     PROTOCOL_ERROR,
     PROTOCOL_VERSION,
     TOO_LARGE,

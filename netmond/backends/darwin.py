@@ -312,7 +312,6 @@ class NettopRunner:
         self._last_exit_at: float | None = None
         self._next_start_at: float | None = None
         self._skipped_lines = 0
-        self._samples = 0
         self._last_sample_at: float | None = None
         self._stderr_tail = b""
         self._hang_note: str | None = None  # why the running nettop was killed
@@ -660,7 +659,6 @@ class NettopRunner:
                 sample = self._latest.merged(sample)
             self._latest = sample
             with self._lock:
-                self._samples += 1
                 self._last_sample_at = time.monotonic()
                 run = self._runs
             try:

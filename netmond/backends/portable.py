@@ -28,7 +28,6 @@ class PortableBackend(Backend):
 
     def __init__(self) -> None:
         self._procs = ProcessCache()
-        self._warnings: list[str] = []
         self._partial = False
 
     def sample(self) -> Snapshot:

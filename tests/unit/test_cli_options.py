@@ -280,7 +280,7 @@ def test_access_hint_names_the_owner_of_a_user_daemon(tmp_path):
         (RPCError("invalid_params", "interval: must be between 0.1 and 3600"), 2,
          "invalid_params: interval: must be between 0.1 and 3600"),
         (RPCError("internal", "boom"), 1, "internal: boom"),
-        (RPCError("not_monitoring", "stopped"), 1, "not_monitoring: stopped"),
+        (RPCError("a_future_code", "new"), 1, "a_future_code: new"),  # unknown codes: like internal
         (RPCError("too_many_clients", "busy"), 1, "too_many_clients: busy"),
     ],
 )

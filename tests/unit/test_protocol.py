@@ -92,6 +92,6 @@ def test_client_unpacker_accepts_large_daemon_replies():
 
 def test_error_codes_are_the_documented_set():
     assert set(protocol.ERROR_CODES) >= {
-        "unknown_method", "invalid_params", "access_denied", "not_monitoring",
+        "unknown_method", "invalid_params", "access_denied",
         "too_large", "protocol_error", "internal",
     }
