@@ -181,6 +181,83 @@ def _claims_too_much(head: bytes | bytearray) -> bool:
     return False
 
 
+def _decode_failure(exc: Exception) -> tuple[str, str]:
+    """The code and the fixed reason a client is dropped with when its bytes do not decode."""
+    if isinstance(exc, protocol.TooComplex):
+        return protocol.TOO_LARGE, f"more than {protocol.MAX_OBJECTS} objects in one message"
+    if isinstance(exc, msgpack.StackError):  # deeper than msgpack's own stack (1024)
+        return protocol.TOO_LARGE, f"nested deeper than {protocol.MAX_DEPTH} levels"
+    if isinstance(exc, ValueError) and "exceeds" in str(exc):
+        # msgpack says "N exceeds max_xxx_len(M)" for a header over a limit;
+        # anything else is corrupt data.
+        return protocol.TOO_LARGE, "a length in the message is over a limit"
+    return protocol.PROTOCOL_ERROR, "invalid msgpack"
+
+
+class _Inbound:
+    """Where one client's byte stream stands: the unpacker, the message in
+    progress, and the clocks the idle and stall rules read."""
+
+    def __init__(self) -> None:
+        self.budget = protocol.DecodeBudget()
+        self.unpacker = protocol.new_unpacker(limited=True, budget=self.budget)
+        self.fed = 0  # bytes fed so far
+        self.message_start = 0  # stream offset where the message in progress began
+        self.last_message = time.monotonic()  # connect, or the last complete message
+        self.partial_since: float | None = None  # when the message in progress began
+        self.head = bytearray()  # its first _HEAD_BYTES, for the stall check
+        self.head_checked = True
+        self.big = False  # the chunk being read completed a message over _BIG_MESSAGE
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the message in progress."""
+        return self.fed - self.message_start
+
+    def time_left(self, idle_timeout: float, subscriber: bool) -> tuple[float | None, bool]:
+        """(seconds before the idle rule drops the client, None: never; whether
+        a stall check is due). Completing a message resets the clock,
+        receiving bytes does not: so a sender trickling one byte at a time
+        times out too. A subscriber with nothing half-sent may be silent forever."""
+        if self.partial_since is not None:
+            started: float | None = self.partial_since if subscriber else min(self.partial_since, self.last_message)
+        else:
+            started = None if subscriber else self.last_message
+        timeout = None if started is None else started + idle_timeout - time.monotonic()
+        return timeout, self.partial_since is not None and not self.head_checked
+
+    def feed(self, chunk: bytes) -> int:
+        """Give the unpacker a chunk (msgpack.BufferFull past its limit);
+        returns the chunk's offset in the stream."""
+        self.unpacker.feed(chunk)
+        chunk_start, self.fed = self.fed, self.fed + len(chunk)
+        self.big = False
+        return chunk_start
+
+    def message_done(self) -> None:
+        """The unpacker returned a whole message: the next one starts here."""
+        self.budget.reset()
+        self.big = self.big or self.unpacker.tell() - self.message_start > _BIG_MESSAGE
+        self.message_start = self.unpacker.tell()  # the C Unpacker: end of the message
+        self.last_message = time.monotonic()
+        self.partial_since = None
+
+    def chunk_done(self, chunk: bytes, chunk_start: int) -> None:
+        """After the messages a chunk completed: let a buffer grown by a large
+        one go, and note where a message still in progress began."""
+        if self.big and self.fed == self.message_start:
+            self.unpacker = protocol.new_unpacker(limited=True, budget=self.budget)
+            self.fed = self.message_start = 0
+        if self.fed > self.message_start:  # a message is in progress
+            if self.partial_since is None:
+                self.partial_since = time.monotonic()
+                self.head = bytearray()
+            if len(self.head) < _HEAD_BYTES:
+                lo = max(self.message_start, chunk_start) - chunk_start
+                self.head += chunk[lo:lo + _HEAD_BYTES - len(self.head)]
+                self.head_checked = False
+
+
 class LogBudget:
     """Client-caused log lines, at most `burst` per `period`; the rest counted.
 
@@ -362,118 +439,13 @@ class ClientSession:
     # -- the read loop --------------------------------------------------------
     async def serve(self) -> None:
         """Read, decode and answer requests until the client leaves or must go."""
-        budget = protocol.DecodeBudget()
-        unpacker = protocol.new_unpacker(limited=True, budget=budget)
-        fed = 0  # bytes fed so far
-        message_start = 0  # stream offset where the message in progress began
-        last_message = time.monotonic()  # connect, or the last complete message
-        partial_since: float | None = None  # when the message in progress began
-        head = bytearray()  # its first _HEAD_BYTES, for the stall check
-        head_checked = True
+        inbound = _Inbound()
         try:
             while True:
-                # Completing a message resets the clock, receiving bytes does
-                # not: so a sender trickling one byte at a time times out too.
-                # A subscriber with nothing half-sent may be silent forever.
-                started: float | None
-                if partial_since is not None:
-                    started = partial_since if self.topics else min(partial_since, last_message)
-                else:
-                    started = None if self.topics else last_message
-                timeout = None if started is None else started + self.idle_timeout - time.monotonic()
-                stall_check = partial_since is not None and not head_checked
-                wait = timeout
-                if stall_check:
-                    wait = _STALL if timeout is None else min(timeout, _STALL)
-                try:
-                    if timeout is not None and timeout <= 0:
-                        raise asyncio.TimeoutError
-                    chunk = await asyncio.wait_for(self.reader.read(_READ_CHUNK), wait)
-                except asyncio.TimeoutError:
-                    if stall_check and (timeout is None or timeout > _STALL):
-                        # The client stopped mid-message: waiting for a body
-                        # a length header announced? Then say so now.
-                        head_checked = True
-                        if _claims_too_much(head):
-                            await self._fatal(protocol.TOO_LARGE, "a length in the message is over a limit")
-                            return
-                        continue
-                    what = "did not finish a message" if partial_since is not None else "idle"
-                    self.note(logging.INFO, "client %s %s for %.0fs: disconnected",
-                              self.label, what, self.idle_timeout)
+                chunk = await self._receive(inbound)
+                if not chunk or not await self._take(inbound, chunk):
                     return
-                if not chunk:
-                    return
-                try:
-                    unpacker.feed(chunk)
-                except msgpack.BufferFull:
-                    await self._fatal(protocol.TOO_LARGE, "message larger than the 1 MiB limit")
-                    return
-                chunk_start, fed = fed, fed + len(chunk)
-                self.buffered = fed - message_start
-                if self.buffered > _BUFFERED_SMALL and self.buffered_total() > _BUFFERED_CAP:
-                    await self._fatal(protocol.TOO_LARGE, "clients hold too much unfinished data; "
-                                      "send whole messages")
-                    return
-                big = False
-                while True:
-                    try:
-                        obj = next(unpacker)
-                    except StopIteration:
-                        break
-                    except protocol.TooComplex:
-                        await self._fatal(protocol.TOO_LARGE, f"more than {protocol.MAX_OBJECTS} "
-                                          "objects in one message")
-                        return
-                    except msgpack.StackError:  # deeper than msgpack's own stack (1024)
-                        await self._fatal(protocol.TOO_LARGE, f"nested deeper than {protocol.MAX_DEPTH} levels")
-                        return
-                    except ValueError as exc:
-                        # msgpack says "N exceeds max_xxx_len(M)" for a header
-                        # over a limit; anything else is corrupt data.
-                        if "exceeds" in str(exc):
-                            await self._fatal(protocol.TOO_LARGE, "a length in the message is over a limit")
-                        else:
-                            await self._fatal(protocol.PROTOCOL_ERROR, "invalid msgpack")
-                        return
-                    except Exception:  # noqa: BLE001 - any decoding failure is the client's
-                        await self._fatal(protocol.PROTOCOL_ERROR, "invalid msgpack")
-                        return
-                    budget.reset()
-                    big = big or unpacker.tell() - message_start > _BIG_MESSAGE
-                    message_start = unpacker.tell()  # the C Unpacker: end of obj
-                    last_message = time.monotonic()
-                    partial_since = None
-                    if protocol.too_deep(obj):
-                        await self._fatal(protocol.TOO_LARGE, f"nested deeper than {protocol.MAX_DEPTH} levels")
-                        return
-                    keep_going = await self._handle(obj)
-                    # The request's objects go before waiting on the reader:
-                    # a client that does not read must not keep them alive.
-                    obj = None
-                    if self._owe_drain:
-                        self._owe_drain = False
-                        # A client that does not read its replies only stalls
-                        # itself; after the timeout the TimeoutError ends its
-                        # session (below).
-                        await asyncio.wait_for(self.writer.drain(),
-                                               min(_RESPONSE_WRITE_TIMEOUT, self.idle_timeout))
-                    if not keep_going:
-                        return
-                self.buffered = fed - message_start
-                if big and fed == message_start:
-                    # Nothing pending: let the buffer a large message grew go.
-                    unpacker = protocol.new_unpacker(limited=True, budget=budget)
-                    fed = message_start = 0
-                if fed > message_start:  # a message is in progress
-                    if partial_since is None:
-                        partial_since = time.monotonic()
-                        head = bytearray()
-                    if len(head) < _HEAD_BYTES:
-                        lo = max(message_start, chunk_start) - chunk_start
-                        head += chunk[lo:lo + _HEAD_BYTES - len(head)]
-                        head_checked = False
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # from the drain of a response (_take)
             self.note(logging.INFO, "client %s did not read its response in time: disconnected", self.label)
         except (ConnectionError, asyncio.IncompleteReadError):
             return
@@ -481,6 +453,72 @@ class ClientSession:
             if self._sender is not None:
                 self._sender.cancel()
             self.writer.close()
+
+    async def _receive(self, inbound: "_Inbound") -> bytes | None:
+        """The next bytes from the client (b"" when it left), or None when it
+        must go: idle or mid-message for the idle timeout (logged), or stalled
+        waiting for a body a length header over a limit announced (told)."""
+        while True:
+            timeout, stall_check = inbound.time_left(self.idle_timeout, subscriber=bool(self.topics))
+            wait = timeout
+            if stall_check:
+                wait = _STALL if timeout is None else min(timeout, _STALL)
+            try:
+                if timeout is not None and timeout <= 0:
+                    raise asyncio.TimeoutError
+                return await asyncio.wait_for(self.reader.read(_READ_CHUNK), wait)
+            except asyncio.TimeoutError:
+                if stall_check and (timeout is None or timeout > _STALL):
+                    # The client stopped mid-message: waiting for a body
+                    # a length header announced? Then say so now.
+                    inbound.head_checked = True
+                    if _claims_too_much(inbound.head):
+                        await self._fatal(protocol.TOO_LARGE, "a length in the message is over a limit")
+                        return None
+                    continue
+                what = "did not finish a message" if inbound.partial_since is not None else "idle"
+                self.note(logging.INFO, "client %s %s for %.0fs: disconnected",
+                          self.label, what, self.idle_timeout)
+                return None
+
+    async def _take(self, inbound: "_Inbound", chunk: bytes) -> bool:
+        """Feed one chunk and answer every message it completes, one at a
+        time; False when the client must go."""
+        try:
+            chunk_start = inbound.feed(chunk)
+        except msgpack.BufferFull:
+            await self._fatal(protocol.TOO_LARGE, "message larger than the 1 MiB limit")
+            return False
+        self.buffered = inbound.pending
+        if self.buffered > _BUFFERED_SMALL and self.buffered_total() > _BUFFERED_CAP:
+            await self._fatal(protocol.TOO_LARGE, "clients hold too much unfinished data; send whole messages")
+            return False
+        while True:
+            try:
+                obj = next(inbound.unpacker)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's
+                await self._fatal(*_decode_failure(exc))
+                return False
+            inbound.message_done()
+            if protocol.too_deep(obj):
+                await self._fatal(protocol.TOO_LARGE, f"nested deeper than {protocol.MAX_DEPTH} levels")
+                return False
+            keep_going = await self._handle(obj)
+            # The request's objects go before waiting on the reader: a
+            # client that does not read must not keep them alive.
+            obj = None
+            if self._owe_drain:
+                self._owe_drain = False
+                # A client that does not read its replies only stalls itself;
+                # after the timeout the TimeoutError ends its session (serve).
+                await asyncio.wait_for(self.writer.drain(), min(_RESPONSE_WRITE_TIMEOUT, self.idle_timeout))
+            if not keep_going:
+                return False
+        self.buffered = inbound.pending
+        inbound.chunk_done(chunk, chunk_start)
+        return True
 
     async def _handle(self, obj: Any) -> bool:
         """Answer one message; False when the client must be dropped."""
