@@ -436,14 +436,43 @@ class MonitorState:
         if dt is not None and dt <= 0:
             dt = None
         wall = snap.wall
-        counted_up = 0  # bytes moved this tick by rows that count toward attribution
-        counted_down = 0
         sockets, closed_samples = snap.sockets, snap.closed
         if not self.include_loopback:
             sockets = [s for s in sockets if connection_scope(s.local_ip, s.remote_ip) != "loopback"]
             closed_samples = [s for s in closed_samples if connection_scope(s.local_ip, s.remote_ip) != "loopback"]
 
-        # 1. Destroy events first: they carry final counters.
+        # Bytes moved this tick by rows that count toward attribution, by phase.
+        just_closed, closed_up, closed_down = self._apply_destroyed(closed_samples, wall, baseline, changes)
+        seen, open_up, open_down, kinds_changed = self._apply_open(sockets, just_closed, wall, dt, baseline, changes)
+        self._close_vanished(seen, wall, changes)
+        self._expire_closed(wall)
+        self._apply_app_rates(dt)
+        iface_up, iface_down = self._apply_interfaces(snap.interfaces, dt, baseline)
+        self._apply_totals(dt, closed_up + open_up, closed_down + open_down, iface_up, iface_down)
+        if not baseline and dt:
+            point: api.HistoryPoint = {
+                "timestamp": wall,
+                "upload": self.total_upload_speed,
+                "download": self.total_download_speed,
+            }
+            self.history.append(point)
+            changes.history_point = point
+        if kinds_changed or changes.closed:
+            # Counted again only when a row came, went or changed state: an
+            # idle tick at 100,000 sockets skips a pass over every row.
+            self._counts = self._count_open()
+        self.last_mono = snap.monotonic
+        self._baseline = False
+        self.ticks += 1
+        self._bound_apps()
+        return changes
+
+    def _apply_destroyed(
+        self, closed_samples: list[SocketSample], wall: float, baseline: bool, changes: TickChanges
+    ) -> tuple[dict[Hashable, ConnRow], int, int]:
+        """Phase 1, destroy events first: they carry final counters. Returns
+        the rows closed by key and the bytes (up, down) they moved this tick."""
+        counted_up = counted_down = 0
         just_closed: dict[Hashable, ConnRow] = {}
         for s in closed_samples:
             row = self.open.pop(s.key, None)
@@ -466,7 +495,16 @@ class MonitorState:
             just_closed[s.key] = row
             changes.closed.append(row)
 
-        # 2. Sockets open now.
+        return just_closed, counted_up, counted_down
+
+    def _apply_open(
+        self, sockets: list[SocketSample], just_closed: dict[Hashable, ConnRow], wall: float,
+        dt: float | None, baseline: bool, changes: TickChanges,
+    ) -> tuple[set[Hashable], int, int, bool]:
+        """Phase 2, the sockets open now. Returns the keys seen, the bytes
+        (up, down) their rows moved this tick, and whether a row came or
+        changed state (the counts by kind must be taken again)."""
+        counted_up = counted_down = 0
         seen: set[Hashable] = set()
         kinds_changed = False
         for s in sockets:
@@ -527,7 +565,10 @@ class MonitorState:
                 if row.state != before[0]:
                     kinds_changed = True  # a listener or a remnant now, or no longer
 
-        # 3. Rows the OS no longer lists closed since the last sample.
+        return seen, counted_up, counted_down, kinds_changed
+
+    def _close_vanished(self, seen: set[Hashable], wall: float, changes: TickChanges) -> None:
+        """Phase 3, rows the OS no longer lists: closed since the last sample."""
         if len(seen) != len(self.open):
             for key in [k for k in self.open if k not in seen]:
                 row = self.open.pop(key)
@@ -535,27 +576,6 @@ class MonitorState:
                 self._close(row, wall)
                 changes.closed.append(row)
 
-        self._expire_closed(wall)
-        self._apply_app_rates(dt)
-        iface_up, iface_down = self._apply_interfaces(snap.interfaces, dt, baseline)
-        self._apply_totals(dt, counted_up, counted_down, iface_up, iface_down)
-        if not baseline and dt:
-            point: api.HistoryPoint = {
-                "timestamp": wall,
-                "upload": self.total_upload_speed,
-                "download": self.total_download_speed,
-            }
-            self.history.append(point)
-            changes.history_point = point
-        if kinds_changed or changes.closed:
-            # Counted again only when a row came, went or changed state: an
-            # idle tick at 100,000 sockets skips a pass over every row.
-            self._counts = self._count_open()
-        self.last_mono = snap.monotonic
-        self._baseline = False
-        self.ticks += 1
-        self._bound_apps()
-        return changes
 
     def _new_row(self, s: SocketSample, wall: float) -> ConnRow:
         row = ConnRow(next(self._ids), s, wall, self.names)
