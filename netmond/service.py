@@ -50,7 +50,7 @@ EXIT_NOT_RUNNING = 3
 
 
 @dataclass(frozen=True)
-class Settings:
+class ServiceSettings:
     """Everything a rendered file depends on."""
 
     program: tuple[str, ...]  # absolute argv that starts netmond
@@ -93,16 +93,16 @@ def default_group(manager: str) -> str | None:
 
 
 def default_settings(manager: str, user: bool, group: str | None = None,
-                     program: tuple[str, ...] | None = None) -> Settings:
+                     program: tuple[str, ...] | None = None) -> ServiceSettings:
     """Settings for this machine and the invoking user."""
     program = program or netmond_program()
     if user:
         if manager == "systemd":
             # %t is the unit's runtime dir ($XDG_RUNTIME_DIR): netmonctl's
             # default path for a user daemon when that variable is set.
-            return Settings(program, True, "%t/" + paths.SOCKET_NAME)
+            return ServiceSettings(program, True, "%t/" + paths.SOCKET_NAME)
         log = os.path.expanduser("~/Library/Logs/netmond.log")
-        return Settings(program, True, paths.user_socket_path(), log_path=log)
+        return ServiceSettings(program, True, paths.user_socket_path(), log_path=log)
     group = group if group is not None else default_group(manager)
     gid = None
     if group is not None:
@@ -111,19 +111,19 @@ def default_settings(manager: str, user: bool, group: str | None = None,
         except KeyError:
             gid = MACOS_ADMIN_GID if group == "admin" and manager == "launchd" else None
     socket_path = paths.system_socket_path(manager_os(manager))
-    return Settings(program, False, socket_path, group, gid,
+    return ServiceSettings(program, False, socket_path, group, gid,
                     log_path="/var/log/netmond.log" if manager == "launchd" else "")
 
 
-def reference_settings(kind: str) -> Settings:
+def reference_settings(kind: str) -> ServiceSettings:
     """The settings of the copies kept in the repository."""
     manager = kind.split("-")[0]
     user = kind in ("launchd-agent", "systemd-user-service", "systemd-user-socket")
     if manager == "launchd" and user:
-        return Settings(REFERENCE_PROGRAM, True, "/private/tmp/netmon-501/netmond.sock",
+        return ServiceSettings(REFERENCE_PROGRAM, True, "/private/tmp/netmon-501/netmond.sock",
                         log_path="/Users/you/Library/Logs/netmond.log")
     if manager == "launchd":
-        return Settings(REFERENCE_PROGRAM, False, paths.system_socket_path("darwin"), default_group(manager),
+        return ServiceSettings(REFERENCE_PROGRAM, False, paths.system_socket_path("darwin"), default_group(manager),
                         MACOS_ADMIN_GID, "/var/log/netmond.log")
     return default_settings("systemd", user, program=REFERENCE_PROGRAM)
 
@@ -131,7 +131,7 @@ def reference_settings(kind: str) -> Settings:
 # -- rendering ----------------------------------------------------------------------
 
 
-def launchd_plist(s: Settings) -> bytes:
+def launchd_plist(s: ServiceSettings) -> bytes:
     """A LaunchDaemon (root: sees every process) or a user LaunchAgent."""
     listener = {
         "SockPathName": s.socket_path,
@@ -219,12 +219,12 @@ UMask=0077
 _TMP_DIRS = ("/tmp/", "/var/tmp/")
 
 
-def runs_from_tmp(s: Settings) -> bool:
+def runs_from_tmp(s: ServiceSettings) -> bool:
     """Whether netmond's argv names a file under /tmp or /var/tmp."""
     return any(arg.startswith(_TMP_DIRS) for arg in s.program)
 
 
-def _system_hardening(s: Settings) -> str:
+def _system_hardening(s: ServiceSettings) -> str:
     if runs_from_tmp(s):
         # PrivateTmp would give the service an empty /tmp: its own program gone.
         private_tmp = "# No PrivateTmp: netmond runs from a temporary directory.\n"
@@ -235,7 +235,7 @@ def _system_hardening(s: Settings) -> str:
     return _SYSTEM_HARDENING.format(private_tmp=private_tmp, state_mode=state_mode)
 
 
-def systemd_service(s: Settings) -> str:
+def systemd_service(s: ServiceSettings) -> str:
     """netmond.service: started at boot (or login) and by its socket."""
     wanted_by = "default.target" if s.user else "multi-user.target"
     return f"""\
@@ -260,7 +260,7 @@ Also={UNIT}.socket
 """
 
 
-def systemd_socket(s: Settings) -> str:
+def systemd_socket(s: ServiceSettings) -> str:
     """netmond.socket: the Unix socket, created by systemd with its final mode."""
     if s.user:
         access = "SocketMode=0600\n"
@@ -281,7 +281,7 @@ WantedBy=sockets.target
 """
 
 
-def render(kind: str, s: Settings) -> str:
+def render(kind: str, s: ServiceSettings) -> str:
     """One file as text."""
     if kind.startswith("launchd-"):
         return launchd_plist(s).decode()
@@ -323,7 +323,7 @@ class Plan:
     after_remove: list[list[str]]
 
 
-def plan(manager: str, s: Settings) -> Plan:
+def plan(manager: str, s: ServiceSettings) -> Plan:
     """Paths and commands for a system or user installation."""
     if manager == "launchd":
         if s.user:
@@ -537,7 +537,7 @@ def managed_pid(manager: str, user: bool) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def _access_hint(manager: str, s: Settings) -> str:
+def _access_hint(manager: str, s: ServiceSettings) -> str:
     """Who may use the daemon, and how to let someone in."""
     if s.user:
         return "only you (and root) can reach this daemon: its socket is 0600."

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 from common import api
+from common.paths import is_root
 
 
 @dataclass(slots=True)
@@ -126,7 +127,7 @@ class Backend:
         raise NotImplementedError
 
     def status(self) -> BackendStatus:
-        return BackendStatus(privileged=is_privileged())
+        return BackendStatus(privileged=is_root())
 
     def close(self) -> None:
         """Release what start() acquired. Default: nothing."""
@@ -146,13 +147,6 @@ class Backend:
         if self.per_socket_bytes:
             caps.append("per_socket_bytes")
         return caps
-
-
-def is_privileged() -> bool:
-    """True when running as root (sees every process's sockets and pids)."""
-    import os
-
-    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def now() -> tuple[float, float]:

@@ -75,7 +75,7 @@ from .base import (
     InterfaceSample,
     Snapshot,
     SocketSample,
-    is_privileged,
+    is_root,
     now,
 )
 from .interfaces import sample_interfaces
@@ -765,7 +765,7 @@ class DarwinBackend(Backend):
             tick = self._tick
         complete = tick is None or all(f.pid is not None for f in tick.sample.flows)
         return BackendStatus(
-            privileged=is_privileged(),
+            privileged=is_root(),
             attribution_complete=complete,
             warnings=self._runner.warnings(),
             effective_interval=self._runner.effective_interval,

@@ -105,7 +105,7 @@ from itertools import chain, compress, repeat
 from operator import attrgetter, eq, gt, is_, itemgetter, not_
 from typing import Hashable, NamedTuple
 
-from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
+from .base import Backend, BackendStatus, Snapshot, SocketSample, is_root, now
 from .ebpf.attribution import EbpfAttribution
 from .interfaces import sample_interfaces
 from .netlink import (
@@ -387,7 +387,7 @@ class LinuxBackend(Backend):
         live_inodes.discard(0)
         self._owners.refresh(live_inodes)
         reattributed, self._owners.changed = self._owners.changed, set()
-        self._attribution_complete = is_privileged() or self._only_own_sockets(tcp, udp)
+        self._attribution_complete = is_root() or self._only_own_sockets(tcp, udp)
 
         owner_of = _OwnerLookup(self._procs, self._owners)
         owner_table: OwnerTable = {}
@@ -821,7 +821,7 @@ class LinuxBackend(Backend):
         elif self._ebpf_wanted and self._started:
             warnings.append(self._root_mode_off_warning())
         return BackendStatus(
-            privileged=is_privileged(),
+            privileged=is_root(),
             attribution_complete=self._attribution_complete,
             warnings=warnings,
             events_lost=lost,

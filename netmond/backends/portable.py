@@ -12,7 +12,7 @@ import socket
 
 import psutil
 
-from .base import Backend, BackendStatus, Snapshot, SocketSample, is_privileged, now
+from .base import Backend, BackendStatus, Snapshot, SocketSample, is_root, now
 from .interfaces import sample_interfaces
 from .procinfo import ProcessCache
 
@@ -80,5 +80,5 @@ class PortableBackend(Backend):
         if self._partial:
             warnings.append("not root: only this user's sockets are listed")
         return BackendStatus(
-            privileged=is_privileged(), attribution_complete=not self._partial, warnings=warnings
+            privileged=is_root(), attribution_complete=not self._partial, warnings=warnings
         )

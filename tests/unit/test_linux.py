@@ -289,7 +289,7 @@ def test_ipv4_mapped_key_in_dump_and_destroy_event(crafted) -> None:
 
 def test_without_root_other_users_sockets_make_attribution_incomplete(crafted, monkeypatch) -> None:
     backend, dumper, _ = crafted
-    monkeypatch.setattr(linux, "is_privileged", lambda: False)
+    monkeypatch.setattr(linux, "is_root", lambda: False)
     dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info())]
     backend.sample()
     assert backend.status().attribution_complete

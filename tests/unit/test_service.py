@@ -111,7 +111,7 @@ def test_user_units_use_the_runtime_dir():
 
 
 def test_exec_start_escapes_what_systemd_would_expand():
-    s = service.Settings(("/opt/my netmon/50%/$HOME/netmond",), False, "/run/netmond.sock")
+    s = service.ServiceSettings(("/opt/my netmon/50%/$HOME/netmond",), False, "/run/netmond.sock")
     line = unit_sections(service.systemd_service(s))["Service"]["ExecStart"]
     assert line.startswith("'/opt/my netmon/50%%/$$HOME/netmond' --socket")
 
