@@ -87,10 +87,6 @@ def manager_os(manager: str) -> str:
     return "darwin" if manager == "launchd" else "linux"
 
 
-def default_group(manager: str) -> str | None:
-    """The socket group of a system daemon: admin on macOS, none on Linux."""
-    return platform.system_socket_group(manager_os(manager))
-
 
 def default_settings(manager: str, user: bool, group: str | None = None,
                      program: tuple[str, ...] | None = None) -> ServiceSettings:
@@ -103,7 +99,7 @@ def default_settings(manager: str, user: bool, group: str | None = None,
             return ServiceSettings(program, True, "%t/" + paths.SOCKET_NAME)
         log = os.path.expanduser("~/Library/Logs/netmond.log")
         return ServiceSettings(program, True, paths.user_socket_path(), log_path=log)
-    group = group if group is not None else default_group(manager)
+    group = group if group is not None else platform.system_socket_group(manager_os(manager))
     gid = None
     if group is not None:
         try:
@@ -112,7 +108,7 @@ def default_settings(manager: str, user: bool, group: str | None = None,
             gid = MACOS_ADMIN_GID if group == "admin" and manager == "launchd" else None
     socket_path = paths.system_socket_path(manager_os(manager))
     return ServiceSettings(program, False, socket_path, group, gid,
-                    log_path="/var/log/netmond.log" if manager == "launchd" else "")
+                           log_path="/var/log/netmond.log" if manager == "launchd" else "")
 
 
 def reference_settings(kind: str) -> ServiceSettings:
@@ -121,10 +117,10 @@ def reference_settings(kind: str) -> ServiceSettings:
     user = kind in ("launchd-agent", "systemd-user-service", "systemd-user-socket")
     if manager == "launchd" and user:
         return ServiceSettings(REFERENCE_PROGRAM, True, "/private/tmp/netmon-501/netmond.sock",
-                        log_path="/Users/you/Library/Logs/netmond.log")
+                               log_path="/Users/you/Library/Logs/netmond.log")
     if manager == "launchd":
-        return ServiceSettings(REFERENCE_PROGRAM, False, paths.system_socket_path("darwin"), default_group(manager),
-                        MACOS_ADMIN_GID, "/var/log/netmond.log")
+        return ServiceSettings(REFERENCE_PROGRAM, False, paths.system_socket_path("darwin"),
+                               platform.system_socket_group("darwin"), MACOS_ADMIN_GID, "/var/log/netmond.log")
     return default_settings("systemd", user, program=REFERENCE_PROGRAM)
 
 
@@ -552,6 +548,7 @@ def _access_hint(manager: str, s: ServiceSettings) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     native = "launchd" if sys.platform == "darwin" else "systemd"
+    native_group = platform.system_socket_group(manager_os(native))
     p = argparse.ArgumentParser(prog="netmond service",
                                 description="Install netmond as a launchd or systemd service.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -560,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--user", action="store_true",
                         help="a per-user agent/unit (sees your own processes) instead of the system daemon")
         sp.add_argument("--group", metavar="GROUP",
-                        help=f"socket group of the system daemon (default: {default_group(native) or 'none, root only'})")
+                        help=f"socket group of the system daemon (default: {native_group or 'none, root only'})")
         sp.add_argument("--manager", choices=("launchd", "systemd"), default=native,
                         help=f"service manager (default here: {native})")
 
