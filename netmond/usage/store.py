@@ -478,76 +478,29 @@ class UsageStore:
         for wanted in by:
             if wanted not in BY_KEYS:
                 raise ValueError(f"cannot group by {wanted!r}")
-        use_remote = "remote" in by or remote_match is not None
-        time_key = "day" if "day" in by else "hour" if "hour" in by else None
-        want_app = "app" in by or app_match is not None or ("remote" in by and "app" not in by)
-        cols = (["remote"] if use_remote else []) + (["app"] if want_app else [])
-        kind = "remote" if use_remote else "app"
-        until = int(math.ceil(until))
+        plan = _QueryPlan(by, app_match is not None, remote_match is not None)
+        rows, app_names, remote_rows = self._fetch(plan, since, int(math.ceil(until)))
+        groups = _merge(plan, rows, app_names, remote_rows, app_match, remote_match)
+        return _shape(plan, groups, limit)
+
+    def _fetch(self, plan: "_QueryPlan", since: float, until: int
+               ) -> tuple[list[tuple], dict[int, Any], dict[int, Any]]:
+        """The summed rows of the hour and day tables, and the names of the
+        apps and remotes they refer to."""
         try:
             # Summed by SQLite per (bucket, remote, app): Python only merges
             # what is left (hours into local days via a small map table).
             rows: list[tuple] = []
-            for table, column, lo in ((f"{kind}_hours", "hour", hour_of(since)),
-                                      (f"{kind}_days", "day", local_midnight(since))):
-                rows.extend(self._grouped(table, column, lo, until, time_key, cols))
-            app_names = self._names("apps", "name", {r[-3] for r in rows} if want_app else set())
+            for table, column, lo in ((f"{plan.kind}_hours", "hour", hour_of(since)),
+                                      (f"{plan.kind}_days", "day", local_midnight(since))):
+                rows.extend(self._grouped(table, column, lo, until, plan.time_key, plan.cols))
+            app_names = self._names(
+                "apps", "name", {r[-3] for r in rows} if plan.want_app else set())
             remote_rows = self._names(
-                "remotes", "ip, host", {r[1] for r in rows} if use_remote else set())
+                "remotes", "ip, host", {r[1] for r in rows} if plan.use_remote else set())
         except sqlite3.Error as exc:
             self._raise(exc)
-        with_apps = "remote" in by and "app" not in by
-        results: dict[tuple, list[Any]] = {}
-        dates: dict[int, str] = {}
-        for r in rows:  # (bucket, remote if use_remote, app if want_app, sent, received)
-            app = app_names.get(r[-3]) if want_app else None
-            if app_match is not None and not app_match(app):
-                continue
-            ip = host = None
-            if use_remote:
-                remote = remote_rows.get(r[1])
-                if remote is None:
-                    continue
-                ip, host = remote
-                if remote_match is not None and not remote_match(ip, host):
-                    continue
-            key: list[Any] = []
-            for name in by:
-                if name == "day":
-                    date = dates.get(r[0])
-                    if date is None:
-                        date = dates[r[0]] = local_date(r[0])
-                    key.append(date)
-                elif name == "hour":
-                    key.append(r[0])
-                elif name == "app":
-                    key.append(app)
-                else:
-                    key.append(ip)
-            entry = results.get(tuple(key))
-            if entry is None:
-                entry = results[tuple(key)] = [0, 0, set() if with_apps else None, host]
-            entry[0] += r[-2]
-            entry[1] += r[-1]
-            if with_apps:
-                entry[2].add(app)
-        out = []
-        for group, (sent, received, apps, host) in results.items():
-            row: dict[str, Any] = dict(zip(by, group))
-            if "remote" in by:
-                row["remote_host"] = host
-                if with_apps:
-                    row["apps"] = sorted(apps, key=lambda a: (a is None, a or ""))
-            row["bytes_sent"] = sent
-            row["bytes_received"] = received
-            out.append(row)
-        largest = sorted(out, key=lambda r: r["bytes_sent"] + r["bytes_received"], reverse=True)
-        if limit is not None:
-            largest = largest[:limit]
-        if time_key:
-            # Oldest first; within a time, largest first (the sort is stable).
-            largest.sort(key=lambda r: r[time_key])
-        return largest
+        return rows, app_names, remote_rows
 
     def _grouped(self, table: str, column: str, lo: int, until: int, time_key: str | None,
                  cols: list[str]) -> list[tuple]:
@@ -595,3 +548,85 @@ def file_size(path: str) -> int:
             if exc.errno != errno.ENOENT:
                 raise
     return total
+
+
+class _QueryPlan:
+    """What one usage query reads and how its rows are keyed."""
+
+    def __init__(self, by: tuple[str, ...], app_filter: bool, remote_filter: bool) -> None:
+        self.by = by
+        self.use_remote = "remote" in by or remote_filter
+        self.time_key = "day" if "day" in by else "hour" if "hour" in by else None
+        # Remote rows without `app` in `by` still list the apps involved.
+        self.with_apps = "remote" in by and "app" not in by
+        self.want_app = "app" in by or app_filter or self.with_apps
+        self.cols = (["remote"] if self.use_remote else []) + (["app"] if self.want_app else [])
+        self.kind = "remote" if self.use_remote else "app"
+
+
+def _merge(plan: _QueryPlan, rows: list[tuple], app_names: dict[int, Any],
+           remote_rows: dict[int, Any],
+           app_match: Callable[[str | None], bool] | None,
+           remote_match: Callable[[str, str | None], bool] | None,
+           ) -> dict[tuple, list[Any]]:
+    """Rows (bucket, remote?, app?, sent, received) merged per key of `by`:
+    key -> [sent, received, apps or None, remote host]."""
+    results: dict[tuple, list[Any]] = {}
+    dates: dict[int, str] = {}
+    for r in rows:
+        app = app_names.get(r[-3]) if plan.want_app else None
+        if app_match is not None and not app_match(app):
+            continue
+        ip = host = None
+        if plan.use_remote:
+            remote = remote_rows.get(r[1])
+            if remote is None:
+                continue
+            ip, host = remote
+            if remote_match is not None and not remote_match(ip, host):
+                continue
+        key: list[Any] = []
+        for name in plan.by:
+            if name == "day":
+                date = dates.get(r[0])
+                if date is None:
+                    date = dates[r[0]] = local_date(r[0])
+                key.append(date)
+            elif name == "hour":
+                key.append(r[0])
+            elif name == "app":
+                key.append(app)
+            else:
+                key.append(ip)
+        entry = results.get(tuple(key))
+        if entry is None:
+            entry = results[tuple(key)] = [0, 0, set() if plan.with_apps else None, host]
+        entry[0] += r[-2]
+        entry[1] += r[-1]
+        if plan.with_apps:
+            entry[2].add(app)
+    return results
+
+
+def _shape(plan: _QueryPlan, groups: dict[tuple, list[Any]], limit: int | None
+           ) -> list[dict[str, Any]]:
+    """The wire rows: keys of `by`, the remote's name and apps where asked,
+    bytes; the largest `limit` rows, time-keyed ones oldest first."""
+    out = []
+    for group, (sent, received, apps, host) in groups.items():
+        row: dict[str, Any] = dict(zip(plan.by, group))
+        if "remote" in plan.by:
+            row["remote_host"] = host
+            if plan.with_apps:
+                row["apps"] = sorted(apps, key=lambda a: (a is None, a or ""))
+        row["bytes_sent"] = sent
+        row["bytes_received"] = received
+        out.append(row)
+    largest = sorted(out, key=lambda r: r["bytes_sent"] + r["bytes_received"], reverse=True)
+    if limit is not None:
+        largest = largest[:limit]
+    time_key = plan.time_key
+    if time_key:
+        # Oldest first; within a time, largest first (the sort is stable).
+        largest.sort(key=lambda r: r[time_key])
+    return largest
