@@ -61,6 +61,17 @@ def format_addr(ip: str | None, port: int | None) -> str | None:
     return f"{ip}:{port}"
 
 
+def ip_address_of(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `ip` names, without a '%zone' suffix; an IPv4-mapped IPv6
+    address as the IPv4 address it maps. None when `ip` is not an address."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr if mapped is None else mapped
+
+
 @lru_cache(maxsize=65536)
 def classify_scope(ip: str | None) -> str | None:
     """'loopback', 'lan' (private, link-local, ULA) or 'internet'; None if no ip.
@@ -69,15 +80,9 @@ def classify_scope(ip: str | None) -> str | None:
     The unspecified address (a listener on 0.0.0.0 / ::) has no scope of its
     own; callers classify a socket by its remote address when it has one.
     """
-    if not ip:
+    addr = ip_address_of(ip) if ip else None
+    if addr is None:
         return None
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return None
-    mapped = getattr(addr, "ipv4_mapped", None)
-    if mapped is not None:
-        addr = mapped
     if addr.is_loopback:
         return "loopback"
     if addr.is_unspecified:

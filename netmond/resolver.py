@@ -36,6 +36,8 @@ import threading
 import time
 from typing import Callable
 
+from common.models import ip_address_of
+
 log = logging.getLogger("netmond.resolver")
 
 #: Addresses cached at most (10,000 names: about 3 MB of RSS; see README, "Remote names").
@@ -110,17 +112,15 @@ def lookup_kind(ip: str) -> tuple[str, str] | None:
     ("dns", address) for the rest, None for what has no name to ask for
     (unspecified, multicast, broadcast, not an address). An IPv4-mapped IPv6
     address is asked as the IPv4 address it maps."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    addr = ip_address_of(ip)
+    if addr is None:
         return None
-    mapped = getattr(addr, "ipv4_mapped", None)
-    if mapped is not None:
-        addr = mapped
+    # An IPv4 address read from an IPv6 text was IPv4-mapped.
+    mapped = addr.version == 4 and ":" in ip
     if addr.is_unspecified or addr.is_multicast or (addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255")):
         return None
     if addr.is_loopback or addr.is_link_local:
-        return "hosts", ip if mapped is None else str(addr)
+        return "hosts", str(addr) if mapped else ip
     return "dns", str(addr)
 
 
