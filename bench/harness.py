@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -178,6 +178,17 @@ def can_hold(sockets: int) -> str | None:
     if holders_needed(sockets) > MAX_HOLDERS:
         return f"more than {MAX_HOLDERS} holders of {max_sockets()} sockets (RLIMIT_NOFILE)"
     return None
+
+
+def holdable(sizes: Sequence[int]) -> Iterator[int]:
+    """The socket counts of `sizes` this machine can hold, in order; each
+    one it cannot gets a row saying why ("n/a") instead of a measurement."""
+    for n in sizes:
+        why_not = can_hold(n)
+        if why_not:
+            print(f"\n{n} sockets: n/a ({why_not})")
+            continue
+        yield n
 
 
 def _set_comm(name: str) -> None:

@@ -38,7 +38,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
-    Daemon, Holder, StatusProbe, Usage, can_hold, machine_line, mb, ms, popen, raise_fd_limit, ratio,
+    Daemon, Holder, StatusProbe, Usage, holdable, machine_line, mb, ms, popen, raise_fd_limit, ratio,
     sizes, table,
 )
 
@@ -120,11 +120,7 @@ def main() -> None:
         args.sockets, args.seconds = [100], 3.0
     raise_fd_limit()
     print(f"# load: {machine_line()}")
-    for n in args.sockets:
-        why_not = can_hold(n)
-        if why_not:
-            print(f"\n{n} sockets: n/a ({why_not})")
-            continue
+    for n in holdable(args.sockets):
         bench(n, args.seconds, args.interval)
 
 

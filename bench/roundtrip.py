@@ -40,7 +40,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
-    Daemon, Holder, can_hold, machine_line, mb, median_wall, memory_status, raise_fd_limit, ratio,
+    Daemon, Holder, holdable, machine_line, mb, median_wall, memory_status, raise_fd_limit, ratio,
     reset_peak_rss, sizes, table,
 )
 
@@ -147,11 +147,7 @@ def main() -> None:
     raise_fd_limit()
     print(f"# roundtrip: {machine_line()}")
     bench_version(max(args.runs, 9) if not args.quick else 3)
-    for n in args.sockets:
-        why_not = can_hold(n)
-        if why_not:
-            print(f"\n{n} sockets: n/a ({why_not})")
-            continue
+    for n in holdable(args.sockets):
         bench_conns(n, args.runs)
 
 

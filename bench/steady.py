@@ -31,7 +31,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
-    Daemon, Holder, Usage, can_hold, machine_line, mb, popen, raise_fd_limit, ratio, table,
+    Daemon, Holder, Usage, holdable, machine_line, mb, popen, raise_fd_limit, ratio, table,
 )
 
 _PSUTIL_LOOP = """
@@ -91,11 +91,7 @@ def main() -> None:
         args.sockets, args.seconds = [100], 3.0
     raise_fd_limit()
     print(f"# steady: {machine_line()}")
-    for n in args.sockets:
-        why_not = can_hold(n)
-        if why_not:
-            print(f"\n{n} sockets: n/a ({why_not})")
-            continue
+    for n in holdable(args.sockets):
         bench(n, args.seconds, args.interval)
 
 

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Holder, can_hold, machine_line, raise_fd_limit, ratio, sizes, table  # noqa: E402
+from harness import Holder, holdable, machine_line, raise_fd_limit, ratio, sizes, table  # noqa: E402
 
 import psutil  # noqa: E402
 
@@ -127,11 +127,7 @@ def main() -> None:
         args.sockets, args.runs = [100], 2
     raise_fd_limit()
     print(f"# tick: {machine_line()}")
-    for n in args.sockets:
-        why_not = can_hold(n)
-        if why_not:
-            print(f"\n{n} sockets: n/a ({why_not})")
-            continue
+    for n in holdable(args.sockets):
         report(n, args.runs, bench(n, args.runs))
 
 
