@@ -151,6 +151,7 @@ class Daemon:
                 write_every=config.usage_write_interval,
             )
             self.state.usage_sink = self.usage_recorder.meter
+            self.usage_recorder.meter.names = self.resolver.name if self.resolver is not None else None
 
     # -- what handlers see (handlers.DaemonInterface; on the loop) ------------
     @property
@@ -308,6 +309,8 @@ class Daemon:
             self.resolver.close()
         self.resolver = resolver
         self.state.set_names(resolver.name if resolver is not None else None)
+        if self.usage_recorder is not None:
+            self.usage_recorder.meter.names = resolver.name if resolver is not None else None
 
     def _wake_sampler(self) -> None:
         if self._wake is not None:

@@ -10,6 +10,7 @@ recorder takes the batch every few seconds and writes it in its own thread.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .store import hour_of
 
@@ -65,6 +66,11 @@ class UsageMeter:
         self._hour = 0
         #: Bytes not kept because a batch was full (see MAX_KEYS).
         self.dropped_bytes = 0
+        #: The daemon's remote names (a non-blocking cache read), or None.
+        #: A name is usually found after a new connection's first bytes were
+        #: counted; a short connection moves no bytes after that, so its
+        #: remote would be stored without a name unless asked again here.
+        self.names: Callable[[str], str | None] | None = None
 
     def begin_tick(self, wall: float) -> None:
         """The tick's bytes count in the hour of its sample."""
@@ -99,4 +105,10 @@ class UsageMeter:
     def take(self) -> Batch:
         """The bytes counted since the last take; the meter starts afresh."""
         batch, self.batch = self.batch, Batch()
+        names = self.names
+        if names is not None:
+            for ip in {rkey[1] for rkey in batch.remotes} - batch.hosts.keys():
+                name = names(ip)
+                if name:
+                    batch.hosts[ip] = name
         return batch

@@ -279,6 +279,28 @@ def test_meter_sums_per_hour_app_and_remote_and_hands_over():
     assert not m.take()
 
 
+def test_meter_names_remotes_found_after_their_bytes_were_counted():
+    """A short connection's bytes are counted before its remote's name is
+    known and it moves nothing after: the name is asked again at hand-over."""
+    known: dict[str, str] = {}
+    asked: list[str] = []
+
+    def names(ip):
+        asked.append(ip)
+        return known.get(ip)
+
+    m = UsageMeter()
+    m.names = names
+    m.begin_tick(NOW)
+    m.count("curl", "127.0.0.1", None, 10, 20)
+    m.count("curl", "1.2.3.4", "example.org", 1, 1)
+    m.count("curl", "5.6.7.8", None, 1, 1)
+    known["127.0.0.1"] = "localhost"  # the lookup ends between tick and hand-over
+    batch = m.take()
+    assert batch.hosts == {"127.0.0.1": "localhost", "1.2.3.4": "example.org"}
+    assert sorted(asked) == ["127.0.0.1", "5.6.7.8"]  # a name already carried is not asked
+
+
 def test_meter_and_merge_are_bounded():
     m = UsageMeter(max_keys=2)
     m.begin_tick(NOW)
