@@ -38,7 +38,8 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from common import paths
@@ -269,19 +270,28 @@ class UsageStore:
             raise StoreCorrupt(f"{self.path}: {exc}") from None
         raise StoreUnavailable(f"{self.path}: {describe_error(exc)}") from None
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, begun IMMEDIATE (the write lock taken at
+        once), committed at the end, rolled back on any exception."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     def _migrate(self, version: int) -> None:
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for statement in MIGRATIONS[target]:
                     self.db.execute(statement)
                 if target == 1:
                     self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self.db.execute(f"PRAGMA user_version = {target}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
 
     def close(self) -> None:
         """Checkpoint the WAL into the file and close."""
@@ -346,8 +356,7 @@ class UsageStore:
         hosts = hosts or {}
         db = self.db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 app_rows = [(self._app_id(app), hour, s, r) for (hour, app), (s, r) in apps.items() if s or r]
                 db.executemany(
                     "INSERT INTO app_hours (app, hour, sent, received) VALUES (?, ?, ?, ?)"
@@ -368,11 +377,6 @@ class UsageStore:
                     "UPDATE remote_hours SET sent = max(0, sent), received = max(0, received)"
                     " WHERE remote = ? AND app = ? AND hour = ?",
                     [row[:3] for row in remote_rows if row[3] < 0 or row[4] < 0])
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             self._app_ids.clear()  # ids of a rolled-back transaction are gone
             self._remote_ids.clear()
@@ -388,8 +392,7 @@ class UsageStore:
         db = self.db
         out = {"hours_compacted": 0, "rows_expired": 0}
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for kind, cols in (("app", "app"), ("remote", "remote, app")):
                     hours = [h for (h,) in db.execute(
                         f"SELECT DISTINCT hour FROM {kind}_hours WHERE hour < ?", (hour_cutoff,))]
@@ -410,11 +413,6 @@ class UsageStore:
                         f"DELETE FROM {kind}_hours WHERE hour < ?", (keep_from,)).rowcount
                 if out["rows_expired"]:
                     self._forget_names()
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             if out["hours_compacted"] or out["rows_expired"]:
                 db.execute("PRAGMA incremental_vacuum")
         except sqlite3.Error as exc:
@@ -428,8 +426,7 @@ class UsageStore:
         db = self.db
         deleted = 0
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for kind in ("app", "remote"):
                     if before is None:
                         deleted += db.execute(f"DELETE FROM {kind}_hours").rowcount
@@ -440,11 +437,6 @@ class UsageStore:
                         deleted += db.execute(
                             f"DELETE FROM {kind}_days WHERE day < ?", (local_midnight(before),)).rowcount
                 self._forget_names()
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             db.execute("PRAGMA incremental_vacuum")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
