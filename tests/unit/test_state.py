@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies
 
 from common.models import CONNECTION_FIELDS, REMOTE_FIELDS, STATS_FIELDS, Filter
 
@@ -561,3 +562,151 @@ def test_remote_usage_of_some_rows_only():
     flt = Filter.from_wire({"host": "EXAMPLE"})
     (remote,) = st.remote_usage(flt.apply(st.connections(True)))
     assert remote["remote_ip"] == "93.184.216.34"
+
+
+# -- issue 19: an idle tick costs nothing for rows that did not change ------------------------------
+
+
+def test_rows_unchanged_since_a_tick_that_moved_them_read_idle_speeds():
+    st = MonitorState()
+    busy, quiet, uncounted = sock(5000, 100, 50), sock(5001, 7, 7), sock(5002, None, None)
+    st.apply(snap(0, [busy, quiet, uncounted]))
+    moved = sock(5000, 300, 50)
+    st.apply(snap(1, [moved, quiet, uncounted]))
+    assert (row_of(st, 5000).upload_speed, row_of(st, 5000).download_speed) == (200.0, 0.0)
+    st.apply(snap(2, [moved, quiet, uncounted]))  # every sample handed on: nothing moved
+    for port, idle in ((5000, 0.0), (5001, 0.0), (5002, None)):
+        row = row_of(st, port)
+        assert (row.upload_speed, row.download_speed) == (idle, idle), port
+    assert st.app_usage()[0]["upload_speed"] == 0.0
+
+
+def test_rows_unchanged_since_a_baseline_read_idle_speeds_at_the_next_tick():
+    st = MonitorState()
+    counted, uncounted = sock(5000, 100, 50), sock(5001, None, None)
+    for t in (0, 10):  # daemon start, then a resume after `stop`
+        if t:
+            st.rebaseline()
+        st.apply(snap(t, [counted, uncounted]))
+        assert [(r.upload_speed, r.download_speed) for r in st.connections()] == [(None, None)] * 2
+        st.apply(snap(t + 1, [counted, uncounted]))
+        assert [(r.upload_speed, r.download_speed) for r in st.connections()] == [(0.0, 0.0), (None, None)]
+
+
+def test_speeds_hold_over_a_tick_without_a_time_step():
+    st = MonitorState()
+    st.apply(snap(0, [sock(5000, 0, 0)]))
+    moved = sock(5000, 100, 0)
+    st.apply(snap(1, [moved]))
+    st.apply(snap(1, [moved]))  # the clock did not advance: no rate can be taken
+    assert row_of(st, 5000).upload_speed == 100.0
+    st.apply(snap(2, [moved]))
+    assert row_of(st, 5000).upload_speed == 0.0
+
+
+def test_last_seen_on_the_wire_is_the_last_tick_for_open_rows_and_the_close_for_closed_ones():
+    st = MonitorState(closed_retention=60)
+    idle, leaving = sock(5000, 1, 1), sock(5001, 1, 1)
+    st.apply(snap(0, [idle, leaving]))
+    (new,) = st.apply(snap(1, [idle, leaving, sock(5002, 5, 5)])).updated
+    wire = new.to_wire(1_000_001)
+    assert wire["first_seen"] == wire["last_seen"] == 1_000_001  # what `watch` calls a new row
+    st.apply(snap(2, [idle, leaving, new.sample]))
+    st.apply(snap(3, [idle, new.sample]))
+    st.apply(snap(4, [idle, new.sample]))
+    wires = {w["local_port"]: w for w in (r.to_wire(1_000_004.5) for r in st.connections(True))}
+    assert (wires[5000]["first_seen"], wires[5000]["last_seen"]) == (1_000_000, 1_000_004)
+    assert (wires[5002]["first_seen"], wires[5002]["last_seen"]) == (1_000_001, 1_000_004)
+    assert wires[5001]["last_seen"] == wires[5001]["closed_at"] == 1_000_003
+    assert row_of(st, 5001).get("last_seen") == 1_000_003  # what filters read
+    assert st.open[idle.key].get("last_seen") == 1_000_004
+
+
+def test_a_row_vanished_among_rows_handed_on_unchanged_is_closed():
+    st = MonitorState()
+    samples = [sock(port, port, port) for port in range(6000, 6100)]
+    st.apply(snap(0, samples))
+    st.apply(snap(1, samples))
+    gone = samples[37]
+    left = samples[:37] + samples[38:]
+    changes = st.apply(snap(2, left))
+    assert [r.local_port for r in changes.closed] == [gone.local_port]
+    assert gone.key not in st.open and len(st.open) == 99
+    # One gone and one new in the same tick: the counts must not cancel out.
+    changes = st.apply(snap(3, left[1:] + [sock(7000)]))
+    assert [r.local_port for r in changes.closed] == [left[0].local_port]
+    assert [r.local_port for r in changes.updated] == [7000]
+    assert st.connection_counts()["sockets"] == 99
+
+
+def test_updated_lists_the_rows_whose_sample_changed_what_a_row_shows():
+    st = MonitorState()
+    a, b, c, d = sock(5000, 1, 1), sock(5001, 1, 1), sock(5002, 1, 1, pid=None, name=None), sock(5003, 1, 1)
+    st.apply(snap(0, [a, b, c, d]))
+    changes = st.apply(snap(1, [a, sock(5001, 9, 1), sock(5002, 1, 1, pid=None, name=None),
+                                sock(5003, 1, 1, state="CLOSE_WAIT")]))
+    # a handed on, c a new object equal to the last one: neither is news.
+    assert [r.local_port for r in changes.updated] == [5001, 5003]
+    changes = st.apply(snap(2, [a, sock(5001, 9, 1), sock(5002, 1, 1, pid=8, name="ssh"), sock(5004)]))
+    assert [r.local_port for r in changes.updated] == [5002, 5004]
+    assert [r.local_port for r in changes.closed] == [5003]
+
+
+def _wire_of(st: MonitorState, now: float) -> tuple:
+    rows = [r.to_wire(now) for r in st.connections(True)]
+    return (rows, st.app_usage(), st.remote_usage(), st.connection_counts(),
+            st.stats(uptime=0, monitoring=True), list(st.history))
+
+
+def _changes_of(changes) -> tuple:
+    return [r.id for r in changes.updated], [r.id for r in changes.closed], changes.history_point
+
+
+#: What happens to socket N (0-5) in one tick; "same": handed on unchanged.
+_OPS = strategies.lists(strategies.tuples(strategies.integers(0, 5), strategies.sampled_from(
+    ["same", "same", "gone", "bytes", "state", "pid", "none", "reset", "destroy"])), max_size=8)
+#: Ticks: (time step, 0 included; rebaseline first?, what happens).
+_TICKS = strategies.lists(strategies.tuples(strategies.sampled_from([0.0, 1.0, 1.0, 2.5]), strategies.booleans(),
+                                            _OPS), min_size=1, max_size=12)
+
+
+@given(ticks=_TICKS)
+@settings(max_examples=150, deadline=None)
+def test_handing_on_an_unchanged_sample_gives_what_an_equal_new_sample_gives(ticks):
+    """The state skips samples handed on unchanged (backends/base.py:
+    SocketSample): every view must be as if each had been a new, equal object."""
+    import dataclasses
+
+    handed_on, copied = MonitorState(closed_retention=30), MonitorState(closed_retention=30)
+    current: dict[int, SocketSample] = {p: sock(5000 + p, 100 * p, 10 * p) for p in range(6)}
+    t = 0.0
+    for step, rebaseline, ops in ticks:
+        t += step
+        closed = []
+        for port, op in ops:
+            s = current.get(port)
+            if s is None:
+                if op != "gone":
+                    current[port] = sock(5000 + port, 5, 5)  # a new socket
+            elif op == "gone":
+                del current[port]
+            elif op == "bytes":
+                current[port] = dataclasses.replace(s, bytes_sent=(s.bytes_sent or 0) + 40 * port + 1)
+            elif op == "state":
+                current[port] = dataclasses.replace(s, state="LISTEN" if s.state != "LISTEN" else "TIME_WAIT")
+            elif op == "pid":
+                current[port] = dataclasses.replace(s, pid=(s.pid or 0) + 1, process_name=f"p{port}")
+            elif op == "none":
+                current[port] = dataclasses.replace(s, bytes_sent=None, bytes_received=None)
+            elif op == "reset":
+                current[port] = dataclasses.replace(s, bytes_sent=0, bytes_received=0)
+            elif op == "destroy":
+                closed.append(dataclasses.replace(current.pop(port), bytes_received=(s.bytes_received or 0) + 3))
+        if rebaseline:
+            handed_on.rebaseline()
+            copied.rebaseline()
+        sockets = list(current.values())
+        got = handed_on.apply(snap(t, sockets, closed))
+        want = copied.apply(snap(t, [dataclasses.replace(s) for s in sockets], closed))
+        assert _changes_of(got) == _changes_of(want)
+        assert _wire_of(handed_on, 1_000_000 + t + 0.5) == _wire_of(copied, 1_000_000 + t + 0.5)
