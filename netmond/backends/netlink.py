@@ -197,22 +197,32 @@ def _counters(values: tuple) -> TcpCounters:
 
 
 class RawRecords:
-    """The records of a dump by cookie, with the raw fields they were decoded from.
+    """The records of a dump by cookie, with the signatures they were decoded from.
 
-    `parse_messages` fills `current` and reads `previous`: a socket whose raw
-    fields (message length and type, inet_diag_msg but for its timers and
-    queues, the attribute headers up to tcp_info, and the byte counters) are
-    what they were in the previous dump comes back as that very record
-    object, recognised by one unpack and one tuple comparison, before any
-    decoding. Callers then tell unchanged sockets by identity, and a dump of
-    idle sockets leaves almost nothing new alive (no garbage collection
-    running over and over). `rotate()` after each complete dump. `layouts`:
-    the attribute layouts learned from the sockets with a full tcp_info, by
-    message length (an IPv6 socket carries one attribute more than an IPv4
-    one, INET_DIAG_SKV6ONLY; a few kinds at most: bounded).
+    `parse_messages` fills `current` and reads `previous`: a socket whose
+    signature is what it was in the previous dump comes back as that very
+    record object, recognised before any decoding. Callers then tell
+    unchanged sockets by identity, and a dump of idle sockets leaves almost
+    nothing new alive (no garbage collection running over and over).
+    `rotate()` after each complete dump.
+
+    A socket with a full tcp_info is keyed by its cookie (the kernel's id of
+    that socket, which never changes its addresses, ports or family) and
+    signed by its state and two byte strings of its message: from inet_diag_msg's uid to
+    tcp_info's last_data_sent (uid, inode, every attribute before tcp_info
+    with its header, tcp_info's state, unacked and retransmission fields),
+    and tcp_info's bytes_acked to bytes_retrans (every byte and segment
+    counter). What is left out moves on an idle socket: inet_diag_msg's
+    timer, expiry and queues, tcp_info's "ms since last ..." fields, rtt and
+    pacing figures. Byte strings, not unpacked fields: two objects a socket
+    to keep instead of twenty-odd, and the comparison is one memcmp.
+    `layouts`: where those bytes are, by message length, learned from the
+    sockets with a full tcp_info (an IPv6 socket carries one attribute more
+    than an IPv4 one, INET_DIAG_SKV6ONLY; a few kinds at most: bounded).
 
     Sockets without byte counters (TIME_WAIT remnants, request sockets) are
-    kept apart (`short_*`): a dump that leaves TIME_WAIT out (a state
+    signed by their message length and state (nothing else of theirs moves)
+    and kept apart (`short_*`): a dump that leaves TIME_WAIT out (a state
     filter) does not make the next one that lists them decode them again.
     """
 
@@ -228,7 +238,7 @@ class RawRecords:
     def get(self, cookie: int) -> DiagSocket | None:
         """The record of `cookie` in the previous dump, if it had one."""
         known = self.previous.get(cookie) or self.short_previous.get(cookie)
-        return known[1] if known is not None else None
+        return known[2] if known is not None else None
 
     def rotate(self, every_state: bool = True) -> None:
         """The dump is complete: what it listed is what the next one compares with.
@@ -265,6 +275,11 @@ class _Layout(NamedTuple):
     headers: tuple
     counters_at: int
     length: int
+    #: A socket's signature (see RawRecords), as offsets in its message:
+    #: [_SIGNATURE_AT:head_end] and [counters_start:counters_end].
+    head_end: int
+    counters_start: int
+    counters_end: int
 
 
 #: The raw fields of every message, in one call: nlmsghdr's length and type
@@ -282,6 +297,15 @@ _HEADERS_AT = 11  # index of the first attribute header in a layout's fields
 #: short raw fields say all that is read of them (TIME_WAIT, request sockets).
 _SHORT_ONLY_BELOW = _HDR_LEN + DIAG_MSG_LEN + 4 + _TCPI_ACKED_RECEIVED_END
 _SEQ = struct.Struct("=8xI")
+#: What is read first of every message: length, state and cookie. (NLMSG_DONE
+#: and NLMSG_ERROR are shorter than any socket's message, or carry a cookie
+#: of 0, which no record is kept under: never taken for a known socket.)
+_FIRST = struct.Struct("=I13xB42xQ")
+#: Where a signature starts: inet_diag_msg's uid, inode, then the attributes.
+_SIGNATURE_AT = _HDR_LEN + 64
+#: tcp_info's first field that moves on an idle socket (milliseconds since
+#: the last data sent; then since the last ack sent, data and ack received).
+_TCPI_LAST_DATA_SENT = 40
 _MAX_LAYOUTS = 8
 
 
@@ -300,8 +324,9 @@ def _layout_of(buf, off: int, attr: int, msg_end: int) -> _Layout | None:
                 return None
             fmt += f"{TCPI_UNACKED}x" + _TCPI_ALL.format.lstrip("=")
             layout = struct.Struct(fmt)
+            info = attr + 4 - off
             return _Layout(layout.unpack_from, layout.size, tuple(headers), _HEADERS_AT + len(headers),
-                           msg_end - off)
+                           msg_end - off, info + _TCPI_LAST_DATA_SENT, info + TCPI_BYTES_ACKED, info + _TCPI_ALL_END)
         attr += (alen + 3) & ~3
     return None
 
@@ -317,14 +342,66 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
     message whose length runs past the buffer.
 
     `known`: the records of the previous dump (see RawRecords); a socket
-    whose raw fields are unchanged is returned as its known record. That
+    whose signature is unchanged is returned as its known record. That
     shortcut checks the sequence number of the buffer's first message only:
     the kernel writes each datagram of a dump in one go, for one request.
     """
-    # The hot loop of the backend: one struct call reads a message's raw
-    # fields, NamedTuples are built with tuple.__new__ (their generated
-    # __new__ is a Python function), names are locals.
+    # The hot loop of the backend. Most sockets of a busy host are idle: each
+    # is recognised by one unpack (length, state, cookie), one dict lookup
+    # and two byte-string comparisons (see RawRecords), before any decoding.
+    # Entries are (head, counters, record, state); short ones (length,
+    # state, record).
+    if type(buf) is not bytes:
+        buf = bytes(buf)  # slices of bytes are bytes: the signatures below
+    end = len(buf)
+    fast = known is not None and end >= _HDR_LEN and (seq is None or _SEQ.unpack_from(buf)[0] == seq)
+    if not fast:
+        return _decode_messages(buf, 0, seq, known, [], recognise=False)
+    assert known is not None
     sockets: list[DiagSocket] = []
+    append = sockets.append
+    first = _FIRST.unpack_from
+    layouts = known.layouts
+    previous, current = known.previous.get, known.current
+    short_previous, short_current = known.short_previous.get, known.short_current
+    sig_at = _SIGNATURE_AT
+    # The layout tried first: the last one a message had (dumps come in runs).
+    layout = next(iter(layouts.values()), None)
+    length_of_layout = layout.length if layout is not None else -1
+    off = 0
+    while off + _FIRST.size <= end:
+        length, state, cookie = first(buf, off)
+        if length != length_of_layout and length in layouts:
+            layout = layouts[length]
+            length_of_layout = length
+        if length == length_of_layout:
+            assert layout is not None
+            same = previous(cookie)
+            if same is not None and same[3] == state and off + length <= end and (
+                same[0] == buf[off + sig_at:off + layout.head_end]
+                and same[1] == buf[off + layout.counters_start:off + layout.counters_end]
+            ):
+                append(same[2])
+                current[cookie] = same
+                off += (length + 3) & ~3
+                continue
+        elif length < _SHORT_ONLY_BELOW:
+            same = short_previous(cookie)
+            if same is not None and same[0] == length and same[1] == state and off + length <= end:
+                append(same[2])
+                short_current[cookie] = same
+                off += (length + 3) & ~3
+                continue
+        break  # a socket that changed, a new one, or the end of the dump
+    return _decode_messages(buf, off, seq, known, sockets, recognise=True)
+
+
+def _decode_messages(
+    buf: bytes, off: int, seq: int | None, known: RawRecords | None, sockets: list[DiagSocket], recognise: bool
+) -> tuple[list[DiagSocket], bool]:
+    """parse_messages from `off` on, decoding each message (`sockets`: those
+    before). `recognise`: known sockets may be recognised by their signature
+    (the buffer's sequence number is the dump's)."""
     append = sockets.append
     header_unpack = NLMSGHDR.unpack_from
     short_unpack = _SHORT.unpack_from
@@ -333,14 +410,34 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
     full = _SHORT.size
     end = len(buf)
     layouts = known.layouts if known is not None else {}
-    # The layout tried first: the last one a message had (dumps come in runs).
     layout = next(iter(layouts.values()), None)
-    fast = known is not None and end >= _HDR_LEN and (seq is None or _SEQ.unpack_from(buf)[0] == seq)
     if known is not None:
         previous, current = known.previous.get, known.current
         short_previous, short_current = known.short_previous.get, known.short_current
-    off = 0
+    first = _FIRST.unpack_from
+    sig_at = _SIGNATURE_AT
     while off + _HDR_LEN <= end:
+        if recognise and off + _FIRST.size <= end:
+            # As in parse_messages: an unchanged socket after a changed one.
+            length, state, cookie = first(buf, off)
+            lay = layouts.get(length)
+            if lay is not None:
+                same = previous(cookie)
+                if same is not None and same[3] == state and off + length <= end and (
+                    same[0] == buf[off + sig_at:off + lay.head_end]
+                    and same[1] == buf[off + lay.counters_start:off + lay.counters_end]
+                ):
+                    append(same[2])
+                    current[cookie] = same
+                    off += (length + 3) & ~3
+                    continue
+            elif length < _SHORT_ONLY_BELOW:
+                same = short_previous(cookie)
+                if same is not None and same[0] == length and same[1] == state and off + length <= end:
+                    append(same[2])
+                    short_current[cookie] = same
+                    off += (length + 3) & ~3
+                    continue
         raw = None
         if layout is not None and off + layout.size <= end:
             raw = layout.unpack(buf, off)
@@ -350,22 +447,8 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
                     layout, raw = other, other.unpack(buf, off)
                 else:
                     raw = None  # TIME_WAIT, no tcp_info, or not seen yet
-            if fast and raw is not None:
-                same = previous(raw[_COOKIE])
-                if same is not None and same[0] == raw:
-                    append(same[1])
-                    current[raw[_COOKIE]] = same
-                    off += (raw[0] + 3) & ~3
-                    continue
         if raw is None and off + full <= end:
             raw = short_unpack(buf, off)
-            if fast:
-                same = short_previous(raw[_COOKIE])
-                if same is not None and same[0] == raw:
-                    append(same[1])
-                    short_current[raw[_COOKIE]] = same
-                    off += (raw[0] + 3) & ~3
-                    continue
         if raw is not None:
             length, mtype = raw[0], raw[1]
             mseq = _SEQ.unpack_from(buf, off)[0] if seq is not None else None
@@ -379,30 +462,31 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
             if length >= full:
                 assert raw is not None  # read above: the message holds an inet_diag_msg
                 msg_end = off + length
-                keep = None  # the raw fields that identify this record in the next dump
+                keep = None  # the signature of this record in the next dump (see RawRecords)
                 counters: TcpCounters | None
                 if layout is not None and len(raw) > _HEADERS_AT and length == layout.length and (
                     raw[_HEADERS_AT:layout.counters_at] == layout.headers
                 ):
                     c = layout.counters_at
                     counters = new(tcp_counters, raw[c + 1:c + 6] + raw[c:c + 1])
-                    keep = raw
+                    keep = layout
                 else:
                     counters = _walk_attributes(buf, off + full, msg_end)
                     if counters is not None and length not in layouts and len(layouts) < _MAX_LAYOUTS:
                         learned = _layout_of(buf, off, off + full, msg_end)
                         if learned is not None:
-                            layout = layouts[length] = learned
-                            keep = layout.unpack(buf, off)
-                    elif counters is None and length < _SHORT_ONLY_BELOW:
-                        keep = raw
+                            layout = keep = layouts[length] = learned
                 (_len, _type, family, state, sport, dport, src, dst, cookie, uid, inode) = raw[:_HEADERS_AT]
                 if swap:
                     sport = ((sport & 0xFF) << 8) | (sport >> 8)
                     dport = ((dport & 0xFF) << 8) | (dport >> 8)
                 record = new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie))
-                if keep is not None and known is not None and cookie:
-                    (current if counters is not None else short_current)[cookie] = (keep, record)
+                if known is not None and cookie:
+                    if keep is not None:
+                        current[cookie] = (buf[off + sig_at:off + keep.head_end],
+                                           buf[off + keep.counters_start:off + keep.counters_end], record, state)
+                    elif counters is None and length < _SHORT_ONLY_BELOW:
+                        short_current[cookie] = (length, state, record)
                 append(record)
         elif mtype == NLMSG_DONE:
             return sockets, True

@@ -13,7 +13,7 @@ MAX_LINES = 80
 # (path, function): the per-record loops of the netlink dumps.
 PARSING_LOOPS = {
     ("netmond/backends/linux.py", "_tcp_samples"),
-    ("netmond/backends/netlink.py", "parse_messages"),
+    ("netmond/backends/netlink.py", "_decode_messages"),
 }
 
 

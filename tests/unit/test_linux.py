@@ -87,7 +87,7 @@ class FakeDumper:
             same = known.get(r.cookie)
             r = same if same == r else r
             if r.cookie:
-                known.current[r.cookie] = (r, r)
+                known.current[r.cookie] = (None, None, r, r.state)  # as parse_messages: signature, record, state
             out.append(r)
         return out
 

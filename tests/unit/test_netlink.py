@@ -115,6 +115,34 @@ def test_records_whose_raw_fields_are_unchanged_are_returned_as_the_known_ones()
     assert parse_messages(dump(11, seq=5), seq=6, known=known) == ([], False)
 
 
+def test_a_socket_is_decoded_again_when_anything_it_is_read_for_changes() -> None:
+    # Its signature leaves out only what moves on an idle socket (timers,
+    # queues, tcp_info's "ms since last ..." fields, rtt); anything read
+    # from the message (state, uid, inode, counters) is in it.
+    def dump(state=1, inode=12345, uid=1000, last_recv=0, expires=0, unacked=0, retrans=0):
+        info = bytearray(tcp_info(acked=10, received=5, data_segs_in=1, sent=10, retrans=retrans))
+        struct.pack_into("=I", info, 48, last_recv)  # tcpi_last_data_recv
+        struct.pack_into("=I", info, 24, unacked)  # tcpi_unacked
+        msg = bytearray(sock_msg(state=state, inode=inode, uid=uid,
+                                 attrs=rtattr(8, b"\x00") + rtattr(netlink.INET_DIAG_INFO, bytes(info))))
+        struct.pack_into("=I", msg, 16 + 52, expires)  # idiag_expires
+        return bytes(msg) + DONE
+
+    known = RawRecords()
+
+    def parse(buf):
+        [record], _ = parse_messages(buf, seq=1, known=known)
+        known.rotate()
+        return record
+
+    base = parse(dump())
+    assert parse(dump(last_recv=999, expires=40)) is base
+    for changed in (dict(state=4), dict(inode=0), dict(uid=0), dict(unacked=1), dict(retrans=3)):
+        record = parse(dump(**changed))
+        assert record is not base and record == parse(dump(**changed)), changed
+        assert parse(dump()) == base
+
+
 def test_sockets_of_several_layouts_in_one_dump_are_all_recognised() -> None:
     # TCP of both families in one dump: an IPv6 socket carries one attribute
     # more (INET_DIAG_SKV6ONLY), and the dump may start with one.
