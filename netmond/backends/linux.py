@@ -795,7 +795,10 @@ class LinuxBackend(Backend):
     def _only_own_sockets(*dumps: list[DiagSocket]) -> bool:
         """True when every full socket belongs to our uid (so we can read its owner)."""
         euid = os.geteuid()
-        return all(rec.uid == euid for records in dumps for rec in records if rec.inode)
+        # In C, not a generator: a daemon without root runs this every tick.
+        records = list(chain.from_iterable(dumps))
+        full = compress(records, map(_INODE_OF_RECORD, records))
+        return all(map(eq, map(_UID_OF, full), repeat(euid)))
 
     # -- status ------------------------------------------------------------------
     def status(self) -> BackendStatus:
@@ -861,6 +864,7 @@ _NOT_SEEN = _Unchanged(None, None, None, None)  # type: ignore[arg-type]
 _COOKIE_OF_RECORD = itemgetter(9)
 _INODE_OF_RECORD = itemgetter(7)
 _STATE_OF = itemgetter(1)
+_UID_OF = itemgetter(6)
 _RECORD_OF = itemgetter(0)
 _SAMPLE_OF = itemgetter(2)
 _OWNER_ENTRY_OF = itemgetter(3)

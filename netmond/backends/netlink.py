@@ -224,9 +224,13 @@ class RawRecords:
     signed by their message length and state (nothing else of theirs moves)
     and kept apart (`short_*`): a dump that leaves TIME_WAIT out (a state
     filter) does not make the next one that lists them decode them again.
+
+    `shared`: one object for each address, port and uid value the records
+    carry (a host has few addresses and ports compared with its sockets:
+    100 bytes a socket less to keep).
     """
 
-    __slots__ = ("previous", "current", "short_previous", "short_current", "layouts")
+    __slots__ = ("previous", "current", "short_previous", "short_current", "layouts", "shared")
 
     def __init__(self) -> None:
         self.previous: dict[int, tuple] = {}
@@ -234,6 +238,7 @@ class RawRecords:
         self.short_previous: dict[int, tuple] = {}
         self.short_current: dict[int, tuple] = {}
         self.layouts: dict[int, _Layout] = {}
+        self.shared: dict[object, object] = {}
 
     def get(self, cookie: int) -> DiagSocket | None:
         """The record of `cookie` in the previous dump, if it had one."""
@@ -307,6 +312,8 @@ _SIGNATURE_AT = _HDR_LEN + 64
 #: the last data sent; then since the last ack sent, data and ack received).
 _TCPI_LAST_DATA_SENT = 40
 _MAX_LAYOUTS = 8
+#: RawRecords.shared is emptied beyond this many values (it then only fills again).
+_MAX_SHARED = 1 << 17
 
 
 def _layout_of(buf, off: int, attr: int, msg_end: int) -> _Layout | None:
@@ -411,9 +418,13 @@ def _decode_messages(
     end = len(buf)
     layouts = known.layouts if known is not None else {}
     layout = next(iter(layouts.values()), None)
+    share = None
     if known is not None:
         previous, current = known.previous.get, known.current
         short_previous, short_current = known.short_previous.get, known.short_current
+        if len(known.shared) > _MAX_SHARED:
+            known.shared.clear()
+        share = known.shared.setdefault
     first = _FIRST.unpack_from
     sig_at = _SIGNATURE_AT
     while off + _HDR_LEN <= end:
@@ -480,6 +491,9 @@ def _decode_messages(
                 if swap:
                     sport = ((sport & 0xFF) << 8) | (sport >> 8)
                     dport = ((dport & 0xFF) << 8) | (dport >> 8)
+                if share is not None:  # see RawRecords.shared
+                    src, dst, sport, dport, uid = share(src, src), share(dst, dst), share(sport, sport), share(
+                        dport, dport), share(uid, uid)
                 record = new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie))
                 if known is not None and cookie:
                     if keep is not None:
