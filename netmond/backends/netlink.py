@@ -208,17 +208,17 @@ class RawRecords:
 
     A socket with a full tcp_info is keyed by its cookie (the kernel's id of
     that socket, which never changes its addresses, ports or family) and
-    signed by its state and two byte strings of its message: from inet_diag_msg's uid to
-    tcp_info's last_data_sent (uid, inode, every attribute before tcp_info
-    with its header, tcp_info's state, unacked and retransmission fields),
-    and tcp_info's bytes_acked to bytes_retrans (every byte and segment
-    counter). What is left out moves on an idle socket: inet_diag_msg's
-    timer, expiry and queues, tcp_info's "ms since last ..." fields, rtt and
-    pacing figures. Byte strings, not unpacked fields: two objects a socket
-    to keep instead of twenty-odd, and the comparison is one memcmp.
-    `layouts`: where those bytes are, by message length, learned from the
-    sockets with a full tcp_info (an IPv6 socket carries one attribute more
-    than an IPv4 one, INET_DIAG_SKV6ONLY; a few kinds at most: bounded).
+    signed by its state, uid and inode, and one byte string of its message:
+    tcp_info from bytes_acked to bytes_retrans, every byte and segment
+    counter (segments in flight move segs_out or segs_in; closing moves the
+    state). What is left out moves on an idle socket (inet_diag_msg's timer,
+    expiry and queues, tcp_info's "ms since last ..." fields) or is not read.
+    A byte string, not unpacked fields: one object a socket to keep instead
+    of twenty-odd, and the comparison is one memcmp. `layouts`: where the
+    counters are, by message length, learned from the sockets with a full
+    tcp_info (an IPv6 socket carries one attribute more than an IPv4 one,
+    INET_DIAG_SKV6ONLY; a few kinds at most: bounded). A message is taken to
+    have the layout of its length, as it had at the last dump.
 
     Sockets without byte counters (TIME_WAIT remnants, request sockets) are
     signed by their message length and state (nothing else of theirs moves)
@@ -243,7 +243,7 @@ class RawRecords:
     def get(self, cookie: int) -> DiagSocket | None:
         """The record of `cookie` in the previous dump, if it had one."""
         known = self.previous.get(cookie) or self.short_previous.get(cookie)
-        return known[2] if known is not None else None
+        return known[3] if known is not None else None
 
     def rotate(self, every_state: bool = True) -> None:
         """The dump is complete: what it listed is what the next one compares with.
@@ -280,9 +280,7 @@ class _Layout(NamedTuple):
     headers: tuple
     counters_at: int
     length: int
-    #: A socket's signature (see RawRecords), as offsets in its message:
-    #: [_SIGNATURE_AT:head_end] and [counters_start:counters_end].
-    head_end: int
+    #: Where a socket's counters are in its message: its signature (see RawRecords).
     counters_start: int
     counters_end: int
 
@@ -302,15 +300,12 @@ _HEADERS_AT = 11  # index of the first attribute header in a layout's fields
 #: short raw fields say all that is read of them (TIME_WAIT, request sockets).
 _SHORT_ONLY_BELOW = _HDR_LEN + DIAG_MSG_LEN + 4 + _TCPI_ACKED_RECEIVED_END
 _SEQ = struct.Struct("=8xI")
-#: What is read first of every message: length, state and cookie. (NLMSG_DONE
-#: and NLMSG_ERROR are shorter than any socket's message, or carry a cookie
-#: of 0, which no record is kept under: never taken for a known socket.)
-_FIRST = struct.Struct("=I13xB42xQ")
-#: Where a signature starts: inet_diag_msg's uid, inode, then the attributes.
-_SIGNATURE_AT = _HDR_LEN + 64
-#: tcp_info's first field that moves on an idle socket (milliseconds since
-#: the last data sent; then since the last ack sent, data and ack received).
-_TCPI_LAST_DATA_SENT = 40
+#: What is read first of every message: length, state, cookie, and uid and
+#: inode as one number. (NLMSG_DONE and NLMSG_ERROR are shorter than any
+#: socket's message, or carry a cookie of 0, which no record is kept under:
+#: never taken for a known socket.)
+_FIRST = struct.Struct("=I13xB42xQ12xQ")
+assert _FIRST.size == _HDR_LEN + DIAG_MSG_LEN
 _MAX_LAYOUTS = 8
 #: RawRecords.shared is emptied beyond this many values (it then only fills again).
 _MAX_SHARED = 1 << 17
@@ -333,7 +328,7 @@ def _layout_of(buf, off: int, attr: int, msg_end: int) -> _Layout | None:
             layout = struct.Struct(fmt)
             info = attr + 4 - off
             return _Layout(layout.unpack_from, layout.size, tuple(headers), _HEADERS_AT + len(headers),
-                           msg_end - off, info + _TCPI_LAST_DATA_SENT, info + TCPI_BYTES_ACKED, info + _TCPI_ALL_END)
+                           msg_end - off, info + TCPI_BYTES_ACKED, info + _TCPI_ALL_END)
         attr += (alen + 3) & ~3
     return None
 
@@ -356,8 +351,8 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
     # The hot loop of the backend. Most sockets of a busy host are idle: each
     # is recognised by one unpack (length, state, cookie), one dict lookup
     # and two byte-string comparisons (see RawRecords), before any decoding.
-    # Entries are (head, counters, record, state); short ones (length,
-    # state, record).
+    # Entries are (counters, state, uid and inode, record); short ones
+    # (length, state, None, record).
     if type(buf) is not bytes:
         buf = bytes(buf)  # slices of bytes are bytes: the signatures below
     end = len(buf)
@@ -371,31 +366,29 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
     layouts = known.layouts
     previous, current = known.previous.get, known.current
     short_previous, short_current = known.short_previous.get, known.short_current
-    sig_at = _SIGNATURE_AT
     # The layout tried first: the last one a message had (dumps come in runs).
     layout = next(iter(layouts.values()), None)
     length_of_layout = layout.length if layout is not None else -1
     off = 0
     while off + _FIRST.size <= end:
-        length, state, cookie = first(buf, off)
+        length, state, cookie, owner = first(buf, off)
         if length != length_of_layout and length in layouts:
             layout = layouts[length]
             length_of_layout = length
         if length == length_of_layout:
             assert layout is not None
             same = previous(cookie)
-            if same is not None and same[3] == state and off + length <= end and (
-                same[0] == buf[off + sig_at:off + layout.head_end]
-                and same[1] == buf[off + layout.counters_start:off + layout.counters_end]
+            if same is not None and same[1] == state and same[2] == owner and off + length <= end and (
+                same[0] == buf[off + layout.counters_start:off + layout.counters_end]
             ):
-                append(same[2])
+                append(same[3])
                 current[cookie] = same
                 off += (length + 3) & ~3
                 continue
         elif length < _SHORT_ONLY_BELOW:
             same = short_previous(cookie)
             if same is not None and same[0] == length and same[1] == state and off + length <= end:
-                append(same[2])
+                append(same[3])
                 short_current[cookie] = same
                 off += (length + 3) & ~3
                 continue
@@ -426,26 +419,24 @@ def _decode_messages(
             known.shared.clear()
         share = known.shared.setdefault
     first = _FIRST.unpack_from
-    sig_at = _SIGNATURE_AT
     while off + _HDR_LEN <= end:
         if recognise and off + _FIRST.size <= end:
             # As in parse_messages: an unchanged socket after a changed one.
-            length, state, cookie = first(buf, off)
+            length, state, cookie, owner = first(buf, off)
             lay = layouts.get(length)
             if lay is not None:
                 same = previous(cookie)
-                if same is not None and same[3] == state and off + length <= end and (
-                    same[0] == buf[off + sig_at:off + lay.head_end]
-                    and same[1] == buf[off + lay.counters_start:off + lay.counters_end]
+                if same is not None and same[1] == state and same[2] == owner and off + length <= end and (
+                    same[0] == buf[off + lay.counters_start:off + lay.counters_end]
                 ):
-                    append(same[2])
+                    append(same[3])
                     current[cookie] = same
                     off += (length + 3) & ~3
                     continue
             elif length < _SHORT_ONLY_BELOW:
                 same = short_previous(cookie)
                 if same is not None and same[0] == length and same[1] == state and off + length <= end:
-                    append(same[2])
+                    append(same[3])
                     short_current[cookie] = same
                     off += (length + 3) & ~3
                     continue
@@ -497,10 +488,10 @@ def _decode_messages(
                 record = new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie))
                 if known is not None and cookie:
                     if keep is not None:
-                        current[cookie] = (buf[off + sig_at:off + keep.head_end],
-                                           buf[off + keep.counters_start:off + keep.counters_end], record, state)
+                        current[cookie] = (buf[off + keep.counters_start:off + keep.counters_end], state,
+                                           _FIRST.unpack_from(buf, off)[3], record)
                     elif counters is None and length < _SHORT_ONLY_BELOW:
-                        short_current[cookie] = (length, state, record)
+                        short_current[cookie] = (length, state, None, record)
                 append(record)
         elif mtype == NLMSG_DONE:
             return sockets, True
