@@ -102,7 +102,7 @@ import os
 import socket
 from collections import deque
 from itertools import chain, compress, repeat
-from operator import attrgetter, eq, gt, is_, itemgetter, not_
+from operator import attrgetter, eq, gt, is_, is_not, itemgetter, not_
 from typing import Hashable, NamedTuple
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_root, now
@@ -144,7 +144,6 @@ OWNER_GENERATIONS = 3
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
 _NO_BYTES = (None, None)
-_INODE_OF = attrgetter("inode")
 _KEY_OF = attrgetter("key")
 #: (family, protocol, idiag_ext) of the dumps of a tick: TCP of both
 #: families in one request where the kernel takes it (each TCP dump walks the
@@ -383,7 +382,7 @@ class LinuxBackend(Backend):
         if ebpf is not None:
             ebpf.refresh()  # after the dumps: every socket they list is in the maps
 
-        live_inodes = set(map(_INODE_OF, chain(tcp, udp)))
+        live_inodes = set(map(_INODE_OF_RECORD, chain(tcp, udp)))
         live_inodes.discard(0)
         self._owners.refresh(live_inodes)
         reattributed, self._owners.changed = self._owners.changed, set()
@@ -458,7 +457,8 @@ class LinuxBackend(Backend):
         previous = self._owner_history[0] if self._owner_history else {}
         destroyed = self._destroyed
         self._timewait_before = timewait_keys = self._timewait_keys
-        remnants_before = self._remnants.get
+        remnants_listed_before = self._remnants
+        remnants_before = remnants_listed_before.get
         if with_timewait:  # every remnant is in this dump: start afresh
             remnants: dict[Hashable, _Remnant] = {}
             remnant_rows: dict[Hashable, SocketSample] = {}
@@ -477,6 +477,8 @@ class LinuxBackend(Backend):
         if owners_as_before:
             self._list_listeners(records, listeners, owner_of)  # all of them: not again below
             records = self._hand_on_unchanged(records, this_tick, out, owner_table, reattributed)
+        if with_timewait and remnants_listed_before:
+            records = self._hand_on_remnants(records, remnants_listed_before, remnants, remnant_rows, timewait_keys)
         for record in records:
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             if inode:
@@ -600,6 +602,30 @@ class LinuxBackend(Backend):
         out += samples
         entries = list(map(_OWNER_ENTRY_OF, kept))
         owner_table.update(compress(zip(map(_KEY_OF, samples), entries), entries))
+        return list(compress(records, map(not_, same)))
+
+    @staticmethod
+    def _hand_on_remnants(
+        records: list[DiagSocket], before: dict[Hashable, _Remnant], remnants: dict[Hashable, _Remnant],
+        remnant_rows: dict[Hashable, SocketSample], timewait_keys: dict[tuple, tuple],
+    ) -> list[DiagSocket]:
+        """Hand on, in bulk, the remnants the dump returned as the records of the
+        last dump that listed remnants (see _Remnant): into `remnants`, their
+        rows into `remnant_rows` and `timewait_keys`, as the loop of
+        _tcp_samples would, in C. Returns the other records. A TIME_WAIT
+        storm leaves tens of thousands of them, listed again 1 tick in 5."""
+        cookies = list(map(_COOKIE_OF_RECORD, records))
+        last = list(map(before.get, cookies, repeat(_NOT_A_REMNANT)))
+        same = list(map(is_, records, map(_RECORD_OF, last)))
+        kept = list(compress(last, same))
+        kept_cookies = list(compress(cookies, same))
+        remnants.update(zip(kept_cookies, kept))
+        with_row = list(map(is_not, map(_REMNANT_SAMPLE_OF, kept), repeat(None)))
+        rows = list(compress(kept, with_row))
+        samples = list(map(_REMNANT_SAMPLE_OF, rows))
+        row_cookies = list(compress(kept_cookies, with_row))
+        remnant_rows.update(zip(row_cookies, samples))
+        timewait_keys.update(zip(map(_REMNANT_ENDPOINTS_OF, rows), zip(row_cookies, map(_KEY_OF, samples))))
         return list(compress(records, map(not_, same)))
 
     def _remnant(self, record: DiagSocket, destroyed: RecentKeys) -> _Remnant:
@@ -861,6 +887,9 @@ class _Remnant(NamedTuple):
 
 
 _NOT_SEEN = _Unchanged(None, None, None, None)  # type: ignore[arg-type]
+_NOT_A_REMNANT = _Remnant(None, None, ())  # type: ignore[arg-type]
+_REMNANT_SAMPLE_OF = itemgetter(1)
+_REMNANT_ENDPOINTS_OF = itemgetter(2)
 _COOKIE_OF_RECORD = itemgetter(9)
 _INODE_OF_RECORD = itemgetter(7)
 _STATE_OF = itemgetter(1)
