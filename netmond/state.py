@@ -104,11 +104,16 @@ _SAMPLE_OF = attrgetter("sample")
 
 
 class ConnRow:
-    """One connection's row. Mutable; rendered to the wire by to_wire()."""
+    """One connection's row. Mutable; rendered to the wire by to_wire().
+
+    What the socket is (key, protocol, family, endpoints) is read from its
+    latest sample, which the row holds anyway, not copied into every row:
+    a row is one of 100,000 at a busy host. What the state decides (state,
+    owner, counters kept across samples without them, speeds, totals) is
+    the row's own."""
 
     __slots__ = (
-        "id", "key", "protocol", "family", "local_ip", "local_port", "remote_ip",
-        "remote_port", "scope", "state", "pid",
+        "id", "scope", "state", "pid",
         "process_name", "user", "bytes_sent", "bytes_received", "upload_speed",
         "download_speed", "first_seen", "closed_at", "counted_sent",
         "counted_received", "sample", "context",
@@ -116,13 +121,6 @@ class ConnRow:
 
     def __init__(self, row_id: int, s: SocketSample, wall: float, context: RowContext) -> None:
         self.id = row_id
-        self.key = s.key
-        self.protocol = s.protocol
-        self.family = s.family
-        self.local_ip = s.local_ip
-        self.local_port = s.local_port
-        self.remote_ip = s.remote_ip
-        self.remote_port = s.remote_port
         self.scope = connection_scope(s.local_ip, s.remote_ip)
         self.state = s.state
         self.pid = s.pid
@@ -144,6 +142,34 @@ class ConnRow:
         self.context = context
 
     @property
+    def key(self) -> Hashable:
+        return self.sample.key
+
+    @property
+    def protocol(self) -> str:
+        return self.sample.protocol
+
+    @property
+    def family(self) -> str:
+        return self.sample.family
+
+    @property
+    def local_ip(self) -> str:
+        return self.sample.local_ip
+
+    @property
+    def local_port(self) -> int:
+        return self.sample.local_port
+
+    @property
+    def remote_ip(self) -> str | None:
+        return self.sample.remote_ip
+
+    @property
+    def remote_port(self) -> int | None:
+        return self.sample.remote_port
+
+    @property
     def last_seen(self) -> float:
         """When the OS last listed the socket: the last tick for an open row
         (see RowContext), its close for a closed one."""
@@ -154,7 +180,7 @@ class ConnRow:
     def remote_host(self) -> str | None:
         """The remote address's name, as known now (asked for on first use:
         read, not stored, so that a name that arrives later shows at once)."""
-        return self.context.names(self.remote_ip)
+        return self.context.names(self.sample.remote_ip)
 
     @property
     def app(self) -> str | None:
@@ -167,7 +193,8 @@ class ConnRow:
 
     @property
     def is_listener(self) -> bool:
-        return self.state == "LISTEN" or (self.protocol == "UDP" and self.remote_ip is None)
+        s = self.sample
+        return self.state == "LISTEN" or (s.protocol == "UDP" and s.remote_ip is None)
 
     @property
     def is_remnant(self) -> bool:
@@ -186,17 +213,18 @@ class ConnRow:
     def to_wire(self, now: float) -> api.Connection:
         """The Connection map of docs/PROTOCOL.md §8."""
         end = self.closed_at if self.closed_at is not None else now
+        s = self.sample
         return {
             "id": self.id,
-            "protocol": self.protocol,
-            "family": self.family,
+            "protocol": s.protocol,
+            "family": s.family,
             # Formatted here, not kept: two strings a row add up at 10,000 rows.
-            "local_addr": format_addr(self.local_ip, self.local_port),
-            "remote_addr": format_addr(self.remote_ip, self.remote_port),
-            "local_ip": self.local_ip,
-            "local_port": self.local_port,
-            "remote_ip": self.remote_ip,
-            "remote_port": self.remote_port,
+            "local_addr": format_addr(s.local_ip, s.local_port),
+            "remote_addr": format_addr(s.remote_ip, s.remote_port),
+            "local_ip": s.local_ip,
+            "local_port": s.local_port,
+            "remote_ip": s.remote_ip,
+            "remote_port": s.remote_port,
             "state": self.state,
             "pid": self.pid,
             "process_name": self.process_name,
@@ -209,7 +237,7 @@ class ConnRow:
             "duration": round(max(0.0, end - self.first_seen), 3),
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "counters": (self.sample.counters or "kernel")
+            "counters": (s.counters or "kernel")
             if self.bytes_sent is not None or self.bytes_received is not None else None,
             "closed_at": self.closed_at,
             "remote_host": self.remote_host,
@@ -622,20 +650,34 @@ class MonitorState:
                 continue
             seen.add(key)
             stirred.append(row)
-            row.sample = s
+            ends_moved = self._take_sample(row, s)
             before = (row.state, row.bytes_sent, row.bytes_received, row.pid)
             self._adopt(row, s)
             up, down = self._account(row, s, baseline=baseline, dt=dt)
             counted_up, counted_down = counted_up + up, counted_down + down
-            if (row.state, row.bytes_sent, row.bytes_received, row.pid) != before:
+            if ends_moved or (row.state, row.bytes_sent, row.bytes_received, row.pid) != before:
                 changes.updated.append(row)
-                if row.state != before[0]:
+                if ends_moved or row.state != before[0]:
                     kinds_changed = True  # a listener or a remnant now, or no longer
         if not dt and len(stirred) > len(self.open):
             # Rows pile up over ticks without a time step: keep each open one once.
             self._stirred = [row for row in dict.fromkeys(stirred) if row.closed_at is None]
 
         return seen, counted_up, counted_down, kinds_changed
+
+    def _take_sample(self, row: ConnRow, s: SocketSample) -> bool:
+        """Make `s` the row's sample (what the socket is is read from it).
+        True if the socket's endpoints moved with it (a UDP socket connected
+        since the last sample: the Linux key is the kernel's cookie, not the
+        endpoints): its scope and remote name are then taken again."""
+        old, row.sample = row.sample, s
+        if (s.remote_ip == old.remote_ip and s.remote_port == old.remote_port and s.local_ip == old.local_ip
+                and s.local_port == old.local_port):
+            return False
+        row.scope = connection_scope(s.local_ip, s.remote_ip)
+        if s.remote_ip is not None:
+            self.names(s.remote_ip)  # asks for the name now, as for a new row
+        return True
 
     def _close_vanished(
         self, seen: set[Hashable], unchanged_count: int, unchanged_keys: Callable[[], Iterable[Hashable]],
@@ -931,10 +973,11 @@ class MonitorState:
         # counted, up, down, {app: bytes}].
         groups: dict[tuple[str, int | None], list[Any]] = {}
         for row in rows:
-            ip = row.remote_ip
+            s = row.sample
+            ip = s.remote_ip
             if ip is None or row.is_remnant:
                 continue
-            key = (ip, row.remote_port if by_port else None)
+            key = (ip, s.remote_port if by_port else None)
             g = groups.get(key)
             if g is None:
                 g = groups[key] = [0, 0, False, False, 0, 0, 0.0, 0.0, {}]

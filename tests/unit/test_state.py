@@ -664,7 +664,7 @@ def _changes_of(changes) -> tuple:
 
 #: What happens to socket N (0-5) in one tick; "same": handed on unchanged.
 _OPS = strategies.lists(strategies.tuples(strategies.integers(0, 5), strategies.sampled_from(
-    ["same", "same", "gone", "bytes", "state", "pid", "none", "reset", "destroy"])), max_size=8)
+    ["same", "same", "gone", "bytes", "state", "pid", "none", "reset", "destroy", "connect"])), max_size=8)
 #: Ticks: (time step, 0 included; rebaseline first?, what happens).
 _TICKS = strategies.lists(strategies.tuples(strategies.sampled_from([0.0, 1.0, 1.0, 2.5]), strategies.booleans(),
                                             _OPS), min_size=1, max_size=12)
@@ -700,6 +700,8 @@ def test_handing_on_an_unchanged_sample_gives_what_an_equal_new_sample_gives(tic
                 current[port] = dataclasses.replace(s, bytes_sent=None, bytes_received=None)
             elif op == "reset":
                 current[port] = dataclasses.replace(s, bytes_sent=0, bytes_received=0)
+            elif op == "connect":  # new endpoints, the same key (Linux keys are socket cookies)
+                current[port] = dataclasses.replace(s, local_ip="10.0.0.5", remote_ip=f"10.0.0.{port}", remote_port=53)
             elif op == "destroy":
                 closed.append(dataclasses.replace(current.pop(port), bytes_received=(s.bytes_received or 0) + 3))
         if rebaseline:
@@ -710,3 +712,24 @@ def test_handing_on_an_unchanged_sample_gives_what_an_equal_new_sample_gives(tic
         want = copied.apply(snap(t, [dataclasses.replace(s) for s in sockets], closed))
         assert _changes_of(got) == _changes_of(want)
         assert _wire_of(handed_on, 1_000_000 + t + 0.5) == _wire_of(copied, 1_000_000 + t + 0.5)
+
+
+def test_a_row_follows_its_socket_to_new_endpoints_under_the_same_key():
+    """The Linux key is the kernel's socket cookie: a UDP socket listed before
+    it connect()s keeps its key and row, and the row shows where it goes now."""
+    names = FakeNames({"10.0.0.53": "dns.lan"})
+    st = MonitorState(names=names)
+    unconnected = SocketSample(("UDP", 77), "UDP", "IPv4", "0.0.0.0", 5353, None, None, "NONE", 9, "resolved",
+                               "root", None, None)
+    st.apply(snap(0, [unconnected]))
+    (row,) = st.connections()
+    assert row.is_listener and st.connection_counts()["listeners"] == 1
+    connected = SocketSample(("UDP", 77), "UDP", "IPv4", "10.0.0.5", 5353, "10.0.0.53", 53, "NONE", 9, "resolved",
+                             "root", None, None)
+    changes = st.apply(snap(1, [connected]))
+    assert changes.updated == [row] and st.open[("UDP", 77)] is row
+    wire = row.to_wire(1_000_001)
+    assert (wire["local_addr"], wire["remote_addr"], wire["scope"], wire["remote_host"]) == (
+        "10.0.0.5:5353", "10.0.0.53:53", "lan", "dns.lan")
+    assert st.connection_counts() == {"sockets": 1, "connections": 1, "listeners": 0, "time_wait": 0}
+    assert "10.0.0.53" in names.asked
