@@ -41,7 +41,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import compress, filterfalse, repeat
+from itertools import chain, compress, filterfalse, repeat
 from operator import attrgetter, is_not, not_
 from typing import Any, Callable, Hashable, Iterable, Protocol
 
@@ -410,6 +410,9 @@ class MonitorState:
         # row without counters): those the last tick moved or first saw
         # (see _settle_speeds). Every other open row already reads idle.
         self._stirred: list[ConnRow] = []
+        # The samples of the last tick in their order, each of them its open
+        # row's sample now; None when that is not known (see _changed_samples).
+        self._last_sockets: list[SocketSample] | None = None
         # The open rows by kind as of the last tick (connection_counts).
         self._counts = {"sockets": 0, "connections": 0, "listeners": 0, "time_wait": 0}
         # Figures of the last tick, for stats.
@@ -514,6 +517,8 @@ class MonitorState:
         changed, unchanged = self._changed_samples(sockets, baseline)
         self._settle_speeds(dt)
         seen, open_up, open_down, kinds_changed = self._apply_open(changed, just_closed, wall, dt, baseline, changes)
+        # Every sample is its row's now, unless one was a stale repeat (skipped).
+        self._last_sockets = list(sockets) if len(seen) == len(changed) else None
         self._close_vanished(seen, len(sockets) - len(changed), unchanged, wall, changes)
         self._expire_closed(wall)
         self._apply_app_rates(dt)
@@ -558,6 +563,9 @@ class MonitorState:
                 row = self._new_row(s, wall)
                 up, down = self._account(row, s, baseline=False, fresh=True)
             else:
+                # This snapshot may hand on its last sample (a dump taken just
+                # before the event): last tick's samples are not all rows' now.
+                self._last_sockets = None
                 self._adopt(row, s)
                 up, down = self._account(row, s, baseline=baseline)
             counted_up, counted_down = counted_up + up, counted_down + down
@@ -574,9 +582,30 @@ class MonitorState:
         how to list the keys of the others: those the backend handed on as the
         very object of last tick (SocketSample), which changed nothing. Sorted out
         in C, not one by one: at 10,000 idle sockets this is the whole tick of
-        the state. At a baseline every sample is taken again."""
+        the state. At a baseline every sample is taken again.
+
+        A backend hands on a sample in the place it had (the Linux one does
+        while the dump's order holds): a sample that is last tick's sample at
+        the same place is its row's, found by comparing two lists, without
+        touching the sample (at 10,000 idle sockets, 0.2 ms instead of 1.5:
+        memory latency, not Python, is the cost). The rest is looked up by key."""
         if baseline:
             return sockets, tuple
+        last = self._last_sockets
+        if last is None:
+            return self._changed_by_key(sockets)
+        moved = list(map(is_not, sockets, last))
+        if len(sockets) > len(last):
+            moved.extend(repeat(True, len(sockets) - len(last)))
+        if not any(moved):
+            return [], lambda: map(_KEY_OF, sockets)
+        changed, unchanged_keys = self._changed_by_key(list(compress(sockets, moved)))
+        return changed, lambda: chain(map(_KEY_OF, compress(sockets, map(not_, moved))), unchanged_keys())
+
+    def _changed_by_key(
+        self, sockets: list[SocketSample]
+    ) -> tuple[list[SocketSample], Callable[[], Iterable[Hashable]]]:
+        """_changed_samples by each sample's row, found by key."""
         rows = map(self.open.get, map(_KEY_OF, sockets), repeat(_NOT_OPEN))
         changed_flags = list(map(is_not, sockets, map(_SAMPLE_OF, rows)))
         changed = list(compress(sockets, changed_flags))

@@ -664,10 +664,11 @@ def _changes_of(changes) -> tuple:
 
 #: What happens to socket N (0-5) in one tick; "same": handed on unchanged.
 _OPS = strategies.lists(strategies.tuples(strategies.integers(0, 5), strategies.sampled_from(
-    ["same", "same", "gone", "bytes", "state", "pid", "none", "reset", "destroy", "connect"])), max_size=8)
-#: Ticks: (time step, 0 included; rebaseline first?, what happens).
+    ["same", "same", "gone", "bytes", "state", "pid", "none", "reset", "destroy", "connect",
+     "stale"])), max_size=8)
+#: Ticks: (time step, 0 included; rebaseline first?; samples listed in another order?; what happens).
 _TICKS = strategies.lists(strategies.tuples(strategies.sampled_from([0.0, 1.0, 1.0, 2.5]), strategies.booleans(),
-                                            _OPS), min_size=1, max_size=12)
+                                            strategies.booleans(), _OPS), min_size=1, max_size=12)
 
 
 @given(ticks=_TICKS)
@@ -680,7 +681,7 @@ def test_handing_on_an_unchanged_sample_gives_what_an_equal_new_sample_gives(tic
     handed_on, copied = MonitorState(closed_retention=30), MonitorState(closed_retention=30)
     current: dict[int, SocketSample] = {p: sock(5000 + p, 100 * p, 10 * p) for p in range(6)}
     t = 0.0
-    for step, rebaseline, ops in ticks:
+    for step, rebaseline, reorder, ops in ticks:
         t += step
         closed = []
         for port, op in ops:
@@ -702,12 +703,16 @@ def test_handing_on_an_unchanged_sample_gives_what_an_equal_new_sample_gives(tic
                 current[port] = dataclasses.replace(s, bytes_sent=0, bytes_received=0)
             elif op == "connect":  # new endpoints, the same key (Linux keys are socket cookies)
                 current[port] = dataclasses.replace(s, local_ip="10.0.0.5", remote_ip=f"10.0.0.{port}", remote_port=53)
+            elif op == "stale":  # a destroy event, the dump still listing the socket
+                closed.append(dataclasses.replace(s, bytes_received=(s.bytes_received or 0) + 3))
             elif op == "destroy":
                 closed.append(dataclasses.replace(current.pop(port), bytes_received=(s.bytes_received or 0) + 3))
         if rebaseline:
             handed_on.rebaseline()
             copied.rebaseline()
         sockets = list(current.values())
+        if reorder:
+            sockets = sockets[1:] + sockets[:1]
         got = handed_on.apply(snap(t, sockets, closed))
         want = copied.apply(snap(t, [dataclasses.replace(s) for s in sockets], closed))
         assert _changes_of(got) == _changes_of(want)
@@ -733,3 +738,40 @@ def test_a_row_follows_its_socket_to_new_endpoints_under_the_same_key():
         "10.0.0.5:5353", "10.0.0.53:53", "lan", "dns.lan")
     assert st.connection_counts() == {"sockets": 1, "connections": 1, "listeners": 0, "time_wait": 0}
     assert "10.0.0.53" in names.asked
+
+
+def test_samples_handed_on_in_another_order_are_still_unchanged_and_a_vanished_one_closes():
+    st = MonitorState()
+    samples = [sock(port, port, port) for port in range(6000, 6010)]
+    st.apply(snap(0, samples))
+    st.apply(snap(1, samples))
+    changes = st.apply(snap(2, samples[::-1]))  # a backend may list them in any order
+    assert (changes.updated, changes.closed) == ([], [])
+    shuffled = samples[5:] + samples[:4]  # 6004 gone
+    changes = st.apply(snap(3, shuffled))
+    assert ([r.local_port for r in changes.closed], changes.updated) == ([6004], [])
+    changes = st.apply(snap(4, shuffled[:3] + [sock(6000, 6000, 9999)] + shuffled[4:]))  # one moved in place
+    assert [r.local_port for r in changes.updated] == [6000]
+    assert row_of(st, 6000).download_speed == 9999 - 6000 and row_of(st, 6008).download_speed == 0.0
+
+
+def test_a_dump_sample_handed_on_after_the_destroy_event_of_its_socket_opens_no_row():
+    """A dump taken just before the destroy event lists the socket as before:
+    its row closes at the event and the stale sample is not a new one; a
+    sample that no open row holds is never taken as unchanged, though, even
+    in the place it had: listed again, it is an open socket."""
+    st = MonitorState(closed_retention=60)
+    samples = [sock(port, port, port) for port in range(6000, 6004)]
+    st.apply(snap(0, samples))
+    st.apply(snap(1, samples))
+    final = sock(6001, 6001, 7000)
+    changes = st.apply(snap(2, samples, closed=[final]))
+    assert [r.local_port for r in changes.closed] == [6001] and changes.updated == []
+    assert final.key not in st.open
+    (closed,) = changes.closed
+    changes = st.apply(snap(3, samples))
+    assert [r.local_port for r in changes.updated] == [6001] and changes.closed == []
+    assert st.open[final.key].id != closed.id
+    changes = st.apply(snap(4, samples[:1] + samples[2:]))
+    assert ([r.local_port for r in changes.closed], changes.updated) == ([6001], [])
+    assert sorted(r.local_port for r in st.connections()) == [6000, 6002, 6003]
