@@ -26,9 +26,11 @@ tick in TIMEWAIT_DUMP_EVERY_TICKS (a state filter leaves them out of the
 others, in the kernel), and each is looked at once (`_Remnant`): between,
 their rows are handed on (bench/timewait.py measures it).
 
-Keys (`SocketSample.key`): ("TCP"|"UDP", cookie), the kernel's socket
-cookie, which the dump and the destroy event both carry (idiag_cookie) and
-which no other socket gets in the same boot. A 4-tuple used again (a client
+Keys (`SocketSample.key`): the kernel's socket cookie itself (an int),
+which the dump and the destroy event both carry (idiag_cookie) and which no
+other socket, TCP or UDP, gets in the same boot. An int, not a tuple with
+the protocol: nothing to build or keep, and the cheapest key to hash for
+every table that holds a row per socket. A 4-tuple used again (a client
 port reused, SO_REUSEADDR) is another socket, so another row with its own
 bytes and its own close. The cookie is made when first asked for (a dump or
 the destroy event); the TIME_WAIT remnant copies the socket's, which is 0
@@ -755,22 +757,22 @@ class LinuxBackend(Backend):
     def _endpoints(
         self, protocol: str, family: int, src: bytes, sport: int, dst: bytes, dport: int, inode: int,
         cookie: int,
-    ) -> tuple[str, str | None, int | None, tuple]:
+    ) -> tuple[str, str | None, int | None, Hashable]:
         """(local_ip, remote_ip, remote_port, key) of a dump record or destroy event.
 
         The one place that builds `SocketSample.key` (see the module docstring):
-        (protocol, kernel socket cookie); without a cookie (never seen on a
-        kernel we support) the 5-tuple, plus the inode for a socket without
-        a remote end.
+        the kernel socket cookie; without one (never seen on a kernel we
+        support) the 5-tuple with the protocol, plus the inode for a socket
+        without a remote end.
         """
         texts = self._addresses.by_family[family]
         local_ip = texts.get(src) or self._addresses.format(family, src)
         if dport == 0 and dst == UNSPECIFIED_ADDR:
-            return local_ip, None, None, (protocol, cookie) if cookie else (protocol, local_ip, sport, None, None, inode)
+            return local_ip, None, None, cookie or (protocol, local_ip, sport, None, None, inode)
         remote_ip = texts.get(dst) or self._addresses.format(family, dst)
-        return local_ip, remote_ip, dport, (protocol, cookie) if cookie else (protocol, local_ip, sport, remote_ip, dport)
+        return local_ip, remote_ip, dport, cookie or (protocol, local_ip, sport, remote_ip, dport)
 
-    def _end_remnant_row(self, endpoints: tuple) -> tuple | None:
+    def _end_remnant_row(self, endpoints: tuple) -> Hashable | None:
         """The key of the remnant row of these endpoints, which a destroy event
         ends now, if there is one; it is not handed on any more."""
         found = self._timewait_keys.pop(endpoints, None) or self._timewait_before.pop(endpoints, None)
@@ -809,7 +811,7 @@ class LinuxBackend(Backend):
                 return (pids.pop() if len(pids) == 1 else None, name, users.pop() if len(users) == 1 else None)
         return None
 
-    def _remembered_owner(self, key: tuple) -> OwnerEntry | None:
+    def _remembered_owner(self, key: Hashable) -> OwnerEntry | None:
         """The OwnerTable entry of key in the latest dump that listed it."""
         for table in self._owner_history:
             known = table.get(key)

@@ -144,9 +144,9 @@ def cookie_of(sock: socket.socket) -> int:
     return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
 
 
-def key_of(sock: socket.socket, protocol: str = "TCP") -> tuple:
-    """The backend's key of a socket: (protocol, kernel socket cookie)."""
-    return (protocol, cookie_of(sock))
+def key_of(sock: socket.socket) -> int:
+    """The backend's key of a socket, TCP or UDP: its kernel socket cookie."""
+    return cookie_of(sock)
 
 
 def by_key(samples: list[SocketSample]) -> dict:
@@ -308,7 +308,7 @@ def test_socket_of_a_process_that_exits(backend) -> None:
             with conn:
                 conn.settimeout(IO_TIMEOUT)
                 recv_exactly(conn, 5000)
-                ckey = ("TCP", int(child.stdout.readline()))
+                ckey = int(child.stdout.readline())
                 # The owner of a new process's socket is found by a walk of
                 # /proc, at most one a second (procfd.SocketOwners): the row
                 # may come a tick before its owner, on a busy machine more.
@@ -404,8 +404,8 @@ def test_udp_sockets_are_listed_without_counters(backend) -> None:
         port = unconnected.getsockname()[1]
         [u] = [s for s in udp if s.local_port == port]
         assert (u.state, u.remote_ip, u.remote_port, u.bytes_sent, u.bytes_received) == ("NONE", None, None, None, None)
-        assert u.key == key_of(unconnected, "UDP") and u.pid == os.getpid()
-        [c] = [s for s in udp if s.key == key_of(connected, "UDP")]
+        assert u.key == key_of(unconnected) and u.pid == os.getpid()
+        [c] = [s for s in udp if s.key == key_of(connected)]
         assert (c.remote_ip, c.remote_port, c.bytes_sent) == ("127.0.0.1", port, None)
 
 
@@ -549,7 +549,7 @@ UNPRIVILEGED_SCRIPT = textwrap.dedent(
         b.close()
     print(json.dumps({
         "uid": os.getuid(),
-        "sockets": [[list(s.key), s.pid, s.user, s.bytes_sent, s.bytes_received] for s in snap.sockets],
+        "sockets": [[s.key, s.pid, s.user, s.bytes_sent, s.bytes_received] for s in snap.sockets],
         "attribution_complete": st.attribution_complete,
         "privileged": st.privileged,
         "warnings": st.warnings,
@@ -599,7 +599,7 @@ def test_unprivileged_daemon_sees_root_sockets_without_pid() -> None:
         assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["uid"] == NOBODY and out["privileged"] is False
-    rows = {tuple(key): (pid, user, sent, received) for key, pid, user, sent, received in out["sockets"]}
+    rows = {key: (pid, user, sent, received) for key, pid, user, sent, received in out["sockets"]}
     assert rows[ckey] == (None, "root", 300_000, 100_000)
     assert rows[skey] == (None, "root", 100_000, 300_000)
     assert out["attribution_complete"] is False

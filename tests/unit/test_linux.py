@@ -148,7 +148,7 @@ def test_backend_reports_payload_and_owner(crafted) -> None:
 
 def test_an_unchanged_socket_is_handed_on_as_the_same_sample(crafted) -> None:
     backend, dumper, _ = crafted
-    CLIENT_COOKIE_KEY, SERVER_COOKIE_KEY = ("TCP", 7), ("TCP", 8)
+    CLIENT_COOKIE_KEY, SERVER_COOKIE_KEY = 7, 8
     client_info = info(acked=1001, received=700, data_segs_in=1, sent=1000)
     dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, client_info, cookie=7),
                   record(1, SERVER_PORT, CLIENT_PORT, 200, info(acked=700, received=1000, data_segs_in=1,
@@ -313,7 +313,7 @@ def test_server_without_listener_counts_exactly(crafted) -> None:
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=333_334, received=1, sent=333_333),
                               cookie=21)]
     [closed] = backend.sample().closed
-    assert (closed.key, closed.bytes_sent, closed.bytes_received) == (("TCP", 21), 333_333, 0)
+    assert (closed.key, closed.bytes_sent, closed.bytes_received) == (21, 333_333, 0)
 
 
 def test_undecided_side_counts_low_then_settles_upwards(crafted) -> None:
@@ -340,7 +340,7 @@ def test_a_reused_four_tuple_is_a_new_key_with_its_own_close(crafted) -> None:
     # The same 4-tuple, another socket (SO_REUSEADDR): its own key and close.
     dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=50_001, sent=50_000), cookie=32)]
     second = backend.sample().sockets[0]
-    assert second.key == ("TCP", 32) != first.key and second.bytes_sent == 50_000
+    assert second.key == 32 != first.key and second.bytes_sent == 50_000
     listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1_050_002, sent=1_050_000), cookie=32)]
     dumper.tcp = []
     [closed] = backend.sample().closed
@@ -360,7 +360,7 @@ def test_short_accepted_connection_is_its_listeners(crafted) -> None:
         record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=102, received=1001, data_segs_in=1, sent=100), cookie=42),
     ]
     closed = by_key(backend.sample().closed)
-    server, client = closed[("TCP", 41)], closed[("TCP", 42)]
+    server, client = closed[41], closed[42]
     assert (server.pid, server.process_name, server.bytes_sent, server.bytes_received) == (
         os.getpid(), MY_NAME, 1000, 100)
     assert (client.pid, client.process_name, client.bytes_sent, client.bytes_received) == (None, None, 100, 1000)
@@ -385,7 +385,7 @@ def test_accept_queue_socket_closed_before_its_process_took_it_is_its_listeners(
     dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=60),
                   # accepted by the kernel, not yet by the process: no file, no inode
                   record(1, SERVER_PORT, CLIENT_PORT, 0, info(acked=0, received=100, data_segs_in=1), cookie=61)]
-    [row] = [s for s in backend.sample().sockets if s.key == ("TCP", 61)]
+    [row] = [s for s in backend.sample().sockets if s.key == 61]
     assert row.pid is None
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=501, received=101, data_segs_in=1, sent=500),
                               cookie=61)]
@@ -408,7 +408,7 @@ def test_remnant_of_a_never_dumped_socket_has_its_own_cookie_and_is_still_hidden
                                                                    sent=1200), cookie=80)]
     dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=81)]  # same tick
     snap = backend.sample()
-    assert [c.key for c in snap.closed] == [("TCP", 80)] and snap.sockets == []
+    assert [c.key for c in snap.closed] == [80] and snap.sockets == []
     assert backend.sample().sockets == []  # and later ticks
 
 
@@ -438,7 +438,7 @@ def test_time_wait_remnants_are_dumped_one_tick_in_a_few_and_handed_on_between(c
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=701, received=1001, data_segs_in=1,
                                                                    sent=700), cookie=52)]
     first = backend.sample().sockets
-    assert [s.key for s in first] == [("TCP", 51)]  # the other's row ended at its destroy event
+    assert [s.key for s in first] == [51]  # the other's row ended at its destroy event
     every = linux.TIMEWAIT_DUMP_EVERY_TICKS
     later = [backend.sample().sockets for _ in range(2 * every)]
     assert asked == [True] + ([False] * (every - 1) + [True]) * 2
@@ -462,7 +462,7 @@ def test_a_remnant_keeps_the_owner_it_was_first_given(crafted) -> None:
     # remnant (same cookie) is the row, still ours.
     listener.events_lost += 1
     dumper.tcp = [listener_rec, record(6, CLIENT_PORT, SERVER_PORT, 0, None, cookie=61), server]
-    rows = [by_key(backend.sample().sockets)[("TCP", 61)] for _ in range(2 * linux.TIMEWAIT_DUMP_EVERY_TICKS)]
+    rows = [by_key(backend.sample().sockets)[61] for _ in range(2 * linux.TIMEWAIT_DUMP_EVERY_TICKS)]
     assert {(r.state, r.pid) for r in rows} == {("TIME_WAIT", os.getpid())}
 
 
@@ -491,7 +491,7 @@ def test_tcp_of_both_families_in_one_dump_or_one_each(fake_proc) -> None:
                                      dumper=dumper)
         backend.start()
         dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10), cookie=5)]
-        assert [s.key for s in backend.sample().sockets] == [("TCP", 5)]
+        assert [s.key for s in backend.sample().sockets] == [5]
         assert [f for f, p, _ in backend._dumps if p == socket.IPPROTO_TCP] == expected
         assert not backend.status().warnings or "refused" not in " ".join(backend.status().warnings)
         backend.close()
