@@ -142,6 +142,9 @@ MAX_DESTROYED_KEYS_PER_GENERATION = 100_000
 #: after the socket already vanished from the dump (the event is delivered
 #: asynchronously, by a kernel work queue then our reader thread).
 OWNER_GENERATIONS = 3
+#: Ticks after which the entries of sockets no longer listed are looked for
+#: even when the counts say there are none (see _forget_unlisted).
+_UNCHANGED_CHECK_EVERY = 60
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
@@ -251,10 +254,12 @@ class LinuxBackend(Backend):
         # The (pid, process_name, user) of each pid that owned a socket at the last tick.
         self._last_owners: dict[int, tuple] = {}
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
-        # the samples of those that did not change (see _tcp_samples), and
-        # the raw records of the dump, which the next one returns again where
+        # the samples of those that did not change (see _tcp_samples), kept
+        # in place from tick to tick (see _forget_unlisted), and the raw
+        # records of the dump, which the next one returns again where
         # unchanged.
         self._unchanged: dict[int, _Unchanged] = {}
+        self._unchanged_checked_at = 0
         self._tcp_records = RawRecords()
         self._dumps: list[tuple[int, int, int]] = [_TCP_DUMP_BOTH, *_UDP_DUMPS]
         self._dump_warnings: list[str] = []
@@ -457,6 +462,8 @@ class LinuxBackend(Backend):
         shared_inodes = self._owners.shared
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
+        unchanged = self._unchanged
+        all_records = records
         destroyed = self._destroyed
         self._timewait_before = timewait_keys = self._timewait_keys
         remnants_listed_before = self._remnants
@@ -470,15 +477,15 @@ class LinuxBackend(Backend):
             remnants, remnant_rows = self._remnants, self._remnant_rows
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
-        last_tick = self._unchanged.get
+        last_tick = unchanged.get
         ebpf_owner = self._ebpf_owner if self._ebpf is not None else None
-        this_tick: dict[int, _Unchanged] = {}
+        kept = stored = 0  # entries of `unchanged` listed again as they were / made anew
         out: list[SocketSample] = []
         append = out.append
         list_listeners = not owners_as_before
         if owners_as_before:
             self._list_listeners(records, listeners, owner_of)  # all of them: not again below
-            records = self._hand_on_unchanged(records, this_tick, out, owner_table, reattributed)
+            records, kept = self._hand_on_unchanged(records, out, reattributed)
         if with_timewait and remnants_listed_before:
             records = self._hand_on_remnants(records, remnants_listed_before, remnants, remnant_rows, timewait_keys)
         for record in records:
@@ -500,10 +507,8 @@ class LinuxBackend(Backend):
                 same = last_tick(cookie)
                 # The dump returns an unchanged record as last tick's object.
                 if same is not None and same.record is record and same.owner == info:
-                    this_tick[cookie] = same
+                    kept += 1
                     append(same.sample)
-                    if same.owner_entry is not None:
-                        owner_table[same.sample.key] = same.owner_entry
                     continue
             elif counters is None and state in _TIMEWAIT_STATES:
                 remnant = remnants_before(cookie) if cookie else None
@@ -527,6 +532,9 @@ class LinuxBackend(Backend):
                 continue
             local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode, cookie)
             known = previous.get(key)
+            if known is None and cookie:  # handed on unchanged at the last tick
+                last = last_tick(cookie)
+                known = last.owner_entry if last is not None else None
             if inode:
                 pid, name, user = info
             elif known is not None:  # orphaned by close() or exit: its last owner
@@ -551,10 +559,31 @@ class LinuxBackend(Backend):
                                   remote_port, state_name, pid, name, user, sent, received)
             append(sample)
             if inode and cookie:
-                this_tick[cookie] = _Unchanged(record, info, sample, entry)
-        self._unchanged = this_tick
+                unchanged[cookie] = _Unchanged(record, info, sample, entry)
+                stored += 1
+            elif cookie:
+                unchanged.pop(cookie, None)  # orphaned: its entry is in owner_table now
+        if len(unchanged) != kept + stored or self._ticks_since_check() >= _UNCHANGED_CHECK_EVERY:
+            self._forget_unlisted(all_records, owner_table)
         out += remnant_rows.values()
         return out
+
+    def _ticks_since_check(self) -> int:
+        self._unchanged_checked_at += 1
+        return self._unchanged_checked_at
+
+    def _forget_unlisted(self, records: list[DiagSocket], owner_table: OwnerTable) -> None:
+        """Drop the entries of `_unchanged` whose socket this dump did not list
+        (closed since, or no longer a full socket); their owner entries go to
+        this tick's owner_table, where a late destroy event finds them for
+        OWNER_GENERATIONS ticks. Run when the counts say some are there (or
+        now and then: a socket listed twice in one dump could hide one)."""
+        self._unchanged_checked_at = 0
+        unchanged = self._unchanged
+        for cookie in unchanged.keys() - set(map(_COOKIE_OF_RECORD, records)):
+            gone = unchanged.pop(cookie)
+            if gone.owner_entry is not None:
+                owner_table.setdefault(gone.sample.key, gone.owner_entry)
 
     def _owners_as_before(self, owner_of: _OwnerLookup) -> bool:
         """True when each process that owned a socket at the last tick is still
@@ -586,25 +615,20 @@ class LinuxBackend(Backend):
                 holders.append(info if inode not in shared_inodes else (None,) + info[1:])
 
     def _hand_on_unchanged(
-        self, records: list[DiagSocket], this_tick: dict, out: list[SocketSample], owner_table: OwnerTable,
-        reattributed: set[int] | None,
-    ) -> list[DiagSocket]:
+        self, records: list[DiagSocket], out: list[SocketSample], reattributed: set[int] | None,
+    ) -> tuple[list[DiagSocket], int]:
         """Hand on, in bulk, the sockets whose record is last tick's and whose inode
         the index did not re-attribute (their owner is last tick's too: see
-        _owners_as_before): their samples go to `out`, what destroy events
-        need to `owner_table`. Returns the other records."""
-        cookies = list(map(_COOKIE_OF_RECORD, records))
-        last = list(map(self._unchanged.get, cookies, repeat(_NOT_SEEN)))
+        _owners_as_before): their samples go to `out`; their entries stay in
+        `_unchanged` as they are (where destroy events find their owner).
+        Returns the other records and how many were handed on."""
+        last = list(map(self._unchanged.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_SEEN)))
         same = list(map(is_, records, map(_RECORD_OF, last)))
         if reattributed:  # True > False: the same record, an owner as before
             same = list(map(gt, same, map(reattributed.__contains__, map(_INODE_OF_RECORD, records))))
-        kept = list(compress(last, same))
-        this_tick.update(zip(compress(cookies, same), kept))
-        samples = list(map(_SAMPLE_OF, kept))
+        samples = list(map(_SAMPLE_OF, compress(last, same)))
         out += samples
-        entries = list(map(_OWNER_ENTRY_OF, kept))
-        owner_table.update(compress(zip(map(_KEY_OF, samples), entries), entries))
-        return list(compress(records, map(not_, same)))
+        return list(compress(records, map(not_, same))), len(samples)
 
     @staticmethod
     def _hand_on_remnants(
@@ -751,6 +775,7 @@ class LinuxBackend(Backend):
             # reused) is another socket and must not inherit its owner or bytes.
             for table in self._owner_history:
                 table.pop(key, None)
+            self._unchanged.pop(key, None)  # type: ignore[call-overload]
         return out
 
     # -- helpers -----------------------------------------------------------------
@@ -817,7 +842,9 @@ class LinuxBackend(Backend):
             known = table.get(key)
             if known is not None:
                 return known
-        return None
+        # Listed, unchanged, at the last tick: its entry is where it was made.
+        last = self._unchanged.get(key)  # type: ignore[call-overload]
+        return last.owner_entry if last is not None else None
 
     @staticmethod
     def _only_own_sockets(*dumps: list[DiagSocket]) -> bool:
@@ -898,7 +925,6 @@ _STATE_OF = itemgetter(1)
 _UID_OF = itemgetter(6)
 _RECORD_OF = itemgetter(0)
 _SAMPLE_OF = itemgetter(2)
-_OWNER_ENTRY_OF = itemgetter(3)
 
 
 class RecentKeys:

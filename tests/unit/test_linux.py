@@ -170,7 +170,37 @@ def test_an_unchanged_socket_is_handed_on_as_the_same_sample(crafted) -> None:
     owned = by_key(backend.sample().sockets)[SERVER_COOKIE_KEY]
     assert owned.pid == 1 and owned.state == "CLOSE_WAIT"
     # What destroy events need is kept for handed-on sockets too.
-    assert backend._owner_history[0][CLIENT_COOKIE_KEY][4:] == (1500, 700)
+    assert backend._remembered_owner(CLIENT_COOKIE_KEY)[4:] == (1500, 700)
+
+
+def test_a_late_destroy_event_of_a_socket_handed_on_unchanged_still_finds_its_owner(crafted) -> None:
+    # Handed on for ticks (its entry made once, never copied), then gone from
+    # the dump before its destroy event came: the owner it had still counts.
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=1001, received=700, data_segs_in=1, sent=1000), cookie=91)]
+    for _ in range(3):
+        backend.sample()
+    dumper.tcp = []
+    assert backend.sample().sockets == []
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1002, received=701, data_segs_in=1, sent=1000), cookie=91)]
+    [closed] = backend.sample().closed
+    assert (closed.key, closed.pid, closed.bytes_sent, closed.bytes_received) == (91, os.getpid(), 1000, 700)
+
+
+def test_what_is_kept_of_handed_on_sockets_goes_with_them(crafted) -> None:
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(1, 40000 + i, SERVER_PORT, 1000 + i, info(acked=11, received=0, sent=10), cookie=1000 + i)
+                  for i in range(50)]
+    backend.sample()
+    backend.sample()
+    assert len(backend._unchanged) == 50
+    del dumper.tcp[10:]
+    backend.sample()
+    assert sorted(backend._unchanged) == list(range(1000, 1010))
+    # Gone: only the owner tables of the last few ticks remember them.
+    for _ in range(linux.OWNER_GENERATIONS):
+        backend.sample()
+    assert backend._remembered_owner(1020) is None and backend._remembered_owner(1005) is not None
 
 
 def test_sockets_without_a_cookie_are_never_handed_on(crafted) -> None:
