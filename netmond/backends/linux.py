@@ -15,13 +15,14 @@ Per tick (`sample()`):
 What the counters mean (payload acknowledged by the peer / received, SYN and
 FIN not counted) and how tcp_info is corrected for it: see `tcpbytes.py`.
 
-Cost: most sockets are idle at any given second. A TCP socket whose raw
-fields are those of the previous dump (same kernel cookie, state, addresses,
-counters: netlink.RawRecords) comes back from the parser as that very record
-object, undecoded, and if its owner is unchanged too it is handed on as last
-tick's SocketSample, which MonitorState skips. So an idle socket costs one
-unpack and a few dict lookups, and leaves nothing new alive for the garbage
-collector (bench/tick.py measures it). TIME_WAIT remnants are listed on one
+Cost: most sockets are idle at any given second. A TCP socket whose
+signature is that of the previous dump (same kernel cookie, state, uid,
+inode, counters: netlink.RawRecords) comes back from the parser as that very
+record object, undecoded, and if its owner is unchanged too it is handed on
+as last tick's SocketSample (its entry in `_unchanged` stays where it is),
+which MonitorState skips. So an idle socket costs one unpack, one byte-string
+comparison and a few lookups in C, and leaves nothing new alive for the
+garbage collector (bench/tick.py measures it). TIME_WAIT remnants are listed on one
 tick in TIMEWAIT_DUMP_EVERY_TICKS (a state filter leaves them out of the
 others, in the kernel), and each is looked at once (`_Remnant`): between,
 their rows are handed on (bench/timewait.py measures it).

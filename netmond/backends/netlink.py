@@ -18,12 +18,13 @@ depends on the kernel, so every counter is read only if the attribute is long
 enough to hold it: an old kernel gives None, never an invented number.
 
 Speed matters (10,000 sockets per tick, most of them idle), hence
-precompiled `struct.Struct` objects, `unpack_from` straight on the receive
-buffer (a memoryview of a reused bytearray) instead of slicing, one unpack
-per socket that reads every field that matters (the attribute layout of a
-dump's sockets is learned once: `_Layout`), unchanged sockets recognised from
-those raw fields before any decoding (`RawRecords`), and NamedTuples built
-with tuple.__new__ rather than objects with an __init__ per socket.
+precompiled `struct.Struct` objects, `unpack_from` on the receive buffer,
+unchanged sockets recognised by a signature (state, uid, inode and the
+tcp_info counters as one byte string) before any decoding (`RawRecords`),
+one unpack per changed socket that reads every field that matters (the
+attribute layout of a dump's sockets is learned once: `_Layout`), and
+NamedTuples built with tuple.__new__ rather than objects with an __init__
+per socket.
 Replies to TCPDIAG_GETSOCK (the request that lists TCP sockets of both
 families at once) are the same messages with that type.
 """
@@ -294,7 +295,6 @@ class _Layout(NamedTuple):
 _SHORT_FIELDS = "IH10xBB2xHH16s16s4xQ12xII"
 _SHORT = struct.Struct("=" + _SHORT_FIELDS)
 assert _SHORT.size == _HDR_LEN + DIAG_MSG_LEN
-_COOKIE = 8  # index of the cookie in the raw fields
 _HEADERS_AT = 11  # index of the first attribute header in a layout's fields
 #: Messages shorter than this cannot hold a tcp_info with byte counters: their
 #: short raw fields say all that is read of them (TIME_WAIT, request sockets).
