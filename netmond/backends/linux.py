@@ -260,7 +260,7 @@ class LinuxBackend(Backend):
         # records of the dump, which the next one returns again where
         # unchanged.
         self._unchanged: dict[int, _Unchanged] = {}
-        self._unchanged_checked_at = 0
+        self._ticks_since_unlisted_check = 0
         self._tcp_records = RawRecords()
         self._dumps: list[tuple[int, int, int]] = [_TCP_DUMP_BOTH, *_UDP_DUMPS]
         self._dump_warnings: list[str] = []
@@ -564,14 +564,11 @@ class LinuxBackend(Backend):
                 stored += 1
             elif cookie:
                 unchanged.pop(cookie, None)  # orphaned: its entry is in owner_table now
-        if len(unchanged) != kept + stored or self._ticks_since_check() >= _UNCHANGED_CHECK_EVERY:
+        self._ticks_since_unlisted_check += 1
+        if len(unchanged) != kept + stored or self._ticks_since_unlisted_check >= _UNCHANGED_CHECK_EVERY:
             self._forget_unlisted(all_records, owner_table)
         out += remnant_rows.values()
         return out
-
-    def _ticks_since_check(self) -> int:
-        self._unchanged_checked_at += 1
-        return self._unchanged_checked_at
 
     def _forget_unlisted(self, records: list[DiagSocket], owner_table: OwnerTable) -> None:
         """Drop the entries of `_unchanged` whose socket this dump did not list
@@ -579,7 +576,7 @@ class LinuxBackend(Backend):
         this tick's owner_table, where a late destroy event finds them for
         OWNER_GENERATIONS ticks. Run when the counts say some are there (or
         now and then: a socket listed twice in one dump could hide one)."""
-        self._unchanged_checked_at = 0
+        self._ticks_since_unlisted_check = 0
         unchanged = self._unchanged
         for cookie in unchanged.keys() - set(map(_COOKIE_OF_RECORD, records)):
             gone = unchanged.pop(cookie)
