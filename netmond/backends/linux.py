@@ -369,7 +369,7 @@ class LinuxBackend(Backend):
         for family, protocol, ext in self._dumps:
             if protocol == socket.IPPROTO_TCP:
                 tcp += self._dump(family, protocol, ext, self._tcp_records, tcp_states)
-        self._tcp_records.rotate(every_state=with_timewait)
+        self._tcp_records.rotate(tcp, every_state=with_timewait)
         if with_timewait:
             self._ticks_without_timewait, self._timewait_dumped_at = 0, mono
         else:

@@ -31,6 +31,7 @@ families at once) are the same messages with that type.
 
 from __future__ import annotations
 
+import operator
 import os
 import socket
 import struct
@@ -200,12 +201,14 @@ def _counters(values: tuple) -> TcpCounters:
 class RawRecords:
     """The records of a dump by cookie, with the signatures they were decoded from.
 
-    `parse_messages` fills `current` and reads `previous`: a socket whose
+    `parse_messages` reads and updates `entries` in place (one dict kept
+    from dump to dump, not a new one filled each time): a socket whose
     signature is what it was in the previous dump comes back as that very
     record object, recognised before any decoding. Callers then tell
     unchanged sockets by identity, and a dump of idle sockets leaves almost
     nothing new alive (no garbage collection running over and over).
-    `rotate()` after each complete dump.
+    `rotate(records)` after each complete dump drops the entries of sockets
+    it did not list, when its counts say there are some.
 
     A socket with a full tcp_info is keyed by its cookie (the kernel's id of
     that socket, which never changes its addresses, ports or family) and
@@ -231,38 +234,53 @@ class RawRecords:
     100 bytes a socket less to keep).
     """
 
-    __slots__ = ("previous", "current", "short_previous", "short_current", "layouts", "shared")
+    __slots__ = ("entries", "short", "listed", "short_listed", "rotations", "layouts", "shared")
 
     def __init__(self) -> None:
-        self.previous: dict[int, tuple] = {}
-        self.current: dict[int, tuple] = {}
-        self.short_previous: dict[int, tuple] = {}
-        self.short_current: dict[int, tuple] = {}
+        self.entries: dict[int, tuple] = {}
+        self.short: dict[int, tuple] = {}
+        # Entries the dump in progress listed (recognised or made): when they
+        # are all there are, no socket is gone and rotate() has nothing to drop.
+        self.listed = 0
+        self.short_listed = 0
+        self.rotations = 0
         self.layouts: dict[int, _Layout] = {}
         self.shared: dict[object, object] = {}
 
     def get(self, cookie: int) -> DiagSocket | None:
         """The record of `cookie` in the previous dump, if it had one."""
-        known = self.previous.get(cookie) or self.short_previous.get(cookie)
+        known = self.entries.get(cookie) or self.short.get(cookie)
         return known[3] if known is not None else None
 
-    def rotate(self, every_state: bool = True) -> None:
-        """The dump is complete: what it listed is what the next one compares with.
+    def rotate(self, records: list[DiagSocket], every_state: bool = True) -> None:
+        """The dump is complete (`records`: what it listed): the entries of
+        sockets it did not list go. Looked for when the counts say there are
+        some, and every ROTATIONS_BETWEEN_CHECKS dumps (a socket listed
+        twice in one dump, which the kernel may do when it moves, could hide
+        one).
 
         every_state=False: it left some states out (TIME_WAIT): the sockets
-        without counters of the dumps before are kept beside its own.
+        without counters of the dumps before are kept.
         """
-        self.previous, self.current = self.current, {}
-        if every_state:
-            self.short_previous, self.short_current = self.short_current, {}
-        else:
-            self.short_previous.update(self.short_current)
-            self.short_current = {}
+        self.rotations += 1
+        due = self.rotations >= ROTATIONS_BETWEEN_CHECKS
+        listed: set[int] | None = None
+        if due or self.listed != len(self.entries):
+            listed = set(map(_COOKIE_OF, records))
+            for cookie in self.entries.keys() - listed:
+                del self.entries[cookie]
+        if every_state and (due or self.short_listed != len(self.short)):
+            listed = set(map(_COOKIE_OF, records)) if listed is None else listed
+            for cookie in self.short.keys() - listed:
+                del self.short[cookie]
+        if due:
+            self.rotations = 0
+        self.listed = self.short_listed = 0
 
     def discard(self) -> None:
-        """The dump failed: forget its partial records (the previous ones stay)."""
-        self.current = {}
-        self.short_current = {}
+        """The dump failed: what it made stays (each entry is its socket's
+        latest signature and record), the counts start again."""
+        self.listed = self.short_listed = 0
 
 
 class _Layout(NamedTuple):
@@ -309,6 +327,9 @@ assert _FIRST.size == _HDR_LEN + DIAG_MSG_LEN
 _MAX_LAYOUTS = 8
 #: RawRecords.shared is emptied beyond this many values (it then only fills again).
 _MAX_SHARED = 1 << 17
+#: RawRecords.rotate looks for unlisted entries at least this often.
+ROTATIONS_BETWEEN_CHECKS = 60
+_COOKIE_OF = operator.itemgetter(9)  # DiagSocket.cookie
 
 
 def _layout_of(buf, off: int, attr: int, msg_end: int) -> _Layout | None:
@@ -364,8 +385,8 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
     append = sockets.append
     first = _FIRST.unpack_from
     layouts = known.layouts
-    previous, current = known.previous.get, known.current
-    short_previous, short_current = known.short_previous.get, known.short_current
+    previous, short_previous = known.entries.get, known.short.get
+    listed = short_listed = 0
     # The layout tried first: the last one a message had (dumps come in runs).
     layout = next(iter(layouts.values()), None)
     length_of_layout = layout.length if layout is not None else -1
@@ -382,17 +403,19 @@ def parse_messages(buf, seq: int | None = None, known: RawRecords | None = None)
                 same[0] == buf[off + layout.counters_start:off + layout.counters_end]
             ):
                 append(same[3])
-                current[cookie] = same
+                listed += 1
                 off += (length + 3) & ~3
                 continue
         elif length < _SHORT_ONLY_BELOW:
             same = short_previous(cookie)
             if same is not None and same[0] == length and same[1] == state and off + length <= end:
                 append(same[3])
-                short_current[cookie] = same
+                short_listed += 1
                 off += (length + 3) & ~3
                 continue
         break  # a socket that changed, a new one, or the end of the dump
+    known.listed += listed
+    known.short_listed += short_listed
     return _decode_messages(buf, off, seq, known, sockets, recognise=True)
 
 
@@ -412,9 +435,10 @@ def _decode_messages(
     layouts = known.layouts if known is not None else {}
     layout = next(iter(layouts.values()), None)
     share = None
+    listed = short_listed = 0
     if known is not None:
-        previous, current = known.previous.get, known.current
-        short_previous, short_current = known.short_previous.get, known.short_current
+        entries, short = known.entries, known.short
+        previous, short_previous = entries.get, short.get
         if len(known.shared) > _MAX_SHARED:
             known.shared.clear()
         share = known.shared.setdefault
@@ -430,14 +454,14 @@ def _decode_messages(
                     same[0] == buf[off + lay.counters_start:off + lay.counters_end]
                 ):
                     append(same[3])
-                    current[cookie] = same
+                    listed += 1
                     off += (length + 3) & ~3
                     continue
             elif length < _SHORT_ONLY_BELOW:
                 same = short_previous(cookie)
                 if same is not None and same[0] == length and same[1] == state and off + length <= end:
                     append(same[3])
-                    short_current[cookie] = same
+                    short_listed += 1
                     off += (length + 3) & ~3
                     continue
         raw = None
@@ -488,12 +512,21 @@ def _decode_messages(
                 record = new(diag_socket, (family, state, sport, dport, src, dst, uid, inode, counters, cookie))
                 if known is not None and cookie:
                     if keep is not None:
-                        current[cookie] = (buf[off + keep.counters_start:off + keep.counters_end], state,
+                        if cookie not in entries:
+                            short.pop(cookie, None)  # a socket is full or a remnant, not both
+                        entries[cookie] = (buf[off + keep.counters_start:off + keep.counters_end], state,
                                            _FIRST.unpack_from(buf, off)[3], record)
+                        listed += 1
                     elif counters is None and length < _SHORT_ONLY_BELOW:
-                        short_current[cookie] = (length, state, None, record)
+                        if cookie not in short:
+                            entries.pop(cookie, None)  # the remnant of a full socket: same cookie
+                        short[cookie] = (length, state, None, record)
+                        short_listed += 1
                 append(record)
         elif mtype == NLMSG_DONE:
+            if known is not None:
+                known.listed += listed
+                known.short_listed += short_listed
             return sockets, True
         elif mtype == NLMSG_ERROR:
             if length < _HDR_LEN + NLMSG_ERRNO.size:
@@ -502,6 +535,9 @@ def _decode_messages(
             if neg_errno:  # 0 would be a plain acknowledgement
                 raise NetlinkError(-neg_errno, f"sock_diag request failed: {os.strerror(-neg_errno)}")
         off += (length + 3) & ~3
+    if known is not None:
+        known.listed += listed
+        known.short_listed += short_listed
     return sockets, False
 
 

@@ -87,7 +87,7 @@ class FakeDumper:
             same = known.get(r.cookie)
             r = same if same == r else r
             if r.cookie:
-                known.current[r.cookie] = (None, r.state, None, r)  # as parse_messages: counters, state, owner, record
+                known.entries[r.cookie] = (None, r.state, None, r)  # as parse_messages: counters, state, owner, record
             out.append(r)
         return out
 

@@ -37,6 +37,13 @@ from tests.linux_fakes import (
 )
 
 
+def with_cookie(msg: bytes, cookie: int) -> bytes:
+    """`msg` (one sock_diag message) with idiag_cookie set: no two sockets share one."""
+    raw = bytearray(msg)
+    struct.pack_into("=Q", raw, 16 + 44, cookie)
+    return bytes(raw)
+
+
 def fmt(family: int, raw: bytes) -> str:
     return AddressFormatter().format(family, raw)
 
@@ -102,7 +109,7 @@ def test_records_whose_raw_fields_are_unchanged_are_returned_as_the_known_ones()
 
     def parse(buf, seq=1):
         [record], done = parse_messages(buf, seq=seq, known=known)
-        known.rotate()
+        known.rotate([record])
         return record
 
     first = parse(dump(10))
@@ -132,7 +139,7 @@ def test_a_socket_is_decoded_again_when_anything_it_is_read_for_changes() -> Non
 
     def parse(buf):
         [record], _ = parse_messages(buf, seq=1, known=known)
-        known.rotate()
+        known.rotate([record])
         return record
 
     base = parse(dump())
@@ -159,7 +166,7 @@ def test_sockets_of_several_layouts_in_one_dump_are_all_recognised() -> None:
         4, socket.AF_INET) + DONE
     known = RawRecords()
     first, _ = parse_messages(buf, seq=1, known=known)
-    known.rotate()
+    known.rotate(first)
     again, _ = parse_messages(buf, seq=1, known=known)
     assert [s.counters.bytes_acked for s in first] == [1, 2, 3, 4]
     assert all(a is b for a, b in zip(again, first)) and len(known.layouts) == 2
@@ -169,13 +176,13 @@ def test_time_wait_records_are_recognised_by_their_short_fields() -> None:
     known = RawRecords()
     remnant = sock_msg(state=6, inode=0, attrs=rtattr(15, bytes(4))) + DONE
     [first], _ = parse_messages(remnant, seq=1, known=known)
-    known.rotate()
+    known.rotate([first])
     [again], _ = parse_messages(remnant, seq=1, known=known)
     assert again is first and first.counters is None
     # Once a socket with tcp_info taught the layout, remnants still take the short way.
     info = tcp_info(acked=10, received=5, data_segs_in=1, sent=9)
-    full = sock_msg(sport=1, attrs=rtattr(netlink.INET_DIAG_INFO, info))
-    known.rotate()
+    full = with_cookie(sock_msg(sport=1, attrs=rtattr(netlink.INET_DIAG_INFO, info)), 77)
+    known.rotate([again])
     [_, kept], _ = parse_messages(full + remnant, seq=1, known=known)
     assert kept is first
 
@@ -183,11 +190,12 @@ def test_time_wait_records_are_recognised_by_their_short_fields() -> None:
 def test_remnants_left_out_of_a_dump_are_still_known_to_the_next_that_lists_them() -> None:
     known = RawRecords()
     remnant = sock_msg(state=6, inode=0, sport=1)
-    full = sock_msg(sport=2, attrs=rtattr(netlink.INET_DIAG_INFO, tcp_info(acked=10, received=5, sent=9)))
-    [first, _], _ = parse_messages(remnant + full + DONE, seq=1, known=known)
-    known.rotate()
-    parse_messages(full + DONE, seq=1, known=known)  # TIME_WAIT left out (a state filter)
-    known.rotate(every_state=False)
+    full = with_cookie(sock_msg(sport=2, attrs=rtattr(netlink.INET_DIAG_INFO, tcp_info(acked=10, received=5, sent=9))), 78)
+    both, _ = parse_messages(remnant + full + DONE, seq=1, known=known)
+    first = both[0]
+    known.rotate(both)
+    listed, _ = parse_messages(full + DONE, seq=1, known=known)  # TIME_WAIT left out (a state filter)
+    known.rotate(listed, every_state=False)
     [again, _], _ = parse_messages(remnant + full + DONE, seq=1, known=known)
     assert again is first
 
@@ -195,10 +203,30 @@ def test_remnants_left_out_of_a_dump_are_still_known_to_the_next_that_lists_them
 def test_a_failed_dump_leaves_the_known_records_of_the_last_complete_one() -> None:
     known = RawRecords()
     [first], _ = parse_messages(sock_msg(state=6, inode=0) + DONE, seq=1, known=known)
-    known.rotate()
+    known.rotate([first])
     parse_messages(sock_msg(state=6, inode=0), seq=1, known=known)
     known.discard()
-    assert known.get(first.cookie) is first and not known.current
+    assert known.get(first.cookie) is first and known.short_listed == 0
+    # The next complete dump lists nothing: what the failed one saw goes too.
+    parse_messages(DONE, seq=1, known=known)
+    known.rotate([])
+    assert known.get(first.cookie) is None and not known.short
+
+
+def test_entries_of_sockets_no_longer_listed_go_at_the_end_of_the_dump() -> None:
+    def msg(cookie, state=1):
+        attrs = rtattr(netlink.INET_DIAG_INFO, tcp_info(acked=cookie, received=5, sent=cookie)) if state != 6 else b""
+        return with_cookie(sock_msg(state=state, inode=0 if state == 6 else 7, sport=cookie, attrs=attrs), cookie)
+
+    known = RawRecords()
+    records, _ = parse_messages(b"".join(msg(c) for c in (1, 2, 3)) + DONE, seq=1, known=known)
+    known.rotate(records)
+    assert sorted(known.entries) == [1, 2, 3] and known.listed == 0
+    # 2 closed; 3 is now its own TIME_WAIT remnant (the kernel keeps the cookie).
+    records, _ = parse_messages(msg(1) + msg(3, state=6) + DONE, seq=1, known=known)
+    known.rotate(records)
+    assert sorted(known.entries) == [1] and sorted(known.short) == [3]
+    assert known.get(1) is records[0] and known.get(3) is records[1]
 
 
 def test_tcp_dump_request_asks_for_both_families_at_once() -> None:
