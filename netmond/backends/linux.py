@@ -560,7 +560,7 @@ class LinuxBackend(Backend):
                                   remote_port, state_name, pid, name, user, sent, received)
             append(sample)
             if inode and cookie:
-                unchanged[cookie] = _Unchanged(record, info, sample, entry)
+                unchanged[cookie] = _Unchanged(record, info, sample, entry.side if entry is not None else None)
                 stored += 1
             elif cookie:
                 unchanged.pop(cookie, None)  # orphaned: its entry is in owner_table now
@@ -891,12 +891,24 @@ class _Unchanged(NamedTuple):
     While its record (everything the dump says about it) and its owner
     (pid, process_name, user) stay equal, its SocketSample and OwnerTable
     entry are those of that tick: nothing derived from them could differ.
+    The entry is not kept but made again when asked for (a destroy event, a
+    change): it is the sample's owner and bytes and the side, and an idle
+    socket then keeps one object less (100 bytes at 100,000 sockets: 10 MB).
     """
 
     record: DiagSocket
     owner: tuple
     sample: SocketSample
-    owner_entry: OwnerEntry | None
+    #: OwnerEntry.side (None: not known yet, or no remote end: no entry).
+    side: bool | None
+
+    @property
+    def owner_entry(self) -> OwnerEntry | None:
+        """This socket's OwnerTable entry; None for a listener, which has none."""
+        s = self.sample
+        if s.remote_ip is None:
+            return None
+        return OwnerEntry(s.pid, s.process_name, s.user, self.side, s.bytes_sent, s.bytes_received)
 
 
 class _Remnant(NamedTuple):

@@ -117,6 +117,9 @@ _TCPI_ALL = struct.Struct("=I92xQQ16xI44xQQ")
 _TCPI_ALL_END = TCPI_UNACKED + _TCPI_ALL.size  # 216
 assert _TCPI_ALL_END == 216
 _TCPI_ACKED_RECEIVED = struct.Struct("=QQ")
+#: A socket's signature ends after tcpi_segs_out and tcpi_segs_in (u32 at 136
+#: and 140, 4.2+): see RawRecords.
+_TCPI_SIGNED_END = 144
 _TCPI_ACKED_RECEIVED_END = TCPI_BYTES_ACKED + _TCPI_ACKED_RECEIVED.size  # 136
 _U32 = struct.Struct("=I")
 _tuple_new = tuple.__new__
@@ -213,12 +216,17 @@ class RawRecords:
     A socket with a full tcp_info is keyed by its cookie (the kernel's id of
     that socket, which never changes its addresses, ports or family) and
     signed by its state, uid and inode, and one byte string of its message:
-    tcp_info from bytes_acked to bytes_retrans, every byte and segment
-    counter (segments in flight move segs_out or segs_in; closing moves the
-    state). What is left out moves on an idle socket (inet_diag_msg's timer,
-    expiry and queues, tcp_info's "ms since last ..." fields) or is not read.
-    A byte string, not unpacked fields: one object a socket to keep instead
-    of twenty-odd, and the comparison is one memcmp. `layouts`: where the
+    tcp_info's bytes_acked, bytes_received, segs_out and segs_in (24 bytes).
+    The kernel moves segs_out with every segment it sends (retransmissions
+    included: bytes_sent and bytes_retrans move with it, in the same
+    function) and segs_in with every segment it takes in (data_segs_in and
+    the acknowledgements that change unacked move with it), so no counter
+    that is read changes while those four stay; closing moves the state.
+    What is left out moves on an idle socket (inet_diag_msg's timer, expiry
+    and queues, tcp_info's "ms since last ..." fields) or is not read (a
+    listener's accept backlog, which tcp_info reports as unacked). A byte
+    string, not unpacked fields: one object a socket to keep instead of
+    twenty-odd, and the comparison is one memcmp. `layouts`: where the
     counters are, by message length, learned from the sockets with a full
     tcp_info (an IPv6 socket carries one attribute more than an IPv4 one,
     INET_DIAG_SKV6ONLY; a few kinds at most: bounded). A message is taken to
@@ -349,7 +357,7 @@ def _layout_of(buf, off: int, attr: int, msg_end: int) -> _Layout | None:
             layout = struct.Struct(fmt)
             info = attr + 4 - off
             return _Layout(layout.unpack_from, layout.size, tuple(headers), _HEADERS_AT + len(headers),
-                           msg_end - off, info + TCPI_BYTES_ACKED, info + _TCPI_ALL_END)
+                           msg_end - off, info + TCPI_BYTES_ACKED, info + _TCPI_SIGNED_END)
         attr += (alen + 3) & ~3
     return None
 

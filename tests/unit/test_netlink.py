@@ -126,10 +126,11 @@ def test_a_socket_is_decoded_again_when_anything_it_is_read_for_changes() -> Non
     # Its signature leaves out only what moves on an idle socket (timers,
     # queues, tcp_info's "ms since last ..." fields, rtt); anything read
     # from the message (state, uid, inode, counters) is in it.
-    def dump(state=1, inode=12345, uid=1000, last_recv=0, expires=0, unacked=0, retrans=0):
+    def dump(state=1, inode=12345, uid=1000, last_recv=0, expires=0, unacked=0, retrans=0, segs=(3, 4)):
         info = bytearray(tcp_info(acked=10, received=5, data_segs_in=1, sent=10, retrans=retrans))
         struct.pack_into("=I", info, 48, last_recv)  # tcpi_last_data_recv
         struct.pack_into("=I", info, 24, unacked)  # tcpi_unacked
+        struct.pack_into("=II", info, 136, *segs)  # tcpi_segs_out, tcpi_segs_in
         msg = bytearray(sock_msg(state=state, inode=inode, uid=uid,
                                  attrs=rtattr(8, b"\x00") + rtattr(netlink.INET_DIAG_INFO, bytes(info))))
         struct.pack_into("=I", msg, 16 + 52, expires)  # idiag_expires
@@ -144,7 +145,10 @@ def test_a_socket_is_decoded_again_when_anything_it_is_read_for_changes() -> Non
 
     base = parse(dump())
     assert parse(dump(last_recv=999, expires=40)) is base
-    for changed in (dict(state=4), dict(inode=0), dict(uid=0), dict(unacked=1), dict(retrans=3)):
+    # The kernel moves segs_out with any segment sent (a retransmission, a
+    # segment that leaves one unacknowledged) and segs_in with any taken in.
+    for changed in (dict(state=4), dict(inode=0), dict(uid=0), dict(unacked=1, segs=(4, 4)),
+                    dict(retrans=3, segs=(5, 4)), dict(segs=(3, 5))):
         record = parse(dump(**changed))
         assert record is not base and record == parse(dump(**changed)), changed
         assert parse(dump()) == base
