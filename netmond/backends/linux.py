@@ -242,13 +242,16 @@ class LinuxBackend(Backend):
         self._destroyed = RecentKeys(TIMEWAIT_HIDE_SECONDS, MAX_DESTROYED_KEYS_PER_GENERATION)
         # TIME_WAIT/FIN_WAIT2 remnants of the latest dumps that listed them,
         # by cookie (see _Remnant), and the rows among them: handed on as they
-        # are, and on the ticks that leave TIME_WAIT out of the dump.
+        # are, and on the ticks that leave TIME_WAIT out of the dump. Kept in
+        # place from dump to dump (see _forget_unlisted_remnants).
         self._remnants: dict[Hashable, _Remnant] = {}
         self._remnant_rows: dict[Hashable, SocketSample] = {}
-        # Remnant rows by 4-tuple -> (remnant id, key), now and before this
-        # tick: a destroy event arriving after its remnant was listed ends that row.
+        # Remnant rows by 4-tuple -> (remnant id, key); and those of the
+        # remnants this tick's dump no longer listed: a destroy event arriving
+        # after its remnant was listed ends that row.
         self._timewait_keys: dict[tuple, tuple] = {}
         self._timewait_before: dict[tuple, tuple] = {}
+        self._rows_without_cookie: dict[Hashable, tuple] = {}  # remnant rows keyed by 4-tuple -> it
         self._ticks_without_timewait = TIMEWAIT_DUMP_EVERY_TICKS
         self._timewait_dumped_at = float("-inf")
         self._events_lost_seen = 0
@@ -466,16 +469,10 @@ class LinuxBackend(Backend):
         unchanged = self._unchanged
         all_records = records
         destroyed = self._destroyed
-        self._timewait_before = timewait_keys = self._timewait_keys
-        remnants_listed_before = self._remnants
-        remnants_before = remnants_listed_before.get
-        if with_timewait:  # every remnant is in this dump: start afresh
-            remnants: dict[Hashable, _Remnant] = {}
-            remnant_rows: dict[Hashable, SocketSample] = {}
-            timewait_keys = {}
-            self._remnants, self._remnant_rows, self._timewait_keys = remnants, remnant_rows, timewait_keys
-        else:  # TIME_WAIT left out: the remnants listed before stay
-            remnants, remnant_rows = self._remnants, self._remnant_rows
+        remnants, remnant_rows, timewait_keys = self._remnants, self._remnant_rows, self._timewait_keys
+        remnants_before = remnants.get
+        self._timewait_before = {}
+        kept_remnants = stored_remnants = 0  # as kept and stored for `unchanged`
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
         last_tick = unchanged.get
@@ -487,8 +484,10 @@ class LinuxBackend(Backend):
         if owners_as_before:
             self._list_listeners(records, listeners, owner_of)  # all of them: not again below
             records, kept = self._hand_on_unchanged(records, out, reattributed)
-        if with_timewait and remnants_listed_before:
-            records = self._hand_on_remnants(records, remnants_listed_before, remnants, remnant_rows, timewait_keys)
+        if with_timewait and self._rows_without_cookie:
+            self._forget_rows_without_cookie()
+        if with_timewait and remnants:
+            records, kept_remnants = self._hand_on_remnants(records, remnants)
         for record in records:
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             if inode:
@@ -515,13 +514,18 @@ class LinuxBackend(Backend):
                 remnant = remnants_before(cookie) if cookie else None
                 if remnant is None or remnant.record is not record:
                     remnant = self._remnant(record, destroyed)
+                    if cookie and remnant.sample is None:
+                        remnant_rows.pop(cookie, None)  # hidden now (its destroy event came)
                 sample = remnant.sample
                 if cookie:
                     remnants[cookie] = remnant
+                    stored_remnants += 1
                 if sample is not None:
                     ident = cookie or sample.key
                     remnant_rows[ident] = sample
                     timewait_keys[remnant.endpoints] = (ident, sample.key)
+                    if not cookie:
+                        self._rows_without_cookie[ident] = remnant.endpoints
                 continue
             state_name = state_names.get(state)
             if state_name is None:
@@ -567,6 +571,8 @@ class LinuxBackend(Backend):
         self._ticks_since_unlisted_check += 1
         if len(unchanged) != kept + stored or self._ticks_since_unlisted_check >= _UNCHANGED_CHECK_EVERY:
             self._forget_unlisted(all_records, owner_table)
+        if with_timewait and len(remnants) != kept_remnants + stored_remnants:
+            self._forget_unlisted_remnants(all_records)
         out += remnant_rows.values()
         return out
 
@@ -629,28 +635,37 @@ class LinuxBackend(Backend):
         return list(compress(records, map(not_, same))), len(samples)
 
     @staticmethod
-    def _hand_on_remnants(
-        records: list[DiagSocket], before: dict[Hashable, _Remnant], remnants: dict[Hashable, _Remnant],
-        remnant_rows: dict[Hashable, SocketSample], timewait_keys: dict[tuple, tuple],
-    ) -> list[DiagSocket]:
-        """Hand on, in bulk, the remnants the dump returned as the records of the
-        last dump that listed remnants (see _Remnant): into `remnants`, their
-        rows into `remnant_rows` and `timewait_keys`, as the loop of
-        _tcp_samples would, in C. Returns the other records. A TIME_WAIT
-        storm leaves tens of thousands of them, listed again 1 tick in 5."""
-        cookies = list(map(_COOKIE_OF_RECORD, records))
-        last = list(map(before.get, cookies, repeat(_NOT_A_REMNANT)))
+    def _hand_on_remnants(records: list[DiagSocket], remnants: dict[Hashable, _Remnant]) -> tuple[list[DiagSocket], int]:
+        """Sort out, in bulk (in C), the remnants the dump returned as the records
+        of the last dump that listed remnants (see _Remnant): they stay in
+        `remnants` as they are, their rows too. Returns the other records and
+        how many stayed. A TIME_WAIT storm leaves tens of thousands of them,
+        listed again 1 tick in 5."""
+        last = map(remnants.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_A_REMNANT))
         same = list(map(is_, records, map(_RECORD_OF, last)))
-        kept = list(compress(last, same))
-        kept_cookies = list(compress(cookies, same))
-        remnants.update(zip(kept_cookies, kept))
-        with_row = list(map(is_not, map(_REMNANT_SAMPLE_OF, kept), repeat(None)))
-        rows = list(compress(kept, with_row))
-        samples = list(map(_REMNANT_SAMPLE_OF, rows))
-        row_cookies = list(compress(kept_cookies, with_row))
-        remnant_rows.update(zip(row_cookies, samples))
-        timewait_keys.update(zip(map(_REMNANT_ENDPOINTS_OF, rows), zip(row_cookies, map(_KEY_OF, samples))))
-        return list(compress(records, map(not_, same)))
+        return list(compress(records, map(not_, same))), sum(same)
+
+    def _forget_unlisted_remnants(self, records: list[DiagSocket]) -> None:
+        """Drop the remnants (and their rows) that a dump listing every state
+        no longer lists: gone from the kernel. Their 4-tuples stay for this
+        tick in _timewait_before, for a destroy event still on its way."""
+        listed = set(map(_COOKIE_OF_RECORD, records))
+        remnants, remnant_rows = self._remnants, self._remnant_rows
+        for cookie in remnants.keys() - listed:
+            gone = remnants.pop(cookie)
+            remnant_rows.pop(cookie, None)
+            found = self._timewait_keys.pop(gone.endpoints, None)
+            if found is not None:
+                self._timewait_before[gone.endpoints] = found
+
+    def _forget_rows_without_cookie(self) -> None:
+        """Before a dump that lists every state: drop the remnant rows keyed by
+        4-tuple (a remnant without a cookie, never seen on kernels we
+        support): the dump lists them again if they are still there."""
+        for ident, endpoints in self._rows_without_cookie.items():
+            self._remnant_rows.pop(ident, None)
+            self._timewait_keys.pop(endpoints, None)
+        self._rows_without_cookie.clear()
 
     def _remnant(self, record: DiagSocket, destroyed: RecentKeys) -> _Remnant:
         """What a TIME_WAIT/FIN_WAIT2 remnant (no inode, no counters) is: the row
@@ -927,8 +942,7 @@ class _Remnant(NamedTuple):
 
 _NOT_SEEN = _Unchanged(None, None, None, None)  # type: ignore[arg-type]
 _NOT_A_REMNANT = _Remnant(None, None, ())  # type: ignore[arg-type]
-_REMNANT_SAMPLE_OF = itemgetter(1)
-_REMNANT_ENDPOINTS_OF = itemgetter(2)
+
 _COOKIE_OF_RECORD = itemgetter(9)
 _INODE_OF_RECORD = itemgetter(7)
 _STATE_OF = itemgetter(1)
