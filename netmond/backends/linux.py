@@ -106,7 +106,7 @@ import socket
 from collections import deque
 from itertools import chain, compress, repeat
 from operator import attrgetter, eq, gt, is_, is_not, itemgetter, not_
-from typing import Hashable, NamedTuple
+from typing import Hashable, NamedTuple, Sequence
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_root, now
 from .ebpf.attribution import EbpfAttribution
@@ -478,17 +478,23 @@ class LinuxBackend(Backend):
         last_tick = unchanged.get
         ebpf_owner = self._ebpf_owner if self._ebpf is not None else None
         kept = stored = 0  # entries of `unchanged` listed again as they were / made anew
-        out: list[SocketSample] = []
-        append = out.append
         list_listeners = not owners_as_before
+        # The samples in the dump's order, each where its socket is (None for
+        # a record that makes none): a socket that did not change keeps its
+        # place in the list from tick to tick, which MonitorState relies on
+        # to tell it unchanged without looking its key up.
+        sample_at: list[SocketSample | None]
+        rest_at: Sequence[int]
         if owners_as_before:
             self._list_listeners(records, listeners, owner_of)  # all of them: not again below
-            records, kept = self._hand_on_unchanged(records, out, reattributed)
+            sample_at, records, rest_at, kept = self._hand_on_unchanged(records, reattributed)
+        else:
+            sample_at, rest_at = [None] * len(records), range(len(records))
         if with_timewait and self._rows_without_cookie:
             self._forget_rows_without_cookie()
         if with_timewait and remnants:
-            records, kept_remnants = self._hand_on_remnants(records, remnants)
-        for record in records:
+            records, rest_at, kept_remnants = self._hand_on_remnants(records, rest_at, remnants)
+        for at, record in zip(rest_at, records):
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             if inode:
                 pid = inode_owner(inode)
@@ -508,7 +514,7 @@ class LinuxBackend(Backend):
                 # The dump returns an unchanged record as last tick's object.
                 if same is not None and same.record is record and same.owner == info:
                     kept += 1
-                    append(same.sample)
+                    sample_at[at] = same.sample
                     continue
             elif counters is None and state in _TIMEWAIT_STATES:
                 remnant = remnants_before(cookie) if cookie else None
@@ -562,7 +568,7 @@ class LinuxBackend(Backend):
                 entry = owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
             sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                   remote_port, state_name, pid, name, user, sent, received)
-            append(sample)
+            sample_at[at] = sample
             if inode and cookie:
                 unchanged[cookie] = _Unchanged(record, info, sample, entry.side if entry is not None else None)
                 stored += 1
@@ -573,6 +579,7 @@ class LinuxBackend(Backend):
             self._forget_unlisted(all_records, owner_table)
         if with_timewait and len(remnants) != kept_remnants + stored_remnants:
             self._forget_unlisted_remnants(all_records)
+        out: list[SocketSample] = list(filter(None, sample_at))
         out += remnant_rows.values()
         return out
 
@@ -619,31 +626,38 @@ class LinuxBackend(Backend):
                 holders.append(info if inode not in shared_inodes else (None,) + info[1:])
 
     def _hand_on_unchanged(
-        self, records: list[DiagSocket], out: list[SocketSample], reattributed: set[int] | None,
-    ) -> tuple[list[DiagSocket], int]:
+        self, records: list[DiagSocket], reattributed: set[int] | None,
+    ) -> tuple[list[SocketSample | None], list[DiagSocket], list[int], int]:
         """Hand on, in bulk, the sockets whose record is last tick's and whose inode
         the index did not re-attribute (their owner is last tick's too: see
-        _owners_as_before): their samples go to `out`; their entries stay in
-        `_unchanged` as they are (where destroy events find their owner).
-        Returns the other records and how many were handed on."""
+        _owners_as_before); their entries stay in `_unchanged` as they are
+        (where destroy events find their owner). Returns the samples by
+        place in `records` (None where not handed on), the other records,
+        their places, and how many were handed on."""
         last = list(map(self._unchanged.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_SEEN)))
         same = list(map(is_, records, map(_RECORD_OF, last)))
         if reattributed:  # True > False: the same record, an owner as before
             same = list(map(gt, same, map(reattributed.__contains__, map(_INODE_OF_RECORD, records))))
-        samples = list(map(_SAMPLE_OF, compress(last, same)))
-        out += samples
-        return list(compress(records, map(not_, same))), len(samples)
+        sample_at: list[SocketSample | None] = list(map(_SAMPLE_OF, last))
+        other = list(map(not_, same))
+        rest_at = list(compress(range(len(records)), other))
+        for at in rest_at:
+            sample_at[at] = None  # last tick's sample of a socket that changed, or none
+        return sample_at, list(compress(records, other)), rest_at, len(records) - len(rest_at)
 
     @staticmethod
-    def _hand_on_remnants(records: list[DiagSocket], remnants: dict[Hashable, _Remnant]) -> tuple[list[DiagSocket], int]:
+    def _hand_on_remnants(
+        records: list[DiagSocket], places: Sequence[int], remnants: dict[Hashable, _Remnant],
+    ) -> tuple[list[DiagSocket], list[int], int]:
         """Sort out, in bulk (in C), the remnants the dump returned as the records
         of the last dump that listed remnants (see _Remnant): they stay in
-        `remnants` as they are, their rows too. Returns the other records and
-        how many stayed. A TIME_WAIT storm leaves tens of thousands of them,
-        listed again 1 tick in 5."""
+        `remnants` as they are, their rows too. Returns the other records,
+        their `places`, and how many stayed. A TIME_WAIT storm leaves tens of
+        thousands of them, listed again 1 tick in 5."""
         last = map(remnants.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_A_REMNANT))
-        same = list(map(is_, records, map(_RECORD_OF, last)))
-        return list(compress(records, map(not_, same))), sum(same)
+        other = list(map(is_not, records, map(_RECORD_OF, last)))
+        rest = list(compress(records, other))
+        return rest, list(compress(places, other)), len(records) - len(rest)
 
     def _forget_unlisted_remnants(self, records: list[DiagSocket]) -> None:
         """Drop the remnants (and their rows) that a dump listing every state

@@ -203,6 +203,20 @@ def test_what_is_kept_of_handed_on_sockets_goes_with_them(crafted) -> None:
     assert backend._remembered_owner(1020) is None and backend._remembered_owner(1005) is not None
 
 
+def test_samples_keep_their_places_when_a_socket_among_them_changes(crafted) -> None:
+    # MonitorState tells a handed-on sample by its place in the list: one
+    # socket that moves must not shift the others.
+    backend, dumper, _ = crafted
+    dumper.tcp = [record(1, 40000 + i, SERVER_PORT, 2000 + i, info(acked=11, received=0, sent=10), cookie=2000 + i)
+                  for i in range(5)]
+    first = backend.sample().sockets
+    dumper.tcp[1] = record(1, 40001, SERVER_PORT, 2001, info(acked=21, received=0, sent=20), cookie=2001)
+    again = backend.sample().sockets
+    assert [s.key for s in again] == [s.key for s in first]
+    assert [a is b for a, b in zip(again, first)] == [True, False, True, True, True]
+    assert again[1].bytes_sent == 20
+
+
 def test_sockets_without_a_cookie_are_never_handed_on(crafted) -> None:
     backend, dumper, _ = crafted
     dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=11, received=0, sent=10))]
