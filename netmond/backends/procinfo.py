@@ -1,7 +1,10 @@
-"""Process name and user per pid, cached per (pid, create_time).
+"""Process name and user per pid, cached per (pid, create_time, comm).
 
 Keying on create_time as well as pid means a recycled pid is never given the
-previous owner's name. Lookups that fail because the process exited or access
+previous owner's name; on Linux the kernel's short name (comm) is checked
+too, from the same read of /proc/<pid>/stat, so that a process that took a
+new name since (exec after fork, prctl, a program setting its title) is
+named anew instead of keeping the old one for its whole life. Lookups that fail because the process exited or access
 was denied return (None, None) and are not fatal: a tick must never break on one
 process.
 
@@ -13,6 +16,7 @@ were invalid).
 
 from __future__ import annotations
 
+import os
 import pwd
 
 import psutil
@@ -40,12 +44,33 @@ class UserNames:
         return name
 
 
+_PROC_STAT = "/proc/{}/stat"
+_HAVE_PROC = os.path.exists("/proc/self/stat")
+
+
+def _stat_identity(pid: int) -> tuple[bytes, bytes] | None:
+    """(start time, comm) of pid as /proc/<pid>/stat says them: both change
+    when the pid is reused, comm when the process takes a new name. None:
+    no such process (or no /proc)."""
+    try:
+        with open(_PROC_STAT.format(pid), "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    close = stat.rfind(b")")  # comm may hold spaces and parentheses
+    fields = stat[close + 2:].split()
+    if close < 0 or len(fields) < 20:
+        return None
+    return fields[19], stat[stat.find(b"(") + 1:close]  # field 22: starttime
+
+
 class ProcessCache:
     """Caches (name, user) per pid; revalidates pid reuse by create time."""
 
     def __init__(self, max_entries: int = 65536, user_names: UserNames | None = None) -> None:
-        # pid -> (create_time, name, user)
-        self._entries: dict[int, tuple[float, str | None, str | None]] = {}
+        # pid -> (identity, name, user); identity: (start time, comm) from
+        # /proc on Linux, psutil's create_time elsewhere.
+        self._entries: dict[int, tuple[object, str | None, str | None]] = {}
         self._max = max_entries
         #: uid -> name, shared with whoever names socket owners without a pid.
         self.user_names = user_names if user_names is not None else UserNames()
@@ -54,15 +79,26 @@ class ProcessCache:
         """Return (process_name, user) for pid, or (None, None) if unknown."""
         if pid is None:
             return None, None
+        identity: object
+        if _HAVE_PROC:
+            identity = _stat_identity(pid)
+            if identity is None:
+                self._entries.pop(pid, None)
+                return None, None
+            hit = self._entries.get(pid)
+            if hit is not None and hit[0] == identity:
+                return hit[1], hit[2]
         try:
             proc = psutil.Process(pid)
-            ctime = proc.create_time()
+            if not _HAVE_PROC:
+                identity = proc.create_time()
         except (psutil.Error, OSError):
             self._entries.pop(pid, None)
             return None, None
-        hit = self._entries.get(pid)
-        if hit is not None and hit[0] == ctime:
-            return hit[1], hit[2]
+        if not _HAVE_PROC:
+            hit = self._entries.get(pid)
+            if hit is not None and hit[0] == identity:
+                return hit[1], hit[2]
         name = user = None
         try:
             with proc.oneshot():
@@ -74,7 +110,7 @@ class ProcessCache:
             pass
         if len(self._entries) >= self._max:
             self._entries.clear()  # bounded; refilling is cheap
-        self._entries[pid] = (ctime, name, user)
+        self._entries[pid] = (identity, name, user)
         return name, user
 
     def forget_missing(self, alive: set[int]) -> None:

@@ -65,7 +65,7 @@ def test_methods_answer_with_the_documented_shapes(start_daemon_thread):
 
         rows = wait_until(rows_with_our_pid, timeout=10)
         assert rows and all(set(r) == set(CONNECTION_FIELDS) for r in rows)
-        mine = next(r for r in rows if r["local_port"] == port)
+        mine = next(r for r in rows if r["local_port"] == port and r["pid"] == os.getpid())
         assert mine["pid"] == os.getpid() and mine["state"] == "ESTABLISHED"
         assert mine["remote_addr"] == f"127.0.0.1:{srv.getsockname()[1]}"
         assert mine["scope"] == "loopback" and mine["counters"] is None  # psutil has no bytes
