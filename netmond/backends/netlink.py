@@ -454,6 +454,8 @@ def _decode_messages(
     while off + _HDR_LEN <= end:
         if recognise and off + _FIRST.size <= end:
             # As in parse_messages: an unchanged socket after a changed one.
+            # Repeated, not a function: a call per message would cost the
+            # hot loop ~0.7 ms a tick at 10,000 sockets.
             length, state, cookie, owner = first(buf, off)
             lay = layouts.get(length)
             if lay is not None:
