@@ -143,9 +143,6 @@ MAX_DESTROYED_KEYS_PER_GENERATION = 100_000
 #: after the socket already vanished from the dump (the event is delivered
 #: asynchronously, by a kernel work queue then our reader thread).
 OWNER_GENERATIONS = 3
-#: Ticks after which the entries of sockets no longer listed are looked for
-#: even when the counts say there are none (see _forget_unlisted).
-_UNCHANGED_CHECK_EVERY = 60
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 _TIMEWAIT_STATES = frozenset({TCP_TIME_WAIT, TCP_FIN_WAIT2})
@@ -263,7 +260,6 @@ class LinuxBackend(Backend):
         # records of the dump, which the next one returns again where
         # unchanged.
         self._unchanged: dict[int, _Unchanged] = {}
-        self._ticks_since_unlisted_check = 0
         self._tcp_records = RawRecords()
         self._dumps: list[tuple[int, int, int]] = [_TCP_DUMP_BOTH, *_UDP_DUMPS]
         self._dump_warnings: list[str] = []
@@ -372,7 +368,7 @@ class LinuxBackend(Backend):
         for family, protocol, ext in self._dumps:
             if protocol == socket.IPPROTO_TCP:
                 tcp += self._dump(family, protocol, ext, self._tcp_records, tcp_states)
-        self._tcp_records.rotate(tcp, every_state=with_timewait)
+        listed = self._tcp_records.rotate(tcp, every_state=with_timewait)
         if with_timewait:
             self._ticks_without_timewait, self._timewait_dumped_at = 0, mono
         else:
@@ -404,7 +400,7 @@ class LinuxBackend(Backend):
         listeners: ListenerTable = {}
         owners_as_before = ebpf is None and self._owners_as_before(owner_of)
         sockets = self._tcp_samples(tcp, owner_of, owner_table, listeners, with_timewait, owners_as_before,
-                                    reattributed)
+                                    reattributed, listed)
         sockets += self._udp_samples(udp, owner_of)
         self._owner_history.appendleft(owner_table)
         self._listener_history.appendleft(listeners)
@@ -444,6 +440,7 @@ class LinuxBackend(Backend):
         with_timewait: bool = True,
         owners_as_before: bool = False,
         reattributed: set[int] | None = None,
+        listed: set[int] | None = None,
     ) -> list[SocketSample]:
         """SocketSamples of a TCP dump; fills owner_table and listeners for destroy events.
 
@@ -574,27 +571,34 @@ class LinuxBackend(Backend):
                 stored += 1
             elif cookie:
                 unchanged.pop(cookie, None)  # orphaned: its entry is in owner_table now
-        self._ticks_since_unlisted_check += 1
-        if len(unchanged) != kept + stored or self._ticks_since_unlisted_check >= _UNCHANGED_CHECK_EVERY:
-            self._forget_unlisted(all_records, owner_table)
+        # `listed`: the dump's cookies, when the parser's records looked for
+        # unlisted sockets (counts off, or now and then): then these too.
+        if len(unchanged) != kept + stored or listed is not None:
+            listed = self._forget_unlisted(all_records, owner_table, listed)
         if with_timewait and len(remnants) != kept_remnants + stored_remnants:
-            self._forget_unlisted_remnants(all_records)
+            self._forget_unlisted_remnants(all_records, listed)
         out: list[SocketSample] = list(filter(None, sample_at))
         out += remnant_rows.values()
         return out
 
-    def _forget_unlisted(self, records: list[DiagSocket], owner_table: OwnerTable) -> None:
+    def _forget_unlisted(
+        self, records: list[DiagSocket], owner_table: OwnerTable, listed: set[int] | None,
+    ) -> set[int]:
         """Drop the entries of `_unchanged` whose socket this dump did not list
         (closed since, or no longer a full socket); their owner entries go to
         this tick's owner_table, where a late destroy event finds them for
-        OWNER_GENERATIONS ticks. Run when the counts say some are there (or
-        now and then: a socket listed twice in one dump could hide one)."""
-        self._ticks_since_unlisted_check = 0
+        OWNER_GENERATIONS ticks. Run when the counts say some are there, or
+        when RawRecords.rotate looked (now and then: a socket listed twice in
+        one dump could hide one). Returns the dump's cookies (`listed`, made
+        here if None)."""
+        if listed is None:
+            listed = set(map(_COOKIE_OF_RECORD, records))
         unchanged = self._unchanged
-        for cookie in unchanged.keys() - set(map(_COOKIE_OF_RECORD, records)):
+        for cookie in unchanged.keys() - listed:
             gone = unchanged.pop(cookie)
             if gone.owner_entry is not None:
                 owner_table.setdefault(gone.sample.key, gone.owner_entry)
+        return listed
 
     def _owners_as_before(self, owner_of: _OwnerLookup) -> bool:
         """True when each process that owned a socket at the last tick is still
@@ -659,11 +663,13 @@ class LinuxBackend(Backend):
         rest = list(compress(records, other))
         return rest, list(compress(places, other)), len(records) - len(rest)
 
-    def _forget_unlisted_remnants(self, records: list[DiagSocket]) -> None:
+    def _forget_unlisted_remnants(self, records: list[DiagSocket], listed: set[int] | None) -> None:
         """Drop the remnants (and their rows) that a dump listing every state
         no longer lists: gone from the kernel. Their 4-tuples stay for this
-        tick in _timewait_before, for a destroy event still on its way."""
-        listed = set(map(_COOKIE_OF_RECORD, records))
+        tick in _timewait_before, for a destroy event still on its way.
+        `listed`: the dump's cookies, if already gathered."""
+        if listed is None:
+            listed = set(map(_COOKIE_OF_RECORD, records))
         remnants, remnant_rows = self._remnants, self._remnant_rows
         for cookie in remnants.keys() - listed:
             gone = remnants.pop(cookie)

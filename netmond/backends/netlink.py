@@ -260,12 +260,14 @@ class RawRecords:
         known = self.entries.get(cookie) or self.short.get(cookie)
         return known[3] if known is not None else None
 
-    def rotate(self, records: list[DiagSocket], every_state: bool = True) -> None:
+    def rotate(self, records: list[DiagSocket], every_state: bool = True) -> set[int] | None:
         """The dump is complete (`records`: what it listed): the entries of
         sockets it did not list go. Looked for when the counts say there are
         some, and every ROTATIONS_BETWEEN_CHECKS dumps (a socket listed
         twice in one dump, which the kernel may do when it moves, could hide
-        one).
+        one). Returns the cookies it listed when it looked (None when it did
+        not): the caller's own tables of the same sockets are looked over
+        then too, with the same set (one pass over the dump a tick).
 
         every_state=False: it left some states out (TIME_WAIT): the sockets
         without counters of the dumps before are kept.
@@ -284,6 +286,7 @@ class RawRecords:
         if due:
             self.rotations = 0
         self.listed = self.short_listed = 0
+        return listed
 
     def discard(self) -> None:
         """The dump failed: what it made stays (each entry is its socket's
