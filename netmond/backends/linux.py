@@ -127,7 +127,7 @@ from .netlink import (
 from .procfd import SocketOwners
 from .procinfo import ProcessCache, UserNames
 from .sockdiag import DestroyListener, SockDiagDumper
-from .tcpbytes import opened_actively, payload
+from .tcpbytes import opened_actively, payload, peer_fin_assumed
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,11 @@ class LinuxBackend(Backend):
         self._ticks_without_timewait = TIMEWAIT_DUMP_EVERY_TICKS
         self._timewait_dumped_at = float("-inf")
         self._events_lost_seen = 0
+        # Destroy events held back a tick for their loopback peer's, and the
+        # final payload sent of the last tick's reported ones, by connection
+        # (see _closes_to_report).
+        self._held_closes: list[DiagSocket] = []
+        self._final_sent_before: dict[tuple, int] = {}
         # The (pid, process_name, user) of each pid that owned a socket at the last tick.
         self._last_owners: dict[int, tuple] = {}
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
@@ -406,7 +411,8 @@ class LinuxBackend(Backend):
         self._listener_history.appendleft(listeners)
         self._last_owners = dict(owner_of.by_pid)
 
-        closed = self._closed_samples(events, owner_of, mono)
+        events, final_sent = self._closes_to_report(events, tcp)
+        closed = self._closed_samples(events, final_sent, owner_of, mono)
         if ebpf is not None:
             live_cookies = {rec.cookie for rec in chain(tcp, udp)}
             closed += self._closed_udp_samples(ebpf, live_cookies, owner_of)
@@ -757,8 +763,63 @@ class LinuxBackend(Backend):
             info = (known.pid, known.comm, owner_of.user_name(known.uid))
         return info
 
-    def _closed_samples(self, events: list[DiagSocket], owner_of: _OwnerLookup, mono: float) -> list[SocketSample]:
-        """SocketSamples (final counters) of the destroy events worth reporting."""
+    def _closes_to_report(self, events: list[DiagSocket], dumped: list[DiagSocket],
+                          ) -> tuple[list[DiagSocket], dict[tuple, int]]:
+        """This tick's destroy events to report, with the final payload sent of
+        the loopback peers that settle their one open reading, by connection
+        (family, local addr, port, remote addr, port).
+
+        tcp_info leaves one reading open (tcpbytes.peer_fin_assumed): whether
+        an end that closed first was destroyed before its peer's FIN came.
+        When the peer is on this machine (loopback, or our own address), the
+        payload it sent settles it, read where the kernel counts it exactly
+        (4.19+): in its own destroy event, of this tick or the last, or in
+        this tick's dump if it is still open with nothing in flight. A peer in
+        none of them, and not destroyed in an earlier tick, was destroyed after
+        the dump (it had our FIN, so it was closing), and its event comes next
+        tick: the end waits one tick for it, once."""
+        held, self._held_closes = self._held_closes, []
+        if held:
+            events = held + events
+        final_sent: dict[tuple, int] = dict(self._final_sent_before)
+        this_tick: dict[tuple, int] = {}
+        for family, state, sport, dport, src, dst, _uid, _inode, counters, _cookie in events:
+            if counters is not None and dport and counters.bytes_sent is not None:
+                side = opened_actively(counters, state)
+                this_tick[(family, src, sport, dst, dport)] = payload(counters, state, bool(side))[0]
+        final_sent.update(this_tick)
+        self._final_sent_before = this_tick
+        report: list[DiagSocket] = held
+        open_peers: dict[tuple, DiagSocket] | None = None
+        for event in events[len(held):]:
+            family, state, sport, dport, src, dst, _uid, _inode, counters, cookie = event
+            peer = (family, dst, dport, src, sport)
+            if (counters is None or not dport or peer in final_sent or not (dst == src or _is_loopback(family, dst))
+                    or not peer_fin_assumed(counters, state, bool(opened_actively(counters, state)))):
+                report.append(event)
+                continue
+            local_ip, remote_ip, _, _ = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
+            if (remote_ip, dport, local_ip, sport) in self._destroyed:
+                report.append(event)  # the peer closed ticks ago: nothing to wait for
+                continue
+            if open_peers is None:  # only on ticks with such an end: the dump by connection
+                open_peers = {(r.family, r.local_addr, r.local_port, r.remote_addr, r.remote_port): r
+                              for r in dumped if r.remote_port}
+            record = open_peers.get(peer)
+            if record is None:
+                self._held_closes.append(event)
+                continue
+            report.append(event)
+            theirs = record.counters
+            if theirs is not None and theirs.bytes_sent is not None and theirs.unacked == 0:
+                final_sent[peer] = payload(theirs, record.state, bool(opened_actively(theirs, record.state)))[0]
+        return report, final_sent
+
+    def _closed_samples(self, events: list[DiagSocket], final_sent: dict[tuple, int], owner_of: _OwnerLookup,
+                        mono: float) -> list[SocketSample]:
+        """SocketSamples (final counters) of the destroy events worth reporting;
+        `final_sent`: the final payload sent of the connections' loopback peers
+        (see _closes_to_report)."""
         out: list[SocketSample] = []
         for family, state, sport, dport, src, dst, uid, _inode, counters, cookie in events:
             if counters is None or dport == 0:
@@ -798,6 +859,10 @@ class LinuxBackend(Backend):
                 listener = None if side else self._listener_owner(family, src, sport)
                 pid, name, user = listener or owner_of.info(None, uid)
                 sent, received = payload(counters, state, side)
+            # tcpbytes took the peer's FIN as counted; the peer's payload
+            # sent, where known, says whether it was (see _closes_to_report).
+            if final_sent.get((family, dst, dport, src, sport)) == received + 1:
+                received += 1
             if pid is None and self._ebpf is not None:  # root mode knows who it was
                 pid, name, user = self._ebpf_owner(cookie, owner_of) or (pid, name, user)
             out.append(SocketSample(
@@ -944,6 +1009,18 @@ class _Unchanged(NamedTuple):
         if s.remote_ip is None:
             return None
         return OwnerEntry(s.pid, s.process_name, s.user, self.side, s.bytes_sent, s.bytes_received)
+
+
+def _is_loopback(family: int, addr: bytes) -> bool:
+    """Whether a raw inet_diag address (16 bytes) is a loopback one (127/8,
+    ::1, ::ffff:127/104): a peer there is a socket of this machine."""
+    if family == socket.AF_INET:
+        return addr[0] == 127
+    return addr == _IPV6_LOOPBACK or (addr[:12] == _IPV4_MAPPED_PREFIX and addr[12] == 127)
+
+
+_IPV6_LOOPBACK = bytes(15) + b"\x01"
+_IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 class _Remnant(NamedTuple):

@@ -50,7 +50,9 @@ Correction rules:
   closer that read the peer's FIN before closing; an active closer that
   closed before the peer's FIN arrived is reported one byte short, unless
   the backend saw it in an earlier dump (linux.py then keeps the exact count
-  of that dump as a floor). A socket that received no payload segment at all
+  of that dump as a floor) or its peer is on this machine (linux.py then
+  takes the payload the peer sent, which its own counters give exactly;
+  peer_fin_assumed says when to look). A socket that received no payload segment at all
   (tcpi_data_segs_in == 0, 4.6+) reports 0.
 
 Which side opened (`opened_actively`): the SYN is the one sequence number
@@ -142,6 +144,19 @@ def payload(c: TcpCounters, state: int, active_open: bool) -> tuple[int, int]:
     elif state in _PEER_FIN_RECEIVED or (state == TCP_CLOSE and own_fin_acked):
         received -= 1
     return (acked if acked > 0 else 0), (received if received > 0 else 0)
+
+
+def peer_fin_assumed(c: TcpCounters, state: int, active_open: bool) -> bool:
+    """Whether payload() took one off bytes_received for a peer's FIN it
+    could not see: a destroy event (CLOSE) of an end whose own FIN was
+    acknowledged, where the peer's FIN may have come before the end was
+    destroyed (counted) or not yet (an end that closed first is destroyed
+    once its FIN is acknowledged). The caller may settle it from the peer."""
+    if state != TCP_CLOSE or c.data_segs_in == 0:
+        return False
+    if c.bytes_sent is None or c.bytes_retrans is None:
+        return True  # older kernels: a graceful close is assumed
+    return c.bytes_acked - (1 if active_open else 0) > c.bytes_sent - c.bytes_retrans
 
 
 def opened_actively(c: TcpCounters, state: int) -> bool | None:

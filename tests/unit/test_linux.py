@@ -58,6 +58,11 @@ SERVER_KEY = ("TCP", "127.0.0.1", SERVER_PORT, "127.0.0.1", CLIENT_PORT)
 
 
 
+#: A peer on another machine: no loopback peer's count to wait for (see
+#: the tests of an end destroyed before its peer's FIN).
+REMOTE = socket.inet_aton("10.0.0.9") + bytes(12)
+
+
 def record(state, sport, dport, inode, tcpi=None, family=socket.AF_INET, src=V4_LOOPBACK, dst=V4_LOOPBACK,
            uid=None, cookie=0) -> DiagSocket:
     return DiagSocket(family, state, sport, dport, src, dst, os.geteuid() if uid is None else uid, inode, tcpi,
@@ -177,12 +182,12 @@ def test_a_late_destroy_event_of_a_socket_handed_on_unchanged_still_finds_its_ow
     # Handed on for ticks (its entry made once, never copied), then gone from
     # the dump before its destroy event came: the owner it had still counts.
     backend, dumper, listener = crafted
-    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=1001, received=700, data_segs_in=1, sent=1000), cookie=91)]
+    dumper.tcp = [record(1, CLIENT_PORT, SERVER_PORT, 100, info(acked=1001, received=700, data_segs_in=1, sent=1000), dst=REMOTE, cookie=91)]
     for _ in range(3):
         backend.sample()
     dumper.tcp = []
     assert backend.sample().sockets == []
-    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1002, received=701, data_segs_in=1, sent=1000), cookie=91)]
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, info(acked=1002, received=701, data_segs_in=1, sent=1000), dst=REMOTE, cookie=91)]
     [closed] = backend.sample().closed
     assert (closed.key, closed.pid, closed.bytes_sent, closed.bytes_received) == (91, os.getpid(), 1000, 700)
 
@@ -411,6 +416,66 @@ def test_short_accepted_connection_is_its_listeners(crafted) -> None:
     assert client.user  # the uid is known
 
 
+# A server that answers 1000 bytes to a 100-byte request and closes first. Its
+# FIN acknowledged on its own, it is destroyed before the client's FIN comes
+# (raw bytes_received 100, no FIN in it); the client, closing second, counts
+# the server's FIN (1001). A server destroyed after the client's FIN would read
+# 101: the same final state, so tcp_info alone cannot tell 100 from 101 - 1.
+SERVER_CLOSED_FIRST = info(acked=1001, received=100, data_segs_in=1, sent=1000)
+CLIENT_CLOSED_SECOND = info(acked=102, received=1001, data_segs_in=1, sent=100)
+
+
+def test_an_end_destroyed_before_its_peers_fin_counts_exactly_by_its_loopback_peer(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=40)]
+    backend.sample()
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, SERVER_CLOSED_FIRST, cookie=41),
+                       record(7, CLIENT_PORT, SERVER_PORT, 0, CLIENT_CLOSED_SECOND, cookie=42)]
+    closed = by_key(backend.sample().closed)
+    assert (closed[41].bytes_sent, closed[41].bytes_received) == (1000, 100)
+    assert (closed[42].bytes_sent, closed[42].bytes_received) == (100, 1000)
+
+
+def test_an_end_whose_peer_closes_a_tick_later_waits_for_it_once(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=40)]
+    backend.sample()
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, SERVER_CLOSED_FIRST, cookie=41)]
+    assert backend.sample().closed == []  # held a tick for its peer
+    listener.events = [record(7, CLIENT_PORT, SERVER_PORT, 0, CLIENT_CLOSED_SECOND, cookie=42)]
+    closed = by_key(backend.sample().closed)
+    assert (closed[41].pid, closed[41].bytes_sent, closed[41].bytes_received) == (os.getpid(), 1000, 100)
+    assert (closed[42].bytes_sent, closed[42].bytes_received) == (100, 1000)
+    # An end whose peer closed a tick before finds its count without waiting;
+    # one whose peer closed longer ago has nothing to wait for.
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT + 1, 0, SERVER_CLOSED_FIRST, cookie=51),
+                       record(7, CLIENT_PORT + 2, SERVER_PORT, 0, CLIENT_CLOSED_SECOND, cookie=62)]
+    assert backend.sample().closed == []  # both held: neither peer known yet
+    listener.events = [record(7, CLIENT_PORT + 1, SERVER_PORT, 0, CLIENT_CLOSED_SECOND, cookie=52)]
+    closed = by_key(backend.sample().closed)
+    assert closed[51].bytes_received == 100 and set(closed) == {51, 52, 62}
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT + 1, 0, SERVER_CLOSED_FIRST, cookie=53)]
+    assert by_key(backend.sample().closed)[53].bytes_received == 100
+    for _ in range(2):
+        backend.sample()
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT + 1, 0, SERVER_CLOSED_FIRST, cookie=54)]
+    assert [s.key for s in backend.sample().closed] == [54]
+
+
+def test_an_end_whose_peer_stays_open_is_reported_a_tick_later_as_tcpbytes_reads_it(crafted) -> None:
+    backend, dumper, listener = crafted
+    dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=40)]
+    backend.sample()
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, SERVER_CLOSED_FIRST, cookie=41)]
+    assert backend.sample().closed == []
+    closed = by_key(backend.sample().closed)
+    assert (closed[41].bytes_sent, closed[41].bytes_received) == (1000, 99)  # the graceful-close reading
+    assert backend.sample().closed == []  # reported once
+    # A remote peer's end is never held: nothing on this machine can settle it.
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, SERVER_CLOSED_FIRST, dst=socket.inet_aton("10.0.0.9") + bytes(12), cookie=61)]
+    assert [s.key for s in backend.sample().closed] == [61]
+
+
 def test_short_connection_of_a_shared_listener_has_its_name_not_a_pid(crafted) -> None:
     backend, dumper, listener = crafted
     backend._owners.shared.add(300)  # as if forked workers held it too
@@ -419,7 +484,7 @@ def test_short_connection_of_a_shared_listener_has_its_name_not_a_pid(crafted) -
     backend._owners.shared.add(300)
     backend.sample()
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=11, received=6, data_segs_in=1, sent=10),
-                              cookie=51)]
+                              dst=REMOTE, cookie=51)]
     [closed] = backend.sample().closed
     assert (closed.pid, closed.process_name) == (None, MY_NAME)
 
@@ -428,11 +493,11 @@ def test_accept_queue_socket_closed_before_its_process_took_it_is_its_listeners(
     backend, dumper, listener = crafted
     dumper.tcp = [record(10, SERVER_PORT, 0, 300, info(), dst=bytes(16), cookie=60),
                   # accepted by the kernel, not yet by the process: no file, no inode
-                  record(1, SERVER_PORT, CLIENT_PORT, 0, info(acked=0, received=100, data_segs_in=1), cookie=61)]
+                  record(1, SERVER_PORT, CLIENT_PORT, 0, info(acked=0, received=100, data_segs_in=1), dst=REMOTE, cookie=61)]
     [row] = [s for s in backend.sample().sockets if s.key == 61]
     assert row.pid is None
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=501, received=101, data_segs_in=1, sent=500),
-                              cookie=61)]
+                              dst=REMOTE, cookie=61)]
     [closed] = backend.sample().closed
     assert (closed.pid, closed.process_name, closed.bytes_sent, closed.bytes_received) == (
         os.getpid(), MY_NAME, 500, 100)
@@ -449,8 +514,8 @@ def test_remnant_of_a_never_dumped_socket_has_its_own_cookie_and_is_still_hidden
     # none when its TIME_WAIT remnant was made, so the remnant's differs.
     backend, dumper, listener = crafted
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
-                                                                   sent=1200), cookie=80)]
-    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=81)]  # same tick
+                                                                   sent=1200), dst=REMOTE, cookie=80)]
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, dst=REMOTE, cookie=81)]  # same tick
     snap = backend.sample()
     assert [c.key for c in snap.closed] == [80] and snap.sockets == []
     assert backend.sample().sockets == []  # and later ticks
@@ -458,10 +523,10 @@ def test_remnant_of_a_never_dumped_socket_has_its_own_cookie_and_is_still_hidden
 
 def test_remnant_listed_before_its_destroy_event_is_the_row_the_event_ends(crafted) -> None:
     backend, dumper, listener = crafted
-    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=91)]
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, dst=REMOTE, cookie=91)]
     [remnant] = backend.sample().sockets
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
-                                                                   sent=1200), cookie=90)]
+                                                                   sent=1200), dst=REMOTE, cookie=90)]
     snap = backend.sample()
     assert [(c.key, c.bytes_sent) for c in snap.closed] == [(remnant.key, 1200)] and snap.sockets == []
 
@@ -512,11 +577,11 @@ def test_a_remnant_keeps_the_owner_it_was_first_given(crafted) -> None:
 
 def test_a_late_destroy_event_ends_a_handed_on_remnant_row_for_good(crafted) -> None:
     backend, dumper, listener = crafted
-    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, cookie=71)]
+    dumper.tcp = [record(6, SERVER_PORT, CLIENT_PORT, 0, None, dst=REMOTE, cookie=71)]
     [remnant] = backend.sample().sockets
     backend.sample()  # TIME_WAIT left out: the row is handed on
     listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, info(acked=1201, received=101, data_segs_in=1,
-                                                                   sent=1200), cookie=70)]
+                                                                   sent=1200), dst=REMOTE, cookie=70)]
     snap = backend.sample()
     assert [c.key for c in snap.closed] == [remnant.key] and snap.sockets == []
     for _ in range(2 * linux.TIMEWAIT_DUMP_EVERY_TICKS):
