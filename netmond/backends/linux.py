@@ -557,7 +557,7 @@ class LinuxBackend(Backend):
                 pid = name = user = None
             if pid is None and ebpf_owner is not None and cookie:
                 pid, name, user = ebpf_owner(cookie, owner_of) or (None, name, user)
-            entry = None
+            side = None
             if remote_ip is None:  # a listener: it moves no bytes itself
                 sent = received = 0 if counters is not None else None
             else:
@@ -568,12 +568,17 @@ class LinuxBackend(Backend):
                 if side is None and counters is not None:
                     side = opened_actively(counters, state)
                 sent, received = payload(counters, state, side is not False) if counters is not None else _NO_BYTES
-                entry = owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
+                if not (inode and cookie):  # else `unchanged` below makes this entry when asked
+                    owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
             sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                   remote_port, state_name, pid, name, user, sent, received)
             sample_at[at] = sample
             if inode and cookie:
-                unchanged[cookie] = _Unchanged(record, info, sample, entry.side if entry is not None else None)
+                # Its owner entry (pid, name, user, side, bytes) is made from
+                # this when asked (_Unchanged.owner_entry), not kept in this
+                # tick's owner_table too: on a first tick, or a busy one, that
+                # is 100,000 entries kept for OWNER_GENERATIONS ticks.
+                unchanged[cookie] = _Unchanged(record, info, sample, side)
                 stored += 1
             elif cookie:
                 unchanged.pop(cookie, None)  # orphaned: its entry is in owner_table now
