@@ -81,7 +81,7 @@ class SocketOwners:
         #: Inodes found held by more than one process (a listener shared by
         #: forked workers): their pid in `owners` is just one of them.
         self.shared: set[int] = set()
-        # pid -> (built at, {fd name: socket inode}) for that process's socket fds
+        # pid -> that process's socket fds and their inodes at its last search
         self._fd_sockets: dict[int, _FdSockets] = {}
         # pids that were last found with a new socket, oldest first (a dict as
         # an ordered set; bounded)
