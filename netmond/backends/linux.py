@@ -106,7 +106,9 @@ import socket
 from collections import deque
 from itertools import chain, compress, repeat
 from operator import attrgetter, eq, gt, is_, is_not, itemgetter, not_
-from typing import Hashable, NamedTuple, Sequence
+from typing import Hashable, Iterable, NamedTuple, Sequence
+
+from common.models import classify_scope
 
 from .base import Backend, BackendStatus, Snapshot, SocketSample, is_root, now
 from .ebpf.attribution import EbpfAttribution
@@ -253,10 +255,9 @@ class LinuxBackend(Backend):
         self._timewait_dumped_at = float("-inf")
         self._events_lost_seen = 0
         # Destroy events held back a tick for their loopback peer's, and the
-        # final payload sent of the last tick's reported ones, by connection
-        # (see _closes_to_report).
+        # last tick's reported ones (see _closes_to_report).
         self._held_closes: list[DiagSocket] = []
-        self._final_sent_before: dict[tuple, int] = {}
+        self._ended_before: list[DiagSocket] = []
         # The (pid, process_name, user) of each pid that owned a socket at the last tick.
         self._last_owners: dict[int, tuple] = {}
         # Full TCP sockets of the latest dump by kernel cookie, to hand on
@@ -411,8 +412,8 @@ class LinuxBackend(Backend):
         self._listener_history.appendleft(listeners)
         self._last_owners = dict(owner_of.by_pid)
 
-        events, final_sent = self._closes_to_report(events, tcp)
-        closed = self._closed_samples(events, final_sent, owner_of, mono)
+        events, settled = self._closes_to_report(events, tcp)
+        closed = self._closed_samples(events, settled, owner_of, mono)
         if ebpf is not None:
             live_cookies = {rec.cookie for rec in chain(tcp, udp)}
             closed += self._closed_udp_samples(ebpf, live_cookies, owner_of)
@@ -770,9 +771,9 @@ class LinuxBackend(Backend):
 
     def _closes_to_report(self, events: list[DiagSocket], dumped: list[DiagSocket],
                           ) -> tuple[list[DiagSocket], dict[tuple, int]]:
-        """This tick's destroy events to report, with the final payload sent of
-        the loopback peers that settle their one open reading, by connection
-        (family, local addr, port, remote addr, port).
+        """This tick's destroy events to report, and for those whose one open
+        reading their peer settles, the peer's final payload sent, by the
+        end's connection (family, local addr, port, remote addr, port).
 
         tcp_info leaves one reading open (tcpbytes.peer_fin_assumed): whether
         an end that closed first was destroyed before its peer's FIN came.
@@ -782,49 +783,49 @@ class LinuxBackend(Backend):
         this tick's dump if it is still open with nothing in flight. A peer in
         none of them, and not destroyed in an earlier tick, was destroyed after
         the dump (it had our FIN, so it was closing), and its event comes next
-        tick: the end waits one tick for it, once."""
+        tick: the end waits one tick for it, once. Only the ends with that
+        open reading are looked at; the other ends are indexed when one is."""
         held, self._held_closes = self._held_closes, []
         if held:
             events = held + events
-        final_sent: dict[tuple, int] = dict(self._final_sent_before)
-        this_tick: dict[tuple, int] = {}
-        for family, state, sport, dport, src, dst, _uid, _inode, counters, _cookie in events:
-            if counters is not None and dport and counters.bytes_sent is not None:
-                side = opened_actively(counters, state)
-                this_tick[(family, src, sport, dst, dport)] = payload(counters, state, bool(side))[0]
-        final_sent.update(this_tick)
-        self._final_sent_before = this_tick
-        report: list[DiagSocket] = held
-        open_peers: dict[tuple, DiagSocket] | None = None
-        for event in events[len(held):]:
+        ended_before, self._ended_before = self._ended_before, events
+        report: list[DiagSocket] = []
+        settled: dict[tuple, int] = {}
+        ended: dict[tuple, DiagSocket] | None = None
+        still_open: dict[tuple, DiagSocket] | None = None
+        for at, event in enumerate(events):
             family, state, sport, dport, src, dst, _uid, _inode, counters, cookie = event
-            peer = (family, dst, dport, src, sport)
-            if (counters is None or not dport or peer in final_sent or not (dst == src or _is_loopback(family, dst))
+            if (counters is None or not dport or counters.bytes_sent is None
                     or not peer_fin_assumed(counters, state, bool(opened_actively(counters, state)))):
-                report.append(event)
+                report.append(event)  # nothing open (or, before 4.19, nothing exact to settle it with)
                 continue
             local_ip, remote_ip, _, _ = self._endpoints("TCP", family, src, sport, dst, dport, 0, cookie)
-            if (remote_ip, dport, local_ip, sport) in self._destroyed:
-                report.append(event)  # the peer closed ticks ago: nothing to wait for
+            if remote_ip != local_ip and classify_scope(remote_ip) != "loopback":
+                report.append(event)  # the peer is on another machine: nothing here settles it
                 continue
-            if open_peers is None:  # only on ticks with such an end: the dump by connection
-                open_peers = {(r.family, r.local_addr, r.local_port, r.remote_addr, r.remote_port): r
-                              for r in dumped if r.remote_port}
-            record = open_peers.get(peer)
-            if record is None:
-                self._held_closes.append(event)
+            peer = (family, dst, dport, src, sport)
+            if ended is None:
+                ended = _by_connection(chain(ended_before, events))
+            other = ended.get(peer)
+            if other is None:
+                if still_open is None:
+                    still_open = _by_connection(dumped)
+                other = still_open.get(peer)
+            if other is not None:
+                sent = _exact_payload_sent(other)
+                if sent is not None:
+                    settled[(family, src, sport, dst, dport)] = sent
+            elif at >= len(held) and (remote_ip, dport, local_ip, sport) not in self._destroyed:
+                self._held_closes.append(event)  # its peer is closing: its event comes next tick
                 continue
             report.append(event)
-            theirs = record.counters
-            if theirs is not None and theirs.bytes_sent is not None and theirs.unacked == 0:
-                final_sent[peer] = payload(theirs, record.state, bool(opened_actively(theirs, record.state)))[0]
-        return report, final_sent
+        return report, settled
 
-    def _closed_samples(self, events: list[DiagSocket], final_sent: dict[tuple, int], owner_of: _OwnerLookup,
+    def _closed_samples(self, events: list[DiagSocket], settled: dict[tuple, int], owner_of: _OwnerLookup,
                         mono: float) -> list[SocketSample]:
         """SocketSamples (final counters) of the destroy events worth reporting;
-        `final_sent`: the final payload sent of the connections' loopback peers
-        (see _closes_to_report)."""
+        `settled`: the final payload sent of the loopback peers that settle an
+        end's one open reading, by the end's connection (see _closes_to_report)."""
         out: list[SocketSample] = []
         for family, state, sport, dport, src, dst, uid, _inode, counters, cookie in events:
             if counters is None or dport == 0:
@@ -866,7 +867,7 @@ class LinuxBackend(Backend):
                 sent, received = payload(counters, state, side)
             # tcpbytes took the peer's FIN as counted; the peer's payload
             # sent, where known, says whether it was (see _closes_to_report).
-            if final_sent.get((family, dst, dport, src, sport)) == received + 1:
+            if settled and settled.get((family, src, sport, dst, dport)) == received + 1:
                 received += 1
             if pid is None and self._ebpf is not None:  # root mode knows who it was
                 pid, name, user = self._ebpf_owner(cookie, owner_of) or (pid, name, user)
@@ -1016,16 +1017,21 @@ class _Unchanged(NamedTuple):
         return OwnerEntry(s.pid, s.process_name, s.user, self.side, s.bytes_sent, s.bytes_received)
 
 
-def _is_loopback(family: int, addr: bytes) -> bool:
-    """Whether a raw inet_diag address (16 bytes) is a loopback one (127/8,
-    ::1, ::ffff:127/104): a peer there is a socket of this machine."""
-    if family == socket.AF_INET:
-        return addr[0] == 127
-    return addr == _IPV6_LOOPBACK or (addr[:12] == _IPV4_MAPPED_PREFIX and addr[12] == 127)
+def _by_connection(records: Iterable[DiagSocket]) -> dict[tuple, DiagSocket]:
+    """Connected records (dump or destroy events) by (family, local addr,
+    port, remote addr, port): where an end looks its peer up."""
+    return {(r.family, r.local_addr, r.local_port, r.remote_addr, r.remote_port): r
+            for r in records if r.remote_port}
 
 
-_IPV6_LOOPBACK = bytes(15) + b"\x01"
-_IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+def _exact_payload_sent(record: DiagSocket) -> int | None:
+    """The payload a TCP socket sent, when its counters give it exactly: the
+    kernel counts the payload sent (4.19+) and nothing is in flight (a
+    destroy event's queues are purged: never). None otherwise."""
+    c = record.counters
+    if c is None or c.bytes_sent is None or c.unacked:
+        return None
+    return payload(c, record.state, bool(opened_actively(c, record.state)))[0]
 
 
 class _Remnant(NamedTuple):

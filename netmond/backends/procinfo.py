@@ -64,6 +64,18 @@ def _stat_identity(pid: int) -> tuple[bytes, bytes] | None:
     return fields[19], stat[stat.find(b"(") + 1:close]  # field 22: starttime
 
 
+def _identity(pid: int) -> object | None:
+    """What tells this process from another with its pid, and says when it
+    was renamed where the OS lets us see it: /proc's (start time, comm) on
+    Linux, psutil's create_time elsewhere. None: no such process."""
+    if _HAVE_PROC:
+        return _stat_identity(pid)
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
 class ProcessCache:
     """Caches (name, user) per pid; revalidates pid reuse by create time."""
 
@@ -79,26 +91,18 @@ class ProcessCache:
         """Return (process_name, user) for pid, or (None, None) if unknown."""
         if pid is None:
             return None, None
-        identity: object
-        if _HAVE_PROC:
-            identity = _stat_identity(pid)
-            if identity is None:
-                self._entries.pop(pid, None)
-                return None, None
-            hit = self._entries.get(pid)
-            if hit is not None and hit[0] == identity:
-                return hit[1], hit[2]
+        identity = _identity(pid)
+        if identity is None:
+            self._entries.pop(pid, None)
+            return None, None
+        hit = self._entries.get(pid)
+        if hit is not None and hit[0] == identity:
+            return hit[1], hit[2]
         try:
             proc = psutil.Process(pid)
-            if not _HAVE_PROC:
-                identity = proc.create_time()
         except (psutil.Error, OSError):
             self._entries.pop(pid, None)
             return None, None
-        if not _HAVE_PROC:
-            hit = self._entries.get(pid)
-            if hit is not None and hit[0] == identity:
-                return hit[1], hit[2]
         name = user = None
         try:
             with proc.oneshot():
