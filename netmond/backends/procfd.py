@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import time
 from array import array
-from typing import Callable, Iterable
+from itertools import filterfalse
+from typing import Callable, Collection, Iterable
 
 _SOCKET_LINK_PREFIX = "socket:["
 _INODE_START = len(_SOCKET_LINK_PREFIX)
@@ -106,27 +107,32 @@ class SocketOwners:
         """The whole inode -> pid map (read-only use: hot loops call .get)."""
         return self._owner
 
-    def refresh(self, live: set[int]) -> None:
+    def refresh(self, inodes: Collection[int]) -> None:
         """Bring the index up to date with the socket inodes of the latest dump.
 
-        `live` is every non-zero inode the dump listed. Inodes no longer live
-        are forgotten (bounded memory); new ones are searched for.
+        `inodes`: every non-zero inode the dump listed (a list: a socket the
+        kernel listed twice may be there twice). Inodes no longer live are
+        forgotten (bounded memory); new ones are searched for. The dump's
+        inodes are made a set only when that is needed: to forget or to
+        search. At 100,000 sockets the set is 4 MB, 6 while it grows, most of
+        a tick's peak memory, and an idle host needs neither.
         """
         owner = self._owner
-        if len(owner) > len(live):
-            for inode in owner.keys() - live:
-                del owner[inode]
-        if self.shared:
-            self.shared &= live
+        live: set[int] | None = None
+        if len(owner) + len(self._unfound) > len(inodes):
+            live = self._forget_gone(inodes)  # more known than listed: some are gone
         now = self._clock()
-        if self._unfound:
-            self._unfound &= live
-            if now - self._unfound_since >= self._retry_unfound:
-                self._unfound.clear()  # maybe the fd was passed, or the walk raced: try again
-        missing = live.difference(owner)
+        if self._unfound and now - self._unfound_since >= self._retry_unfound:
+            self._unfound.clear()  # maybe the fd was passed, or the walk raced: try again
+        missing = set(filterfalse(owner.__contains__, inodes))
         missing -= self._unfound
         if not missing:
             return
+        # A search needs every live inode (a fd whose socket is gone is read
+        # again), and it is when one closed and one opened since that the
+        # counts above balance: what is gone is forgotten now.
+        if live is None:
+            live = self._forget_gone(inodes)
         deadline = now + self._scan_time_budget
         recent = list(self._recent_owners)[-self._recent_owners_searched:][::-1]
         missing, _ = self._search(recent, missing, live, deadline, recent=True)
@@ -140,6 +146,19 @@ class SocketOwners:
                 if not self._unfound:
                     self._unfound_since = now
                 self._unfound |= missing
+
+    def _forget_gone(self, inodes: Collection[int]) -> set[int]:
+        """Drop what the index holds of inodes not in `inodes`; returns them as a set."""
+        live = inodes if isinstance(inodes, set) else set(inodes)
+        owner = self._owner
+        if len(owner) > len(live):
+            for inode in owner.keys() - live:
+                del owner[inode]
+        if self.shared:
+            self.shared &= live
+        if self._unfound:
+            self._unfound &= live
+        return live
 
     def forget_pid(self, pid: int) -> None:
         """The process is gone (or its pid was reused): drop what it owned."""
