@@ -321,3 +321,41 @@ def test_promtool_accepts_the_exposition(tmp_path):
 
     promtool_check_metrics(generate_latest(exporter._registry).decode())
     exporter.stop()
+
+
+def test_the_http_server_drops_a_silent_client_and_the_connections_over_its_bound() -> None:
+    """What keeps other local users from holding the daemon's descriptors
+    (metrics.py, "Safe on a shared machine"), on the server alone."""
+    import socket
+    import threading
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from netmond.metrics_http import BoundedHTTPServer
+    from tests.helpers import wait_until
+
+    server = BoundedHTTPServer("127.0.0.1", 0, CollectorRegistry(), max_connections=1, request_timeout=0.3)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    silent = socket.create_connection(server.server_address, timeout=10)
+    try:
+        wait_until(lambda: server._slots._value == 0, timeout=10, what="the silent client holding the one slot")
+        over = socket.create_connection(server.server_address, timeout=10)
+        with over:
+            assert over.recv(1) == b"", "a connection over the bound is closed at once"
+        t0 = time.monotonic()
+        assert silent.recv(1) == b"", "a client that sends nothing is dropped"
+        assert time.monotonic() - t0 < 5
+        # Its slot is free again: a scrape is served.
+        with socket.create_connection(server.server_address, timeout=10) as scrape:
+            scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := scrape.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200")
+    finally:
+        silent.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
