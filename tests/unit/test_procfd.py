@@ -100,14 +100,33 @@ def test_owner_index_resumes_a_walk_cut_short_by_its_time_budget(fake_proc) -> N
             return self.now
 
     clock = SlowClock()
-    fake_proc.add(10, 3, "socket:[100]")
+    clock.step = 0.0
+    fake_proc.add(5, 3, "socket:[50]")
     index = SocketOwners(str(fake_proc.root), scan_time_budget=0.5, retry_unfound=30.0, clock=clock)
-    index.refresh({100})
+    index.refresh({50})  # the first walk: never cut short
+    assert index.owner(50) == 5
+    clock.step = 1.0
+    clock.now += 2.0
+    fake_proc.add(10, 3, "socket:[100]")
+    index.refresh({50, 100})
     assert index.owner(100) is None  # out of time before reaching pid 10
     clock.step = 0.0
     clock.now += 2.0
-    index.refresh({100})  # not written off as unfindable: searched again at once
+    index.refresh({50, 100})  # not written off as unfindable: searched again at once
     assert index.owner(100) == 10
+
+
+def test_the_first_walk_of_proc_is_never_cut_short(fake_proc) -> None:
+    class SlowClock(Clock):
+        def __call__(self) -> float:
+            self.now += 1.0  # every look at the clock: a second later
+            return self.now
+
+    for pid in (10, 11, 12):
+        fake_proc.add(pid, 3, f"socket:[{pid * 10}]")
+    index = SocketOwners(str(fake_proc.root), scan_time_budget=0.5, clock=SlowClock())
+    index.refresh({100, 110, 120})
+    assert (index.owner(100), index.owner(110), index.owner(120)) == (10, 11, 12)
 
 
 def test_owner_index_forgets_dead_sockets_and_vanished_processes(fake_proc) -> None:
