@@ -19,7 +19,7 @@ Cost: most sockets are idle at any given second. A TCP socket whose
 signature is that of the previous dump (same kernel cookie, state, uid,
 inode, counters: netlink.RawRecords) comes back from the parser as that very
 record object, undecoded, and if its owner is unchanged too it is handed on
-as last tick's SocketSample (its entry in `_unchanged` stays where it is),
+as last tick's SocketSample (kept with the parser's entry: `_BUILT_FROM`),
 which MonitorState skips. So an idle socket costs one unpack, one byte-string
 comparison and a few lookups in C, and leaves nothing new alive for the
 garbage collector (bench/tick.py measures it). TIME_WAIT remnants are listed on one
@@ -115,6 +115,7 @@ from .ebpf.attribution import EbpfAttribution
 from .interfaces import sample_interfaces
 from .netlink import (
     ALL_STATES_MASK,
+    CALLER_FIELDS,
     INET_DIAG_EXT_INFO,
     TCP_FIN_WAIT2,
     TCP_LISTEN,
@@ -260,12 +261,10 @@ class LinuxBackend(Backend):
         self._ended_before: list[DiagSocket] = []
         # The (pid, process_name, user) of each pid that owned a socket at the last tick.
         self._last_owners: dict[int, tuple] = {}
-        # Full TCP sockets of the latest dump by kernel cookie, to hand on
-        # the samples of those that did not change (see _tcp_samples), kept
-        # in place from tick to tick (see _forget_unlisted), and the raw
-        # records of the dump, which the next one returns again where
-        # unchanged.
-        self._unchanged: dict[int, _Unchanged] = {}
+        # The raw records of the latest TCP dump by kernel cookie, which the
+        # next one returns again where unchanged; with each full socket's,
+        # the sample built from it (see _BUILT_FROM), handed on while neither
+        # the record nor the owner changes.
         self._tcp_records = RawRecords()
         self._dumps: list[tuple[int, int, int]] = [_TCP_DUMP_BOTH, *_UDP_DUMPS]
         self._dump_warnings: list[str] = []
@@ -452,7 +451,7 @@ class LinuxBackend(Backend):
         A full socket whose record (state, addresses, counters: everything
         the dump says) and owner are what they were at the previous tick is
         handed on as the very SocketSample object of that tick (see
-        `_Unchanged`): most sockets of a busy machine are idle at any given
+        `_BUILT_FROM`): most sockets of a busy machine are idle at any given
         second, and `MonitorState.apply` then skips them just as cheaply.
         A remnant is looked at once (see `_Remnant`). `with_timewait`: the
         dump listed TIME_WAIT remnants; without, those of the last dump that
@@ -468,18 +467,17 @@ class LinuxBackend(Backend):
         shared_inodes = self._owners.shared
         owner_info, by_pid, by_uid = owner_of.info, owner_of.by_pid, owner_of.by_uid
         previous = self._owner_history[0] if self._owner_history else {}
-        unchanged = self._unchanged
+        entries = self._tcp_records.entries
         all_records = records
         destroyed = self._destroyed
         remnants, remnant_rows, timewait_keys = self._remnants, self._remnant_rows, self._timewait_keys
         remnants_before = remnants.get
         self._timewait_before = {}
-        kept_remnants = stored_remnants = 0  # as kept and stored for `unchanged`
+        kept_remnants = stored_remnants = 0  # remnants listed again as they were / made anew
         family_names = _FAMILY_NAMES
         state_names = TCP_STATES
-        last_tick = unchanged.get
+        last_tick = entries.get
         ebpf_owner = self._ebpf_owner if self._ebpf is not None else None
-        kept = stored = 0  # entries of `unchanged` listed again as they were / made anew
         list_listeners = not owners_as_before
         # The samples in the dump's order, each where its socket is (None for
         # a record that makes none): a socket that did not change keeps its
@@ -489,7 +487,7 @@ class LinuxBackend(Backend):
         rest_at: Sequence[int]
         if owners_as_before:
             self._list_listeners(records, listeners, owner_of)  # all of them: not again below
-            sample_at, records, rest_at, kept = self._hand_on_unchanged(records, reattributed)
+            sample_at, records, rest_at = self._hand_on_unchanged(records, reattributed)
         else:
             sample_at, rest_at = [None] * len(records), range(len(records))
         if with_timewait and self._rows_without_cookie:
@@ -514,9 +512,8 @@ class LinuxBackend(Backend):
                     holders.append(info if inode not in shared_inodes else (None,) + info[1:])
                 same = last_tick(cookie)
                 # The dump returns an unchanged record as last tick's object.
-                if same is not None and same.record is record and same.owner == info:
-                    kept += 1
-                    sample_at[at] = same.sample
+                if same is not None and same[_BUILT_FROM] is record and same[_BUILT_OWNER] == info:
+                    sample_at[at] = same[_BUILT_SAMPLE]
                     continue
             elif counters is None and state in _TIMEWAIT_STATES:
                 remnant = remnants_before(cookie) if cookie else None
@@ -547,7 +544,7 @@ class LinuxBackend(Backend):
             known = previous.get(key)
             if known is None and cookie:  # handed on unchanged at the last tick
                 last = last_tick(cookie)
-                known = last.owner_entry if last is not None else None
+                known = _built_owner_entry(last) if last is not None else None
             if inode:
                 pid, name, user = info
             elif known is not None:  # orphaned by close() or exit: its last owner
@@ -567,48 +564,43 @@ class LinuxBackend(Backend):
                 if side is None and counters is not None:
                     side = opened_actively(counters, state)
                 sent, received = payload(counters, state, side is not False) if counters is not None else _NO_BYTES
-                if not (inode and cookie):  # else `unchanged` below makes this entry when asked
+                if not (inode and cookie):  # else made from what is kept below, when asked
                     owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
             sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                   remote_port, state_name, pid, name, user, sent, received)
             sample_at[at] = sample
-            if inode and cookie:
-                # Its owner entry (pid, name, user, side, bytes) is made from
-                # this when asked (_Unchanged.owner_entry), not kept in this
-                # tick's owner_table too: on a first tick, or a busy one, that
-                # is 100,000 entries kept for OWNER_GENERATIONS ticks.
-                unchanged[cookie] = _Unchanged(record, info, sample, side)
-                stored += 1
-            elif cookie:
-                unchanged.pop(cookie, None)  # orphaned: its entry is in owner_table now
-        # `listed`: the dump's cookies, when the parser's records looked for
-        # unlisted sockets (counts off, or now and then): then these too.
-        if len(unchanged) != kept + stored or listed is not None:
-            listed = self._forget_unlisted(all_records, owner_table, listed)
+            entry = last_tick(cookie) if cookie else None
+            if entry is not None and entry[_RECORD] is record:
+                if inode:
+                    # Its owner entry (pid, name, user, side, bytes) is made
+                    # from this when asked (_built_owner_entry), not kept in
+                    # this tick's owner_table too: on a first tick, or a busy
+                    # one, that is 100,000 entries kept OWNER_GENERATIONS ticks.
+                    entries[cookie] = (*entry[:_BUILT_FROM], record, info, sample, side)
+                elif entry[_BUILT_FROM] is not None:  # orphaned: its entry is in owner_table now
+                    entries[cookie] = (*entry[:_BUILT_FROM], *_NOTHING_BUILT)
+            elif inode and cookie and remote_ip is not None:
+                # A record the parser does not keep (a layout it could not
+                # learn): a destroy event finds its owner here.
+                owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
+        self._take_superseded(owner_table)
         if with_timewait and len(remnants) != kept_remnants + stored_remnants:
             self._forget_unlisted_remnants(all_records, listed)
         out: list[SocketSample] = list(filter(None, sample_at))
         out += remnant_rows.values()
         return out
 
-    def _forget_unlisted(
-        self, records: list[DiagSocket], owner_table: OwnerTable, listed: set[int] | None,
-    ) -> set[int]:
-        """Drop the entries of `_unchanged` whose socket this dump did not list
-        (closed since, or no longer a full socket); their owner entries go to
+    def _take_superseded(self, owner_table: OwnerTable) -> None:
+        """The parser's entries that went with a sample built (their socket no
+        longer listed, or no longer a full socket): their owner entries go to
         this tick's owner_table, where a late destroy event finds them for
-        OWNER_GENERATIONS ticks. Run when the counts say some are there, or
-        when RawRecords.rotate looked (now and then: a socket listed twice in
-        one dump could hide one). Returns the dump's cookies (`listed`, made
-        here if None)."""
-        if listed is None:
-            listed = set(map(_COOKIE_OF_RECORD, records))
-        unchanged = self._unchanged
-        for cookie in unchanged.keys() - listed:
-            gone = unchanged.pop(cookie)
-            if gone.owner_entry is not None:
-                owner_table.setdefault(gone.sample.key, gone.owner_entry)
-        return listed
+        OWNER_GENERATIONS ticks."""
+        known = self._tcp_records
+        for gone in known.superseded:
+            entry = _built_owner_entry(gone)
+            if entry is not None:
+                owner_table.setdefault(gone[_BUILT_SAMPLE].key, entry)
+        known.superseded.clear()
 
     def _owners_as_before(self, owner_of: _OwnerLookup) -> bool:
         """True when each process that owned a socket at the last tick is still
@@ -641,27 +633,27 @@ class LinuxBackend(Backend):
 
     def _hand_on_unchanged(
         self, records: list[DiagSocket], reattributed: set[int] | None,
-    ) -> tuple[list[SocketSample | None], list[DiagSocket], list[int], int]:
+    ) -> tuple[list[SocketSample | None], list[DiagSocket], list[int]]:
         """Hand on, in bulk, the sockets whose record is last tick's and whose inode
         the index did not re-attribute (their owner is last tick's too: see
-        _owners_as_before); their entries stay in `_unchanged` as they are
+        _owners_as_before); their entries stay as they are
         (where destroy events find their owner). Returns the samples by
         place in `records` (None where not handed on), the other records,
         their places, and how many were handed on."""
         # Each list here is 8 bytes a socket (0.8 MB at 100,000): dropped as
         # soon as done with, they are not all alive at once at the tick's peak.
-        last = list(map(self._unchanged.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_SEEN)))
-        changed = list(map(is_not, records, map(_RECORD_OF, last)))
+        last = list(map(self._tcp_records.entries.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_SEEN)))
+        changed = list(map(is_not, records, map(_BUILT_FROM_OF, last)))
         if reattributed:  # another record, or an owner that may have changed
             changed = list(map(or_, changed, map(reattributed.__contains__, map(_INODE_OF_RECORD, records))))
-        sample_at: list[SocketSample | None] = list(map(_SAMPLE_OF, last))
+        sample_at: list[SocketSample | None] = list(map(_BUILT_SAMPLE_OF, last))
         del last
         rest_at = list(compress(range(len(records)), changed))
         rest = list(compress(records, changed))
         del changed
         for at in rest_at:
             sample_at[at] = None  # last tick's sample of a socket that changed, or none
-        return sample_at, rest, rest_at, len(records) - len(rest_at)
+        return sample_at, rest, rest_at
 
     @staticmethod
     def _hand_on_remnants(
@@ -881,7 +873,7 @@ class LinuxBackend(Backend):
             # reused) is another socket and must not inherit its owner or bytes.
             for table in self._owner_history:
                 table.pop(key, None)
-            self._unchanged.pop(key, None)  # type: ignore[call-overload]
+            self._tcp_records.entries.pop(key, None)  # type: ignore[call-overload]
         return out
 
     # -- helpers -----------------------------------------------------------------
@@ -949,8 +941,8 @@ class LinuxBackend(Backend):
             if known is not None:
                 return known
         # Listed, unchanged, at the last tick: its entry is where it was made.
-        last = self._unchanged.get(key)  # type: ignore[call-overload]
-        return last.owner_entry if last is not None else None
+        last = self._tcp_records.entries.get(key)  # type: ignore[call-overload]
+        return _built_owner_entry(last) if last is not None else None
 
     @staticmethod
     def _only_own_sockets(*dumps: list[DiagSocket]) -> bool:
@@ -993,30 +985,26 @@ class LinuxBackend(Backend):
         )
 
 
-class _Unchanged(NamedTuple):
-    """What one full TCP socket was at the latest tick, by its kernel cookie.
+#: What LinuxBackend keeps with each of the parser's entries (netlink.RawRecords:
+#: its CALLER_FIELDS): the record the socket's latest SocketSample was built
+#: from, its owner then (pid, process_name, user), that sample, and
+#: OwnerEntry.side (None: not known yet, or no remote end). While the dump
+#: returns that very record and the owner is equal, the sample is handed on:
+#: nothing derived from them could differ. The socket's OwnerTable entry is
+#: not kept but made from them when asked (a destroy event, a change).
+_RECORD = 3  # the parser's record, the latest one the dump listed
+_BUILT_FROM, _BUILT_OWNER, _BUILT_SAMPLE, _BUILT_SIDE = 4, 5, 6, 7
+_NOTHING_BUILT = (None,) * CALLER_FIELDS
+assert _BUILT_SIDE + 1 - _BUILT_FROM == CALLER_FIELDS
 
-    While its record (everything the dump says about it) and its owner
-    (pid, process_name, user) stay equal, its SocketSample and OwnerTable
-    entry are those of that tick: nothing derived from them could differ.
-    The entry is not kept but made again when asked for (a destroy event, a
-    change): it is the sample's owner and bytes and the side, and an idle
-    socket then keeps one object less (100 bytes at 100,000 sockets: 10 MB).
-    """
 
-    record: DiagSocket
-    owner: tuple
-    sample: SocketSample
-    #: OwnerEntry.side (None: not known yet, or no remote end: no entry).
-    side: bool | None
-
-    @property
-    def owner_entry(self) -> OwnerEntry | None:
-        """This socket's OwnerTable entry; None for a listener, which has none."""
-        s = self.sample
-        if s.remote_ip is None:
-            return None
-        return OwnerEntry(s.pid, s.process_name, s.user, self.side, s.bytes_sent, s.bytes_received)
+def _built_owner_entry(entry: tuple) -> OwnerEntry | None:
+    """The OwnerTable entry of the socket of a parser entry, made from the
+    sample built from it; None if none was, or for a listener (no entry)."""
+    s = entry[_BUILT_SAMPLE]
+    if s is None or s.remote_ip is None:
+        return None
+    return OwnerEntry(s.pid, s.process_name, s.user, entry[_BUILT_SIDE], s.bytes_sent, s.bytes_received)
 
 
 def _by_connection(records: Iterable[DiagSocket]) -> dict[tuple, DiagSocket]:
@@ -1050,15 +1038,16 @@ class _Remnant(NamedTuple):
     endpoints: tuple  # (local_ip, local_port, remote_ip, remote_port)
 
 
-_NOT_SEEN = _Unchanged(None, None, None, None)  # type: ignore[arg-type]
+_NOT_SEEN = (None,) * (_BUILT_SIDE + 1)
 _NOT_A_REMNANT = _Remnant(None, None, ())  # type: ignore[arg-type]
 
 _COOKIE_OF_RECORD = itemgetter(9)
 _INODE_OF_RECORD = itemgetter(7)
 _STATE_OF = itemgetter(1)
 _UID_OF = itemgetter(6)
-_RECORD_OF = itemgetter(0)
-_SAMPLE_OF = itemgetter(2)
+_RECORD_OF = itemgetter(0)  # of a _Remnant
+_BUILT_FROM_OF = itemgetter(_BUILT_FROM)
+_BUILT_SAMPLE_OF = itemgetter(_BUILT_SAMPLE)
 
 
 class RecentKeys:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from netmond.backends import linux, netlink
-from netmond.backends.netlink import DiagSocket, NetlinkError, TcpCounters
+from netmond.backends.netlink import CALLER_FIELDS, DiagSocket, NetlinkError, TcpCounters
 
 from tests.linux_fakes import V4_LOOPBACK, V4_MAPPED, info
 
@@ -86,13 +86,18 @@ class FakeDumper:
         records = [r for r in (self.tcp if protocol == socket.IPPROTO_TCP else self.udp) if states & (1 << r.state)]
         if known is None:
             return records
-        # As parse_messages does: a record equal to a known one is that one.
+        # As parse_messages does: a record equal to a known one is that one
+        # (its entry stays as it is); another one gets an entry of its own
+        # (signature, state, owner, record), the caller's fields carried over.
         out = []
         for r in records:
-            same = known.get(r.cookie)
-            r = same if same == r else r
-            if r.cookie:
-                known.entries[r.cookie] = (None, r.state, None, r)  # as parse_messages: counters, state, owner, record
+            before = known.entries.get(r.cookie)
+            if before is not None and before[3] == r:
+                r = before[3]
+            elif r.cookie:
+                kept = before[4:] if before is not None else (None,) * CALLER_FIELDS
+                known.entries[r.cookie] = (None, r.state, None, r, *kept)
+            known.listed += bool(r.cookie)
             out.append(r)
         return out
 
@@ -192,16 +197,22 @@ def test_a_late_destroy_event_of_a_socket_handed_on_unchanged_still_finds_its_ow
     assert (closed.key, closed.pid, closed.bytes_sent, closed.bytes_received) == (91, os.getpid(), 1000, 700)
 
 
+def built(backend: linux.LinuxBackend) -> list[int]:
+    """The cookies of the sockets whose sample is kept with the parser's entry."""
+    return [c for c, e in backend._tcp_records.entries.items() if e[linux._BUILT_SAMPLE] is not None]
+
+
 def test_what_is_kept_of_handed_on_sockets_goes_with_them(crafted) -> None:
     backend, dumper, _ = crafted
     dumper.tcp = [record(1, 40000 + i, SERVER_PORT, 1000 + i, info(acked=11, received=0, sent=10), cookie=1000 + i)
                   for i in range(50)]
     backend.sample()
     backend.sample()
-    assert len(backend._unchanged) == 50
+    assert sorted(built(backend)) == list(range(1000, 1050))
     del dumper.tcp[10:]
     backend.sample()
-    assert sorted(backend._unchanged) == list(range(1000, 1010))
+    assert sorted(built(backend)) == list(range(1000, 1010))
+    assert sorted(backend._tcp_records.entries) == list(range(1000, 1010))
     # Gone: only the owner tables of the last few ticks remember them.
     for _ in range(linux.OWNER_GENERATIONS):
         backend.sample()
