@@ -35,6 +35,18 @@ from tests.helpers import REPO, wait_until
 _SESSION_DATA = tempfile.mkdtemp(prefix="nm-data-", dir="/tmp")
 os.environ["NETMON_DATA_DIR"] = _SESSION_DATA
 
+# Ctrl-C reaches the processes the tests start as it reaches a command typed
+# in a terminal. A suite started in the background of a non-interactive shell
+# (`make test &`, `pytest ... > log &`) inherits SIGINT *ignored*; Python then
+# installs no KeyboardInterrupt handler and leaves it ignored, in pytest and in
+# every process pytest starts. The tests that end `netmonctl watch` and
+# `netmonctl fleet --watch` with SIGINT then waited for an exit that could not
+# come (the 10 s and 30 s timeouts). A caught signal is reset to its default
+# at exec, so catching it here gives those processes back the disposition of
+# a foreground run; pytest itself gets Python's usual KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(autouse=True)
 def _usage_data_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
