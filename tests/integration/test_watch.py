@@ -13,6 +13,7 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -126,6 +127,16 @@ def open_and_talk(listener: socket.socket) -> tuple[socket.socket, socket.socket
 
 
 # -- end to end -----------------------------------------------------------------
+
+
+def test_processes_the_tests_start_can_be_ended_with_ctrl_c():
+    # The Ctrl-C tests below need SIGINT to reach watch as in a terminal. A
+    # suite started in the background of a script inherits it ignored, and
+    # then every netmonctl a test starts ignored it too (tests/conftest.py
+    # undoes that): say so here rather than as a watch that "hangs".
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", f"SIGINT ignored in the processes tests start: {out!r}"
 
 
 def test_watch_json_follows_connections_across_a_daemon_restart(start_daemon_process, watching):
