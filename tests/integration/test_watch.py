@@ -115,6 +115,26 @@ def subscribed(socket_path: str, clients: int) -> None:
     time.sleep(0.3)  # connect, hello and subscribe are three round trips (status shows no subscriptions)
 
 
+def live(w: Watch, listener: socket.socket) -> None:
+    """Wait until w's subscription delivers: a probe connection to listener
+    shows up. (status counts watch's connection, not its subscription, and
+    under load the connection's first tick could pass before subscribe: its
+    rows were missed, and the next update had one end without the other.)"""
+
+    def probe_seen() -> bool:
+        client, server = open_and_talk(listener)
+        probe = client.getsockname()[1]
+        client.close()
+        server.close()
+        try:
+            w.next_matching(event_for_port("connection_closed", probe), timeout=5)
+        except AssertionError:
+            return False  # closed before the subscription took: try another
+        return True
+
+    wait_until(probe_seen, timeout=60, interval=0, what="a probe connection's close in watch's output")
+
+
 def open_and_talk(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
     """A loopback connection to listener, with some bytes each way."""
     client = socket.create_connection(listener.getsockname()[:2], timeout=5)
@@ -149,6 +169,7 @@ def test_watch_json_follows_connections_across_a_daemon_restart(start_daemon_pro
                  "--port", str(port))
     try:
         subscribed(daemon.socket, 1)
+        live(w, listener)
 
         # A new connection shows as connection_update, its end as connection_closed.
         client, server = open_and_talk(listener)
