@@ -29,8 +29,10 @@ import shlex
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from common.client import AccessDenied, DaemonUnavailable
 from common.errors import FailureKind
@@ -230,23 +232,84 @@ def explain_failure(target: Target, returncode: int | None, stderr: str) -> Exce
 # -- the bridge ------------------------------------------------------------------
 
 
+class SSHChildren:
+    """The ssh processes of the bridges one owner opened (fleet's Poller), so that
+    it can end them all at once when it stops.
+
+    Ctrl-C must not leave an ssh behind: a poll in flight belongs to a worker
+    thread that the interpreter abandons at exit, and its ssh, waiting for a
+    slow or stalled host, would see the socketpair close only once it got
+    that far (a stalled handshake: ConnectTimeout later; a remote command
+    that hangs: never). A worker starts its ssh under the lock, and end_all
+    takes it, so no ssh can start after end_all has looked.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self._ended = False
+
+    class Ended(Exception):
+        """No more ssh: the owner is stopping."""
+
+    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        """Popen(argv) and note it; OSError as Popen, Ended once end_all ran."""
+        with self._lock:
+            if self._ended:
+                raise SSHChildren.Ended
+            proc = subprocess.Popen(argv, **kwargs)
+            self._procs.add(proc)
+            return proc
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def end_all(self, grace: float = 1.0) -> None:
+        """SIGTERM every ssh still running (a mux client's shared master stays
+        up, as ControlPersist means); SIGKILL what is left after `grace` s.
+        Starts none afterwards."""
+        with self._lock:
+            self._ended = True
+            procs = list(self._procs)
+            self._procs.clear()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 class SSHBridge:
     """An ssh subprocess whose stdin/stdout are one end of a socketpair.
 
     `sock` is the other end: a plain stream socket to hand to Client.
     stderr goes to a temporary file (never a pipe nobody reads, which could
-    block ssh), read only when something failed.
+    block ssh), read only when something failed. With `children`, the ssh
+    is started and noted there (SSHChildren).
     """
 
-    def __init__(self, target: Target, extra_options: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(self, target: Target, extra_options: tuple[str, ...] | list[str] = (),
+                 children: SSHChildren | None = None) -> None:
         self.target = target
         self.argv = ssh_argv(target, extra_options)
+        self._children = children
         self._stderr = tempfile.TemporaryFile()
         parent, child = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(
+            popen = children.start if children is not None else subprocess.Popen
+            self.proc = popen(
                 self.argv, stdin=child.fileno(), stdout=child.fileno(), stderr=self._stderr, close_fds=True
             )
+        except SSHChildren.Ended:  # its owner is stopping: no new ssh
+            parent.close()
+            self._stderr.close()
+            raise RemoteUnavailable(target, "netmonctl is ending", FailureKind.REMOTE_FAILED, []) from None
         except OSError as exc:  # not found, not executable, ...
             parent.close()
             self._stderr.close()
@@ -291,6 +354,8 @@ class SSHBridge:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
+        if self._children is not None:
+            self._children.forget(self.proc)
         self._stderr.close()
 
 
@@ -310,8 +375,12 @@ def open_client(
     target: Target,
     timeout: float | None,
     extra_ssh_options: tuple[str, ...] | list[str] = (),
+    children: SSHChildren | None = None,
 ) -> Iterator["Client"]:
     """A Client connected to `target` (not yet said hello).
+
+    `children`: where to note the ssh process, for an owner that must be
+    able to end it from another thread (SSHChildren).
 
     For ssh, a failure of the stream inside the block (EOF, reset, no answer,
     garbage) is replaced by what ssh's exit status says, when it says more.
@@ -326,7 +395,7 @@ def open_client(
         with Client.connect(target.socket, timeout=timeout) as client:
             yield client
         return
-    bridge = SSHBridge(target, extra_ssh_options)
+    bridge = SSHBridge(target, extra_ssh_options, children)
     client = Client(bridge.sock, target.label, timeout)
     try:
         yield client

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
@@ -44,6 +44,9 @@ from .. import render
 from ..options import output_options
 from ..render import Column
 from ..session import Settings, pass_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..transport import SSHChildren
 
 #: A failed poll's status, by failure kind (any other kind: UNKNOWN).
 STATUS = {
@@ -177,15 +180,17 @@ class ConnectionSharing:
         ]
 
 
-def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing) -> HostStatus:
-    """Poll one host: hello + stats. Never raises; failures become a status."""
+def poll_host(entry: Any, timeout: float, sharing: ConnectionSharing,
+              children: SSHChildren | None = None) -> HostStatus:
+    """Poll one host: hello + stats. Never raises; failures become a status.
+    Its ssh is noted in `children`, if given."""
     from ..transport import open_client
 
     row = HostStatus(entry.name, entry.url, entry.tags, checked_at=time.time())
     try:
         target = entry.target()
         extra = ["-o", "BatchMode=yes", *sharing.options(target)] if target.scheme == "ssh" else []
-        with open_client(target, timeout, extra) as client:
+        with open_client(target, timeout, extra, children) as client:
             # `hello` by hand: Client.hello() would warn about a version
             # mismatch on stderr, and here the version is a column.
             info = client.call(api.HELLO, {"client_version": __version__})
@@ -207,13 +212,17 @@ class Poller:
     """Polls hosts on a bounded pool of worker threads, never two polls of one host at once.
 
     The workers are daemon threads: Ctrl-C ends netmonctl at once instead of
-    waiting for slow hosts (their ssh then sees its stdin close and ends too).
+    waiting for slow hosts, and close() ends the ssh of every poll in flight
+    (nothing else would end one whose host stalls).
     """
 
     def __init__(self, entries: Iterable[Any], timeout: float, parallel: int, share: bool = True) -> None:
         self.entries = list(entries)
         self.timeout = timeout
+        from ..transport import SSHChildren
+
         self.sharing = ConnectionSharing(share)
+        self.children = SSHChildren()
         self._work: queue.Queue[Any] = queue.Queue()
         self._results: queue.Queue[HostStatus] = queue.Queue()
         self._in_flight: set[str] = set()
@@ -226,7 +235,7 @@ class Poller:
             entry = self._work.get()
             if entry is None:
                 return
-            self._results.put(poll_host(entry, self.timeout, self.sharing))
+            self._results.put(poll_host(entry, self.timeout, self.sharing, self.children))
 
     def submit_due(self) -> None:
         """Queue a poll of every host that has none queued or running."""
@@ -256,9 +265,10 @@ class Poller:
         return bool(self._in_flight)
 
     def close(self) -> None:
-        """Let the workers end after their current poll."""
+        """End the polls in flight (their ssh) and let the workers end."""
         for _ in range(self._workers):
             self._work.put(None)
+        self.children.end_all()
 
 
 # -- output ------------------------------------------------------------------------

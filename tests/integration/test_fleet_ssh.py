@@ -330,6 +330,52 @@ def test_watch_refreshes_until_interrupted(fleet: Fleet):
     assert rounds[2]["hosts"][0]["checked_at"] > rounds[0]["hosts"][0]["checked_at"]  # polled again
 
 
+def test_watch_interrupted_while_a_host_stalls_ends_its_ssh(fleet: Fleet):
+    """Ctrl-C during a poll of a host that never answers: netmonctl ends at
+    once, quietly, and takes that poll's ssh with it (left alone, it would
+    wait for the handshake until ConnectTimeout, or for ever for a remote
+    command that hangs)."""
+    import psutil
+
+    with socket.socket() as stall:
+        stall.bind(("127.0.0.1", 0))
+        stall.listen(8)  # the kernel accepts; nobody ever sends ssh's banner
+        port = stall.getsockname()[1]
+        res = fleet.netmonctl("fleet", "add", "stall", f"ssh://127.0.0.1:{port}", "--tag", "stall")
+        assert res.returncode == 0, res.stderr
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "netmonctl.cli", "fleet", "--watch", "--json", "--interval", "0.5",
+             "--tag", "stall"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fleet.env, cwd=REPO,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            def stalled_ssh() -> list:
+                found = []
+                for child in psutil.Process(proc.pid).children():
+                    try:
+                        argv = child.cmdline()
+                    except psutil.Error:  # gone meanwhile (`ssh -G` runs and exits)
+                        continue
+                    if f"{port}" in argv and "-G" not in argv:
+                        found.append(child)
+                return found
+
+            ssh = wait_until(stalled_ssh, timeout=15, what="the stalled poll's ssh")
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate(timeout=10)
+            fleet.netmonctl("fleet", "rm", "stall")
+        assert (proc.returncode, out, err) == (0, "", ""), err
+        assert took < 10, f"Ctrl-C took {took:.1f} s"  # the handshake's ConnectTimeout is 10 s
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ssh), ssh
+
+
 def test_stopped_daemon_is_no_daemon_and_keeps_its_last_seen(fleet: Fleet):
     seen = fleet.fleet_json("--tag", "ok")["beta"]["last_seen"]
     fleet.stop_daemon("beta")

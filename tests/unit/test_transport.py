@@ -248,7 +248,7 @@ def test_poller_bounds_parallel_polls_and_never_doubles_one_host(monkeypatch):
     gate = threading.Event()
     lock = threading.Lock()
 
-    def fake_poll(entry, timeout, sharing):
+    def fake_poll(entry, timeout, sharing, children):
         with lock:
             running.append(entry.name)
             calls.append(entry.name)
@@ -277,6 +277,27 @@ def test_poller_bounds_parallel_polls_and_never_doubles_one_host(monkeypatch):
         assert len(calls) == 10
     finally:
         poller.close()
+
+
+def test_ssh_children_end_all_ends_them_and_starts_no_more():
+    import subprocess
+    import sys
+
+    children = transport.SSHChildren()
+    # One that ends on SIGTERM, one that must be killed after the grace.
+    polite = children.start(["sleep", "60"])
+    stubborn = children.start([sys.executable, "-c",
+                               "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                               "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # SIGTERM ignored from here on
+    done = children.start(["true"])
+    done.wait()
+    children.forget(done)
+    children.end_all(grace=0.5)
+    assert polite.returncode == -15 and stubborn.returncode == -9
+    stubborn.stdout.close()
+    with pytest.raises(transport.SSHChildren.Ended):
+        children.start(["true"])
 
 
 # -- hosts.toml, fleet.json ------------------------------------------------------------
