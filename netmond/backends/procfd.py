@@ -11,8 +11,15 @@ does it as little as possible:
   (every tick if need be; one searched for nothing stops being one), and the
   search stops as soon as every new inode is found: a new connection almost
   always belongs to a process that has just opened others;
-* a full walk reads the processes holding the fewest sockets first, so that
-  one holding thousands is read only when the new socket is really there;
+* a full walk reads the processes it never searched first (new ones: a new
+  socket is most likely theirs), then those holding the fewest sockets, so
+  that one holding thousands is read only when the new socket is really there;
+* a walk cut short by its time budget (`scan_time_budget`) goes on where it
+  stopped at the next one, processes started since first, rather than begin
+  again: on a loaded machine no walk gets through all of /proc in its budget,
+  and walks begun afresh each time never reached the processes at the end of
+  their order (among equals /proc's, ascending pids: the newest), whose
+  sockets then had no process for as long as the load lasted;
 * for each process it remembers which fd held which live socket, so a
   repeated search reads only the links of fds it has not seen (a socket fd is
   re-read once its socket is gone, since the fd number may be reused);
@@ -29,7 +36,7 @@ import os
 import time
 from array import array
 from itertools import filterfalse
-from typing import Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable, Sequence
 
 _SOCKET_LINK_PREFIX = "socket:["
 _INODE_START = len(_SOCKET_LINK_PREFIX)
@@ -91,7 +98,15 @@ class SocketOwners:
         self._unfound_since = 0.0
         self._last_full_scan = float("-inf")
         self._walked_all = False  # a full walk of /proc has finished once
-        #: Number of full walks of /proc so far (for tests and profiling).
+        # The walk cut short by its time budget, if any: the pids it has yet
+        # to search in order, every pid it has listed (to tell processes
+        # started since), and the inodes missing when it began (the only ones
+        # it may write off as unfindable once it has searched every process).
+        self._walk_left: list[int] = []
+        self._walk_listed: set[int] = set()
+        self._walk_for: set[int] = set()
+        #: Number of full walks of /proc so far, each part of one cut short
+        #: by its time budget counted (for tests and profiling).
         self.full_scans = 0
         #: Inodes that got an owner or another one, or lost it with their
         #: process, since the caller last emptied it: every other live
@@ -128,6 +143,7 @@ class SocketOwners:
         missing = set(filterfalse(owner.__contains__, inodes))
         missing -= self._unfound
         if not missing:
+            self._walk_left = []  # nothing left to look for: the next walk begins afresh
             return
         # A search needs every live inode (a fd whose socket is gone is read
         # again), and it is when one closed and one opened since that the
@@ -145,14 +161,13 @@ class SocketOwners:
         if missing and now - self._last_full_scan >= self._min_full_scan_interval:
             self._last_full_scan = now
             self.full_scans += 1
-            missing, finished = self._full_scan(missing, live, deadline, skip=set(recent))
-            self._walked_all = self._walked_all or finished
-            if missing and finished:
+            missing, unfindable = self._full_scan(missing, live, deadline, skip=set(recent))
+            if unfindable:
                 # Every readable process was searched: these are not ours to
                 # find (other users', the kernel's, in flight between processes).
                 if not self._unfound:
                     self._unfound_since = now
-                self._unfound |= missing
+                self._unfound |= unfindable
 
     def _forget_gone(self, inodes: Collection[int]) -> set[int]:
         """Drop what the index holds of inodes not in `inodes`; returns them as a set."""
@@ -178,43 +193,65 @@ class SocketOwners:
     # -- walking /proc -------------------------------------------------------
     def _full_scan(
         self, missing: set[int], live: set[int], deadline: float, skip: set[int]
-    ) -> tuple[set[int], bool]:
-        """Search every process but those in `skip` (just searched)."""
+    ) -> tuple[set[int], set[int]]:
+        """Search every process but those in `skip` (just searched), going on
+        with the walk cut short last time if there is one.
+
+        Returns (inodes still missing, inodes to write off as unfindable):
+        the latter only once a walk has searched every process, and only
+        those missing since it began (a socket made since may be held by a
+        process it searched before)."""
         try:
             pids = [int(name) for name in os.listdir(self._proc) if name.isdigit()]
         except OSError:
-            return missing, False
+            return missing, set()
         present = set(pids)
-        for pid in [p for p in self._fd_sockets if p not in present]:
-            del self._fd_sockets[pid]  # exited: bound the cache
-        # Fewest sockets (at their last search) first: reading the fd
-        # directory of a process holding 10,000 sockets costs ~10 ms, and a
-        # new socket is rarely there (it would have been found as recent).
         fd_sockets = self._fd_sockets
-        pids = sorted((p for p in pids if p not in skip), key=lambda p: len(fd_sockets.get(p, _NO_FDS)))
-        return self._search(pids, missing, live, deadline)
+        for pid in [p for p in fd_sockets if p not in present]:
+            del fd_sockets[pid]  # exited: bound the cache
+        if self._walk_left:
+            # Going on: the processes started since it began first, then
+            # those it has not reached, in its order.
+            started = [p for p in pids if p not in self._walk_listed and p not in skip]
+            self._walk_listed.update(started)
+            order = started + [p for p in self._walk_left if p in present and p not in skip]
+        else:
+            # Never searched first (new processes), then the fewest sockets
+            # (at their last search): reading the fd directory of a process
+            # holding 10,000 sockets costs ~10 ms, and a new socket is rarely
+            # there (it would have been found as recent).
+            order = sorted((p for p in pids if p not in skip),
+                           key=lambda p: (p in fd_sockets, len(fd_sockets.get(p, _NO_FDS))))
+            self._walk_listed, self._walk_for = present, set(missing)
+        missing, searched = self._search(order, missing, live, deadline)
+        if missing and searched < len(order):  # out of time: on from here next time
+            self._walk_left = order[searched:]
+            return missing, set()
+        self._walk_left = []
+        self._walked_all = True
+        return missing, missing & self._walk_for
 
     def _search(
         self,
-        pids: Iterable[int],
+        pids: Sequence[int],
         missing: set[int],
         live: set[int],
         deadline: float,
         recent: bool = False,
-    ) -> tuple[set[int], bool]:
+    ) -> tuple[set[int], int]:
         """Scan the fd dirs of `pids` until no inode of `missing` is left.
 
-        Returns (inodes still missing, whether every pid was searched): the
+        Returns (inodes still missing, how many of `pids` were searched): the
         search stops at `deadline`, and what is left is searched for again at
         a later refresh. `recent`: these are the recent owners, searched
         first; one that holds none of the missing inodes stops being one.
         """
         clock = self._clock
-        for pid in pids:
+        for searched, pid in enumerate(pids):
             if not missing:
-                break
+                return missing, searched
             if clock() > deadline:
-                return missing, False
+                return missing, searched
             try:
                 found = self._socket_fds(pid, live)
             except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
@@ -240,7 +277,7 @@ class SocketOwners:
                 # Searched first for nothing: not the process opening sockets
                 # now. A full walk finds it again when it is.
                 self._recent_owners.pop(pid, None)
-        return missing, True
+        return missing, len(pids)
 
     def _note_recent_owner(self, pid: int) -> None:
         recent = self._recent_owners

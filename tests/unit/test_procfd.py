@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from netmond.backends.procfd import SocketOwners
 
 from tests.linux_fakes import Clock
@@ -127,6 +129,74 @@ def test_the_first_walk_of_proc_is_never_cut_short(fake_proc) -> None:
     index = SocketOwners(str(fake_proc.root), scan_time_budget=0.5, clock=SlowClock())
     index.refresh({100, 110, 120})
     assert (index.owner(100), index.owner(110), index.owner(120)) == (10, 11, 12)
+
+
+class _TickingClock(Clock):
+    """Every look at the clock a tenth of a second later: a walk with a 0.5 s
+    budget searches 3 processes (two looks each), as on a loaded machine
+    where a walk never gets through all of /proc."""
+
+    def __call__(self) -> float:
+        self.now += 0.1
+        return self.now
+
+
+def _refresh_until(index: SocketOwners, clock: Clock, live: set[int], done, refreshes: int = 30) -> int:
+    """Refresh once a second (a tick) until done(); returns how many it took."""
+    for n in range(1, refreshes + 1):
+        index.refresh(live)
+        if done():
+            return n
+        clock.now += 1.0
+    raise AssertionError(f"not done after {refreshes} refreshes")
+
+
+def _after_the_first_walk(index: SocketOwners, clock: Clock) -> None:
+    """The first walk, which no budget cuts short (at start), is over: the
+    next ones have their budget."""
+    index.refresh({1})  # held by nobody: walked to the end, written off
+    assert index._walked_all and 1 in index._unfound
+    clock.now += 1.0
+
+
+def test_owner_index_gets_through_all_of_proc_when_no_walk_fits_its_budget(fake_proc) -> None:
+    # 30 processes without sockets and one holding socket 5000; each walk
+    # has time for 3. Begun afresh each time, walks searched the same first
+    # processes for ever: a new process' sockets (the test's peers under
+    # load) had no owner for as long as the load lasted.
+    for pid in range(100, 130):
+        fake_proc.add(pid, 0, "/dev/null")
+    fake_proc.add(200, 3, "socket:[5000]")
+    clock = _TickingClock()
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, scan_time_budget=0.5, clock=clock)
+    _after_the_first_walk(index, clock)
+    assert _refresh_until(index, clock, {5000}, lambda: index.owner(5000) == 200, refreshes=15) > 1
+    # Every process searched once (a walk to its end writes 9999 off), the
+    # last of the walk's order gets a socket: found as well.
+    _refresh_until(index, clock, {5000, 9999}, lambda: 9999 in index._unfound, refreshes=15)
+    last = [int(name) for name in os.listdir(fake_proc.root) if name.isdigit() and name != "200"][-1]
+    fake_proc.add(last, 3, "socket:[6000]")
+    _refresh_until(index, clock, {5000, 9999, 6000}, lambda: index.owner(6000) == last, refreshes=15)
+
+
+def test_owner_index_writes_off_only_what_a_walk_looked_for_from_its_start(fake_proc) -> None:
+    for pid in range(100, 110):
+        fake_proc.add(pid, 0, "/dev/null")
+    clock = _TickingClock()
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, scan_time_budget=0.5, clock=clock)
+    read: list[int] = []
+    real_socket_fds = index._socket_fds
+    _after_the_first_walk(index, clock)
+    index._socket_fds = lambda pid, live: read.append(pid) or real_socket_fds(pid, live)
+    index.refresh({9999})  # held by nobody: a walk begins, cut short
+    assert index.full_scans == 2 and 9999 not in index._unfound
+    # A socket of a process that walk has searched already: when it ends it
+    # has not seen it, yet must not write it off (30 s without an owner).
+    fake_proc.add(read[0], 3, "socket:[7000]")
+    clock.now += 1.0
+    _refresh_until(index, clock, {9999, 7000}, lambda: 9999 in index._unfound)
+    assert 7000 not in index._unfound
+    _refresh_until(index, clock, {9999, 7000}, lambda: index.owner(7000) == read[0])
 
 
 def test_owner_index_forgets_dead_sockets_and_vanished_processes(fake_proc) -> None:
