@@ -8,6 +8,7 @@ one line of figures when done. Every loop is bounded in count and time.
 from __future__ import annotations
 
 import ctypes
+import select
 import socket
 import struct
 import sys
@@ -174,15 +175,25 @@ def lone_server(size: int) -> None:
     print("done", flush=True)
 
 
-def reader(port: int, hold: float) -> None:
-    """Connect, read everything the server sends, hold `hold` s, close."""
+def told() -> bool:
+    """A line (or EOF) is waiting on stdin: the test says go on."""
+    return bool(select.select([sys.stdin], [], [], 0)[0])
+
+
+def reader(port: int, hold: float, until_told: bool = False) -> None:
+    """Connect, read everything the server sends, hold `hold` s, close.
+
+    With `until_told`, `hold` is an upper bound: it closes as soon as the
+    test writes a line to its stdin (or closes it), so that a test holds the
+    connection open until it has seen what it waits for, however slow the
+    machine, rather than for a time."""
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as c:
         print("ready", flush=True)
         c.shutdown(socket.SHUT_WR) if hold < 0 else None
         n = 0
         deadline = time.monotonic() + max(hold, 0)
         c.settimeout(0.2)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (until_told and told()):
             try:
                 data = c.recv(65536)
             except socket.timeout:
@@ -190,6 +201,15 @@ def reader(port: int, hold: float) -> None:
             if not data:
                 break
             n += len(data)
+        if until_told:
+            # What arrived and is unread yet (the bytes a server's row counts
+            # are acknowledged, so here): closing on unread data would send a reset.
+            c.setblocking(False)
+            try:
+                while data := c.recv(65536):
+                    n += len(data)
+            except BlockingIOError:
+                pass
         print(n, flush=True)
 
 
@@ -202,7 +222,7 @@ MODES = {
     "udp": lambda a: udp(float(a[0]), float(a[1])),
     "tcp_paced": lambda a: tcp_paced(float(a[0]), float(a[1])),
     "lone_server": lambda a: lone_server(int(a[0])),
-    "reader": lambda a: reader(int(a[0]), float(a[1])),
+    "reader": lambda a: reader(int(a[0]), float(a[1]), len(a) > 2 and a[2] == "until_told"),
 }
 
 if __name__ == "__main__":

@@ -69,9 +69,15 @@ class Peer:
     """A named peer process (tests/peers.py); killed at exit if still running."""
 
     def __init__(self, netns: list[str], name: str, mode: str, *args) -> None:
+        # stdin: a pipe of the test's, for the modes it tells when to go on (`tell`).
         self.proc = subprocess.Popen([*netns, sys.executable, "-m", "tests.peers", name, mode, *map(str, args)],
-                                     stdout=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
         self.first = self.proc.stdout.readline().strip()
+
+    def tell(self) -> None:
+        """Go on (the peers' `until_told` modes)."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
 
     def result(self, timeout: float = 60) -> str:
         out, _ = self.proc.communicate(timeout=timeout)
@@ -82,7 +88,11 @@ class Peer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:  # BrokenPipeError flushing to a peer gone
+                pass
 
 
 @pytest.fixture
@@ -297,19 +307,28 @@ def test_unattributed_is_measured_not_clamped(start_daemon_process, netns, peers
 def test_listener_less_server_counts_every_byte(daemon, peers):
     size = 333_333
     server = peers("nm-lone", "lone_server", size)
-    client = peers("nm-read", "reader", server.first, 3)
+    port = int(server.first)
+    # The reader holds the connection open until the test has seen its live
+    # row (60 s at most), not for a time: the row gets its process once a
+    # walk of /proc finds the socket, several ticks on a loaded machine.
+    client = peers("nm-read", "reader", port, 60, "until_told")
 
-    def live_server_row():
-        rows = [r for r in ctl(daemon, "conns", "--proc", "nm-lone")["connections"] if r["remote_port"]]
-        return rows[0] if rows and rows[0]["bytes_sent"] == size else None
+    def server_rows(*flags: str) -> list[dict]:
+        # The server's end of the one connection, wherever it is attributed
+        # (not filtered by process: a row on no process or another one is
+        # seen, and shown if the wait fails).
+        return [r for r in ctl(daemon, "conns", *flags, "--port", str(port))["connections"]
+                if r["local_port"] == port and r["remote_port"]]
 
-    row = wait_until(live_server_row, timeout=10)
-    assert row["state"] == "ESTABLISHED"
+    live = wait_until(server_rows, timeout=30, what="the server's row, nm-lone's, with every byte sent",
+                      until=lambda rows: [(r["process_name"], r["bytes_sent"]) for r in rows] == [("nm-lone", size)])
+    assert live[0]["state"] == "ESTABLISHED"
+    client.tell()
     assert int(client.result()) == size
     server.result()
-    closed = wait_until(lambda: [r for r in ctl(daemon, "conns", "--closed", "--proc", "nm-lone")["connections"]
-                                 if r["state"] == "CLOSED" and r["remote_port"]], timeout=10)
-    assert closed[0]["bytes_sent"] == size
+    closed = wait_until(lambda: server_rows("--closed"), timeout=30, what="the server's row closed",
+                        until=lambda rows: [r["state"] for r in rows] == ["CLOSED"])
+    assert (closed[0]["id"], closed[0]["process_name"], closed[0]["bytes_sent"]) == (live[0]["id"], "nm-lone", size)
 
 
 def test_status_cpu_is_over_a_fixed_window_for_every_caller(daemon):
