@@ -23,7 +23,8 @@ does it as little as possible:
 * for each process it remembers which fd held which live socket, so a
   repeated search reads only the links of fds it has not seen (a socket fd is
   re-read once its socket is gone, since the fd number may be reused);
-* a walk of all of /proc happens at most once per `min_full_scan_interval`.
+* a walk of all of /proc happens at most once per `min_full_scan_interval`
+  (less a tenth: see _INTERVAL_SLACK).
 
 Processes that vanish mid-walk and fd directories we may not read (other
 users' processes when not root) are skipped silently: their sockets simply
@@ -37,6 +38,14 @@ import time
 from array import array
 from itertools import filterfalse
 from typing import Callable, Collection, Iterable, Sequence
+
+#: A walk may begin this share of `min_full_scan_interval` early. The
+#: daemon's ticks come at a fixed cadence, but refresh() is called after the
+#: tick's dumps, whose duration varies: with walks spaced by exactly the
+#: interval, a tick a few ms short of it skipped its walk (15 of 51 ticks
+#: needing one, in a LinuxBackend at a 1 s cadence under load; 7 of 55 with
+#: this slack), which made a walk cut short by its budget finish ticks later.
+_INTERVAL_SLACK = 0.1
 
 _SOCKET_LINK_PREFIX = "socket:["
 _INODE_START = len(_SOCKET_LINK_PREFIX)
@@ -158,7 +167,7 @@ class SocketOwners:
         deadline = now + self._scan_time_budget if self._walked_all else float("inf")
         recent = list(self._recent_owners)[-self._recent_owners_searched:][::-1]
         missing, _ = self._search(recent, missing, live, deadline, recent=True)
-        if missing and now - self._last_full_scan >= self._min_full_scan_interval:
+        if missing and now - self._last_full_scan >= self._min_full_scan_interval * (1 - _INTERVAL_SLACK):
             self._last_full_scan = now
             self.full_scans += 1
             missing, unfindable = self._full_scan(missing, live, deadline, skip=set(recent))

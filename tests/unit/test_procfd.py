@@ -79,6 +79,20 @@ def test_owner_index_rescans_only_for_new_inodes_and_at_a_bounded_rate(fake_proc
     assert index.owner(300) == 30 and index.full_scans == 2
 
 
+def test_owner_index_walks_on_ticks_a_little_short_of_the_interval(fake_proc) -> None:
+    # Ticks every second, each refresh a few ms early or late (after dumps
+    # of varying length): every tick gets its walk.
+    clock = Clock()
+    fake_proc.add(10, 3, "socket:[100]")
+    index = SocketOwners(str(fake_proc.root), min_full_scan_interval=1.0, clock=clock)
+    index.refresh({100})
+    for n, offset in enumerate([-0.02, 0.01, -0.03], start=2):
+        fake_proc.add(10 * n, 3, f"socket:[{100 * n}]")
+        clock.now += 1.0 + offset
+        index.refresh({100 * k for k in range(1, n + 1)})
+        assert index.full_scans == n and index.owner(100 * n) == 10 * n
+
+
 def test_owner_index_does_not_chase_unfindable_inodes(fake_proc) -> None:
     clock = Clock()
     fake_proc.add(10, 3, "socket:[100]")
