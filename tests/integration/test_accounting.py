@@ -182,11 +182,9 @@ def test_short_connections_of_servers_sharing_a_port_count_for_their_name(daemon
     for s in servers:
         s.result()
 
-    def settled():
-        srv = apps_by_name(daemon).get("nm-pre")
-        return srv if srv and srv["bytes_sent"] == n * response else None
-
-    srv = wait_until(settled, timeout=15)
+    # Waited on with `until`: a failure shows nm-pre's row as it was, not None.
+    srv = wait_until(lambda: apps_by_name(daemon).get("nm-pre"), timeout=15, what="nm-pre with every byte sent",
+                     until=lambda srv: srv is not None and srv["bytes_sent"] == n * response)
     assert srv["bytes_received"] == n * request
     closed = [r for r in ctl(daemon, "conns", "--closed", "--proc", "nm-pre")["connections"] if r["state"] == "CLOSED"]
     # Connections shorter than a tick: which of the two took each is unknown.
