@@ -123,12 +123,12 @@ def test_short_connections_count_for_the_server_app_and_the_rest_is_named(daemon
     assert int(client.result()) == n * response
     server.result()
 
-    def settled():
-        apps = apps_by_name(daemon)
+    def settled(apps: dict) -> bool:
         srv = apps.get("nm-srv")
-        return apps if srv and srv["bytes_sent"] == n * response and srv["bytes_received"] == n * request else None
+        return srv is not None and (srv["bytes_sent"], srv["bytes_received"]) == (n * response, n * request)
 
-    apps = wait_until(settled, timeout=15)
+    # Waited on with `until`: a failure shows every app as it was, not None.
+    apps = wait_until(lambda: apps_by_name(daemon), until=settled, timeout=15, what="nm-srv with every byte")
     # Client sockets that lived shorter than a tick have no process: their
     # bytes are on the "process unknown" line (null name), never on another app.
     cli, unknown = apps.get("nm-cli"), apps.get(None)
