@@ -453,7 +453,9 @@ class LinuxBackend(Backend):
         handed on as the very SocketSample object of that tick (see
         `_BUILT_FROM`): most sockets of a busy machine are idle at any given
         second, and `MonitorState.apply` then skips them just as cheaply.
-        A remnant is looked at once (see `_Remnant`). `with_timewait`: the
+        A remnant is looked at once (see `_Remnant`); on the ticks that list
+        remnants, those listed before are sorted out first, so that the
+        passes over the other sockets never see them. `with_timewait`: the
         dump listed TIME_WAIT remnants; without, those of the last dump that
         did are handed on. `owners_as_before`: every socket but those of the
         inodes `reattributed` has the owner it had at the last tick (see
@@ -479,10 +481,17 @@ class LinuxBackend(Backend):
         last_tick = entries.get
         ebpf_owner = self._ebpf_owner if self._ebpf is not None else None
         list_listeners = not owners_as_before
+        if with_timewait and self._rows_without_cookie:
+            self._forget_rows_without_cookie()
+        if with_timewait and remnants:
+            # First: in a TIME_WAIT storm most of this dump is remnants listed
+            # before, which the passes below then never look at.
+            records, kept_remnants = self._hand_on_remnants(records, remnants)
         # The samples in the dump's order, each where its socket is (None for
-        # a record that makes none): a socket that did not change keeps its
-        # place in the list from tick to tick, which MonitorState relies on
-        # to tell it unchanged without looking its key up.
+        # a record that makes none; remnants, which make none here, are left
+        # out): a socket that did not change keeps its place in the list from
+        # tick to tick, which MonitorState relies on to tell it unchanged
+        # without looking its key up.
         sample_at: list[SocketSample | None]
         rest_at: Sequence[int]
         if owners_as_before:
@@ -490,10 +499,6 @@ class LinuxBackend(Backend):
             sample_at, records, rest_at = self._hand_on_unchanged(records, reattributed)
         else:
             sample_at, rest_at = [None] * len(records), range(len(records))
-        if with_timewait and self._rows_without_cookie:
-            self._forget_rows_without_cookie()
-        if with_timewait and remnants:
-            records, rest_at, kept_remnants = self._hand_on_remnants(records, rest_at, remnants)
         for at, record in zip(rest_at, records):
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
             if inode:
@@ -656,17 +661,16 @@ class LinuxBackend(Backend):
 
     @staticmethod
     def _hand_on_remnants(
-        records: list[DiagSocket], places: Sequence[int], remnants: dict[Hashable, _Remnant],
-    ) -> tuple[list[DiagSocket], list[int], int]:
+        records: list[DiagSocket], remnants: dict[Hashable, _Remnant],
+    ) -> tuple[list[DiagSocket], int]:
         """Sort out, in bulk (in C), the remnants the dump returned as the records
         of the last dump that listed remnants (see _Remnant): they stay in
-        `remnants` as they are, their rows too. Returns the other records,
-        their `places`, and how many stayed. A TIME_WAIT storm leaves tens of
+        `remnants` as they are, their rows too. Returns the other records, in
+        their order, and how many stayed. A TIME_WAIT storm leaves tens of
         thousands of them, listed again 1 tick in 5."""
         last = map(remnants.get, map(_COOKIE_OF_RECORD, records), repeat(_NOT_A_REMNANT))
-        other = list(map(is_not, records, map(_RECORD_OF, last)))
-        rest = list(compress(records, other))
-        return rest, list(compress(places, other)), len(records) - len(rest)
+        rest = list(compress(records, map(is_not, records, map(_RECORD_OF, last))))
+        return rest, len(records) - len(rest)
 
     def _forget_unlisted_remnants(self, records: list[DiagSocket], listed: set[int] | None) -> None:
         """Drop the remnants (and their rows) that a dump listing every state
