@@ -25,7 +25,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: timewait.py runs last: the ~20,000 TIME_WAIT remnants it makes on loopback
-#: live 60 s, and a bench right after it would count them as its own sockets.
+#: live 60 s, and a bench right after it would count them as its own sockets
+#: (without root; as root they are in a network namespace of its own, whose
+#: sockets no other bench's dumps list).
 BENCHES = ("tick", "steady", "load", "traffic", "roundtrip", "churn", "ebpf", "usage", "timewait")
 #: The benches that take --size (the others have no heavy rows).
 SIZED = frozenset({"tick", "load", "roundtrip", "churn"})
