@@ -70,15 +70,17 @@ def test_a_loopback_stream_is_one_named_remote_with_the_bytes_of_its_connections
     sent = stream(netns)
 
     # Both ends' rows have 127.0.0.1 as their remote: the client's sent
-    # bytes and the server's received ones, once the stream has closed.
+    # bytes and the server's received ones, once the stream has closed
+    # (closed within the retention: bytes, no open connection). A tick can
+    # see every byte before it sees the close: both are waited for.
     def settled():
         remote = loopback_remote(d)
-        return remote if remote and remote["bytes_sent"] == sent and remote["bytes_received"] == sent else None
+        done = remote and remote["bytes_sent"] == sent and remote["bytes_received"] == sent
+        return remote if done and remote["connections"] == 0 else None
 
-    remote = wait_until(settled, timeout=20)
+    remote = wait_until(settled, timeout=20, what=f"the loopback remote with {sent} bytes each way, closed")
     assert remote["hostname"] == LOCALHOST and remote["scope"] == "loopback"
     assert remote["partial"] is False
-    assert remote["connections"] == 0  # closed within the retention: bytes, no open connection
     assert remote["remote_port"] is None
 
     # The same traffic as conns and apps count it.
