@@ -362,3 +362,27 @@ def test_zero_length_attribute_does_not_loop() -> None:
     buf = sock_msg(attrs=struct.pack("=HH", 0, 8) + bytes(4)) + DONE
     [s], done = parse_messages(buf, seq=1)
     assert done and s.counters is None
+
+
+def test_what_the_caller_keeps_in_an_entry_is_carried_over_and_handed_back_when_it_goes() -> None:
+    def msg(cookie, state=1, acked=None):
+        attrs = (rtattr(netlink.INET_DIAG_INFO, tcp_info(acked=acked or cookie, received=5, sent=cookie))
+                 if state != 6 else b"")
+        return with_cookie(sock_msg(state=state, inode=0 if state == 6 else 7, sport=cookie, attrs=attrs), cookie)
+
+    def annotate(cookie, mark):  # as LinuxBackend does after building a sample
+        entry = known.entries[cookie]
+        known.entries[cookie] = (*entry[:4], mark, None, None, None)
+
+    known = RawRecords()
+    records, _ = parse_messages(b"".join(msg(c) for c in (1, 2, 3)) + DONE, seq=1, known=known)
+    known.rotate(records)
+    for c in (1, 2, 3):
+        assert known.entries[c][4:] == (None,) * netlink.CALLER_FIELDS
+        annotate(c, f"built {c}")
+    # 1 moved bytes (decoded anew: what was kept of it stays, the caller
+    # tells it is stale by its record); 2 closed; 3 is a TIME_WAIT remnant.
+    records, _ = parse_messages(msg(1, acked=100) + msg(3, state=6) + DONE, seq=1, known=known)
+    known.rotate(records)
+    assert known.entries[1][3] is records[0] and known.entries[1][4] == "built 1"
+    assert sorted(e[4] for e in known.superseded) == ["built 2", "built 3"]
