@@ -190,8 +190,11 @@ class OwnerEntry(NamedTuple):
 OwnerTable = dict[Hashable, OwnerEntry]
 _NO_OWNER = OwnerEntry(None, None, None, None, None, None)
 #: Listening sockets of one dump: (family, raw local address, port) -> the
-#: (pid, process_name, user) of each listener there (SO_REUSEPORT: several).
-ListenerTable = dict[tuple, list]
+#: inode of each listener there (SO_REUSEPORT: several) -> its (pid,
+#: process_name, user). By inode: an owner known at an earlier tick is this
+#: very socket's, never that of another listener on the same address since.
+ListenerTable = dict[tuple, dict[int, tuple]]
+_NO_HOLDERS: dict[int, tuple] = {}
 
 
 def netlink_available() -> bool:
@@ -511,10 +514,10 @@ class LinuxBackend(Backend):
                     listener_key = (family, src, sport)
                     holders = listeners.get(listener_key)
                     if holders is None:
-                        holders = listeners[listener_key] = []
+                        holders = listeners[listener_key] = {}
                     # A listening socket held by several processes (forked
                     # workers) has no one pid: its name still counts.
-                    holders.append(info if inode not in shared_inodes else (None,) + info[1:])
+                    holders[inode] = info if inode not in shared_inodes else (None,) + info[1:]
                 same = last_tick(cookie)
                 # The dump returns an unchanged record as last tick's object.
                 if same is not None and same[_BUILT_FROM] is record and same[_BUILT_OWNER] == info:
@@ -589,6 +592,7 @@ class LinuxBackend(Backend):
                 # learn): a destroy event finds its owner here.
                 owner_table[key] = OwnerEntry(pid, name, user, side, sent, received)
         self._take_superseded(owner_table)
+        self._name_listeners_as_before(listeners)
         if with_timewait and len(remnants) != kept_remnants + stored_remnants:
             self._forget_unlisted_remnants(all_records, listed)
         out: list[SocketSample] = list(filter(None, sample_at))
@@ -633,8 +637,37 @@ class LinuxBackend(Backend):
         ):
             if inode:
                 info = owner_of.info(inode_owner(inode), uid)
-                holders = listeners.setdefault((family, src, sport), [])
-                holders.append(info if inode not in shared_inodes else (None,) + info[1:])
+                holders = listeners.setdefault((family, src, sport), {})
+                holders[inode] = info if inode not in shared_inodes else (None,) + info[1:]
+
+    def _name_listeners_as_before(self, listeners: ListenerTable) -> None:
+        """Give a listener whose owner this tick does not know the owner it had
+        at the latest tick that knew it (the same inode: the same socket).
+
+        A server that exits once it has served its last connections does so
+        after the dump listed its listener but before the tick looks its pid
+        up (after a /proc walk: up to its time budget under load): the pid
+        is gone, _OwnerLookup drops what it held, and the listener is listed
+        with no owner, which hid the owner of the tables before it. Yet the
+        connections it accepted that closed within this tick are that
+        process's (see _closed_samples): they have no other owner to find.
+        Carried from table to table, an owner once known stays while the
+        listener is listed (an index that lost it for longer than
+        OWNER_GENERATIONS ticks too); a new listener on the same address is
+        another inode and gets nothing.
+        """
+        history = self._listener_history
+        if not history:
+            return
+        for key, holders in listeners.items():
+            for inode, info in holders.items():
+                if info[1] is not None:
+                    continue
+                for before in history:
+                    known = before.get(key, _NO_HOLDERS).get(inode)
+                    if known is not None and known[1] is not None:
+                        holders[inode] = known
+                        break
 
     def _hand_on_unchanged(
         self, records: list[DiagSocket], reattributed: set[int] | None,
@@ -928,9 +961,9 @@ class LinuxBackend(Backend):
         for listeners in self._listener_history:
             holders = listeners.get((family, src, sport)) or listeners.get((family, UNSPECIFIED_ADDR, sport))
             if holders:
-                pids = {h[0] for h in holders}
-                names = {h[1] for h in holders}
-                users = {h[2] for h in holders}
+                pids = {h[0] for h in holders.values()}
+                names = {h[1] for h in holders.values()}
+                users = {h[2] for h in holders.values()}
                 name = names.pop() if len(names) == 1 else None
                 if name is None:
                     return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
 
 import psutil
 import pytest
@@ -498,6 +499,40 @@ def test_short_connection_of_a_shared_listener_has_its_name_not_a_pid(crafted) -
                               dst=REMOTE, cookie=51)]
     [closed] = backend.sample().closed
     assert (closed.pid, closed.process_name) == (None, MY_NAME)
+
+
+def test_short_connections_are_their_listeners_when_its_process_exits_before_the_tick_looks_it_up(
+        crafted, fake_proc) -> None:
+    # The integration flake: the server exits as soon as it has served its
+    # last connection, after the tick's dump listed its listener but before
+    # the tick looked its pid up (after a /proc walk, slow under load). The
+    # pid gone, the index forgets what it held, and this tick's listener
+    # table lists the listener with no owner; the connections it accepted,
+    # all closed within that tick, are the server's all the same.
+    backend, dumper, listener = crafted
+    server = subprocess.Popen(["sleep", "60"])
+    try:
+        fake_proc.add(server.pid, 3, "socket:[400]")
+        dumper.tcp = [record(10, SERVER_PORT, 0, 400, info(), dst=bytes(16), cookie=40)]
+        [listening] = backend.sample().sockets
+        assert (listening.pid, listening.process_name) == (server.pid, "sleep")
+    finally:
+        server.kill()
+        server.wait()
+    short = info(acked=1001, received=101, data_segs_in=1, sent=1000)
+    # Listed with no owner for longer than the listener history is kept.
+    for tick in range(linux.OWNER_GENERATIONS + 2):
+        listener.events = [record(7, SERVER_PORT, CLIENT_PORT + tick, 0, short, dst=REMOTE, cookie=41 + tick)]
+        snap = backend.sample()
+        assert [s.pid for s in snap.sockets] == [None]  # the listener: its pid is gone
+        [closed] = snap.closed
+        assert (closed.pid, closed.process_name, closed.bytes_sent) == (server.pid, "sleep", 1000)
+    # Another listener on that address (another inode) owned by no one known
+    # is not the old one: its connections never get the old owner.
+    dumper.tcp = [record(10, SERVER_PORT, 0, 401, info(), dst=bytes(16), cookie=60)]
+    listener.events = [record(7, SERVER_PORT, CLIENT_PORT, 0, short, dst=REMOTE, cookie=61)]
+    [closed] = backend.sample().closed
+    assert (closed.pid, closed.process_name) == (None, None)
 
 
 def test_accept_queue_socket_closed_before_its_process_took_it_is_its_listeners(crafted) -> None:
