@@ -232,6 +232,15 @@ def explain_failure(target: Target, returncode: int | None, stderr: str) -> Exce
 # -- the bridge ------------------------------------------------------------------
 
 
+def _reap(proc: subprocess.Popen, grace: float) -> None:
+    """Wait up to `grace` s for `proc` to end (after it was asked to), then kill it."""
+    try:
+        proc.wait(max(0.0, grace))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class SSHChildren:
     """The ssh processes of the bridges one owner opened (fleet's Poller), so that
     it can end them all at once when it stops.
@@ -278,11 +287,7 @@ class SSHChildren:
                 proc.terminate()
         deadline = time.monotonic() + grace
         for proc in procs:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _reap(proc, deadline - time.monotonic())
 
 
 class SSHBridge:
@@ -349,11 +354,7 @@ class SSHBridge:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self.proc.terminate()
-                try:
-                    self.proc.wait(2)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+                _reap(self.proc, 2)
         if self._children is not None:
             self._children.forget(self.proc)
         self._stderr.close()

@@ -504,6 +504,9 @@ class LinuxBackend(Backend):
             sample_at, rest_at = [None] * len(records), range(len(records))
         for at, record in zip(rest_at, records):
             family, state, sport, dport, src, dst, uid, inode, counters, cookie = record
+            # The parser's entry for this socket (None: no cookie, or not kept):
+            # what was built from it at the last tick, looked up once.
+            entry = last_tick(cookie)
             if inode:
                 pid = inode_owner(inode)
                 found = by_pid.get(pid) if pid is not None else by_uid.get(uid)
@@ -511,17 +514,10 @@ class LinuxBackend(Backend):
                 if info[0] is None and ebpf_owner is not None:
                     info = ebpf_owner(cookie, owner_of) or info
                 if state == TCP_LISTEN and list_listeners:
-                    listener_key = (family, src, sport)
-                    holders = listeners.get(listener_key)
-                    if holders is None:
-                        holders = listeners[listener_key] = {}
-                    # A listening socket held by several processes (forked
-                    # workers) has no one pid: its name still counts.
-                    holders[inode] = info if inode not in shared_inodes else (None,) + info[1:]
-                same = last_tick(cookie)
+                    _note_listener(listeners, (family, src, sport), inode, info, shared_inodes)
                 # The dump returns an unchanged record as last tick's object.
-                if same is not None and same[_BUILT_FROM] is record and same[_BUILT_OWNER] == info:
-                    sample_at[at] = same[_BUILT_SAMPLE]
+                if entry is not None and entry[_BUILT_FROM] is record and entry[_BUILT_OWNER] == info:
+                    sample_at[at] = entry[_BUILT_SAMPLE]
                     continue
             elif counters is None and state in _TIMEWAIT_STATES:
                 remnant = remnants_before(cookie) if cookie else None
@@ -550,9 +546,8 @@ class LinuxBackend(Backend):
                 continue
             local_ip, remote_ip, remote_port, key = endpoints("TCP", family, src, sport, dst, dport, inode, cookie)
             known = previous.get(key)
-            if known is None and cookie:  # handed on unchanged at the last tick
-                last = last_tick(cookie)
-                known = _built_owner_entry(last) if last is not None else None
+            if known is None and entry is not None:  # handed on unchanged at the last tick
+                known = _built_owner_entry(entry)
             if inode:
                 pid, name, user = info
             elif known is not None:  # orphaned by close() or exit: its last owner
@@ -577,7 +572,6 @@ class LinuxBackend(Backend):
             sample = SocketSample(key, "TCP", family_names[family], local_ip, sport, remote_ip,
                                   remote_port, state_name, pid, name, user, sent, received)
             sample_at[at] = sample
-            entry = last_tick(cookie) if cookie else None
             if entry is not None and entry[_RECORD] is record:
                 if inode:
                     # Its owner entry (pid, name, user, side, bytes) is made
@@ -636,9 +630,8 @@ class LinuxBackend(Backend):
             records, map(eq, map(_STATE_OF, records), repeat(TCP_LISTEN))
         ):
             if inode:
-                info = owner_of.info(inode_owner(inode), uid)
-                holders = listeners.setdefault((family, src, sport), {})
-                holders[inode] = info if inode not in shared_inodes else (None,) + info[1:]
+                _note_listener(listeners, (family, src, sport), inode, owner_of.info(inode_owner(inode), uid),
+                               shared_inodes)
 
     def _name_listeners_as_before(self, listeners: ListenerTable) -> None:
         """Give a listener whose owner this tick does not know the owner it had
@@ -1032,6 +1025,16 @@ _RECORD = 3  # the parser's record, the latest one the dump listed
 _BUILT_FROM, _BUILT_OWNER, _BUILT_SAMPLE, _BUILT_SIDE = 4, 5, 6, 7
 _NOTHING_BUILT = (None,) * CALLER_FIELDS
 assert _BUILT_SIDE + 1 - _BUILT_FROM == CALLER_FIELDS
+
+
+def _note_listener(listeners: ListenerTable, where: tuple, inode: int, info: tuple, shared: set[int]) -> None:
+    """Note a listening socket and its owner in a tick's ListenerTable. One
+    held by several processes (forked workers) has no one pid: its name
+    still counts."""
+    holders = listeners.get(where)
+    if holders is None:
+        holders = listeners[where] = {}
+    holders[inode] = info if inode not in shared else (None,) + info[1:]
 
 
 def _built_owner_entry(entry: tuple) -> OwnerEntry | None:
